@@ -1,0 +1,108 @@
+"""Typed settings from ``IM_``-prefixed environment variables.
+
+Defaults mean the embedded mode: no Redis, no RabbitMQ, SQLite in ``IM_DATA_DIR``. Setting a
+broker URL (``IM_REDIS_URL``, ``IM_AMQP_URL``, ``IM_DATABASE_URL``) switches that backend to the
+real service; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.errors import ConfigError
+
+SECONDS = 1.0
+KIB = 1024
+
+
+def _addr_list(value: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"address {part!r} is not host:port")
+        out.append((host or "127.0.0.1", int(port)))
+    return out
+
+
+class Settings(BaseSettings):
+    """Every tunable of every process; each service reads the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="IM_", extra="ignore")
+
+    data_dir: Path = Path("im-data")
+    database_url: str = Field("", description="empty: SQLite file in data_dir")
+    redis_url: str = Field("", description="empty: in-memory user status")
+    amqp_url: str = Field("", description="empty: in-process offline queue")
+    secret: str = Field("", description="token signing secret; empty: kept in data_dir/secret")
+
+    node_id: str = Field("", description="this process's name in routing; default host:port")
+    bind_host: str = "127.0.0.1"
+    connector_port: int = 9081
+    transfer_port: int = 9082
+    rest_port: int = 8082
+    transfer_addrs: str = Field("127.0.0.1:9082", description="transfers a connector links to")
+    connector_addrs: str = Field(
+        "", description="connector addresses handed out by REST login; default bind_host:port"
+    )
+
+    max_frame: int = 64 * KIB
+    window: int = 1024
+    retry_timeout: float = 5 * SECONDS
+    max_retries: int = 3
+    greet_timeout: float = 10 * SECONDS
+    heartbeat: float = 15 * SECONDS
+    idle_timeout: float = 60 * SECONDS
+    rate_limit: float = Field(500.0, description="messages per second per connection")
+    rate_burst: int = 1000
+    session_queue: int = 4096
+    token_ttl: int = 24 * 3600
+    log_level: str = "INFO"
+
+    def transfers(self) -> list[tuple[str, int]]:
+        return _addr_list(self.transfer_addrs)
+
+    def connectors(self) -> list[tuple[str, int]]:
+        return _addr_list(self.connector_addrs or f"{self.bind_host}:{self.connector_port}")
+
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "im.db"
+
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path()}"
+
+    def name(self, port: int) -> str:
+        return self.node_id or f"{socket.gethostname()}:{port}"
+
+    def signing_secret(self) -> bytes:
+        """The token secret: from IM_SECRET, else a random one kept in ``data_dir/secret``.
+
+        Every process of one deployment must agree on it, so the file is created once (0600) and
+        reread by the others that share the data directory.
+        """
+        if self.secret:
+            if len(self.secret) < 16:
+                raise ConfigError("IM_SECRET must be at least 16 characters")
+            return self.secret.encode()
+        path = self.data_dir / "secret"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            value = path.read_text().strip()
+            if len(value) < 16:
+                raise ConfigError(f"{path} holds no usable secret") from None
+            return value.encode()
+        with os.fdopen(fd, "w") as fh:
+            value = secrets.token_urlsafe(32)
+            fh.write(value)
+        return value.encode()

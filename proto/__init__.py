@@ -1,0 +1,1 @@
+"""Wire schema: generated protobuf classes (see im.proto and docs/protocol.md)."""
