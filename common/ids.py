@@ -20,3 +20,9 @@ class MessageIdGen:
         candidate = int(time.time() * 1000) << 12
         self._last = max(self._last + 1, candidate)
         return self._last
+
+
+def conversation_key(a: str, b: str) -> str:
+    """The same key for both directions of a 1-1 conversation: it picks one transfer and one
+    routing worker, which is what keeps a conversation in order."""
+    return f"{a}\x00{b}" if a < b else f"{b}\x00{a}"

@@ -1,0 +1,151 @@
+"""Wires services into one process: all of them for ``im up``, one for ``im connector`` etc.
+
+The only module that imports several services (DESIGN.md §2). Start order: storage and brokers,
+then the offline writer, transfer, connector, REST; stop order is the reverse, so a connector's
+sessions can still hand their leftovers to a transfer and the writer still commits them, and the
+databases and brokers close last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import uvicorn
+
+import offline
+import user_status
+from common.config import Settings
+from common.db import Database, open_database
+from common.tokens import TokenSigner
+from connector.server import Connector
+from offline.base import OfflineQueue
+from offline.sqlstore import SQLOfflineStore
+from offline.writer import OfflineWriter
+from rest_web.app import create_app
+from rest_web.store import UserStore
+from transfer.server import Transfer
+from user_status.base import UserStatusService
+from user_status.relations import RelationReader
+
+log = logging.getLogger(__name__)
+
+ALL_ROLES = frozenset({"rest", "transfer", "connector", "writer"})
+
+
+class _GuestServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the stack owns SIGINT/SIGTERM."""
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    roles: frozenset[str] = ALL_ROLES
+    db: Database | None = None
+    status: UserStatusService | None = None
+    queue: OfflineQueue | None = None
+    transfer: Transfer | None = None
+    connector: Connector | None = None
+    rest_port: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _rest: uvicorn.Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        signer = TokenSigner(s.signing_secret())
+        self.db = await open_database(s.db_url())
+        users = UserStore(self.db)
+        await users.migrate()
+        store = SQLOfflineStore(self.db)
+        await store.migrate()
+        needs_status = bool(self.roles & {"transfer", "connector"})
+        if needs_status:
+            self.status = await user_status.create(s)
+        if self.roles & {"transfer", "writer"}:
+            self.queue = await offline.create_queue(s)
+        if "writer" in self.roles and self.queue is not None:
+            writer = OfflineWriter(self.queue, store)
+            self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
+        if "transfer" in self.roles:
+            assert self.status is not None and self.queue is not None
+            self.transfer = Transfer(s, self.status, self.queue, signer)
+            await self.transfer.start()
+        if "connector" in self.roles:
+            assert self.status is not None
+            cs = s
+            if self.transfer is not None:
+                # in one process the connector links to the transfer it runs beside
+                cs = s.model_copy(
+                    update={"transfer_addrs": f"{s.bind_host}:{self.transfer.port}"}
+                )
+            self.connector = Connector(cs, self.status, store, RelationReader(self.db), signer)
+            await self.connector.start()
+        if "rest" in self.roles:
+            rs = s
+            if self.connector is not None and not s.connector_addrs:
+                rs = s.model_copy(
+                    update={"connector_addrs": f"{s.bind_host}:{self.connector.port}"}
+                )
+            app = create_app(rs, users, signer)
+            config = uvicorn.Config(
+                app, host=s.bind_host, port=s.rest_port, log_level="warning",
+                log_config=None, lifespan="off", server_header=False,
+            )
+            self._rest = _GuestServer(config)
+            task = asyncio.create_task(self._rest.serve(), name="rest")
+            self._tasks.append(task)
+            while not self._rest.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("REST server stopped at start")
+                await asyncio.sleep(0.01)
+            self.rest_port = self._rest.servers[0].sockets[0].getsockname()[1]
+
+    def describe(self) -> list[str]:
+        s = self.settings
+        lines = []
+        if self.connector is not None:
+            lines.append(f"connector  {s.bind_host}:{self.connector.port}  (clients, TCP)")
+        if self.transfer is not None:
+            lines.append(f"transfer   {s.bind_host}:{self.transfer.port}  (connectors, TCP)")
+        if self._rest is not None:
+            lines.append(f"rest       http://{s.bind_host}:{self.rest_port}  (docs at /docs)")
+        if "writer" in self.roles:
+            lines.append("writer     offline queue -> " + _redact(s.db_url()))
+        return lines
+
+    async def stop(self) -> None:
+        if self._rest is not None:
+            self._rest.should_exit = True
+        if self.connector is not None:
+            await self.connector.stop()
+        if self.transfer is not None:
+            await self.transfer.stop()
+        if self._rest is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tasks[-1]), 5)
+        if self.queue is not None:
+            await self.queue.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.status is not None:
+            await self.status.close()
+        if self.db is not None:
+            await self.db.close()
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

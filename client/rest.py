@@ -1,0 +1,93 @@
+"""The REST half of the client: register, login, friends, logout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from common.errors import IMError
+
+
+class RestError(IMError):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAnswer:
+    user_id: str
+    token: str
+    connector: tuple[str, int]
+    friends: dict[str, str]  # friend id -> pair key
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class RestClient:
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+        self.token = ""
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @staticmethod
+    def _check(resp: httpx.Response, *ok: int) -> Any:
+        if resp.status_code not in ok:
+            try:
+                detail = str(resp.json().get("detail", resp.text))
+            except ValueError:
+                detail = resp.text
+            raise RestError(resp.status_code, detail)
+        return resp.json() if resp.content else None
+
+    async def register(self, user_id: str, password: str, display_name: str = "") -> bool:
+        """Create the account; False if it already exists."""
+        resp = await self._http.post(
+            "/users",
+            json={"user_id": user_id, "password": password, "display_name": display_name or None},
+        )
+        if resp.status_code == 409:
+            return False
+        self._check(resp, 201)
+        return True
+
+    async def login(self, user_id: str, password: str, device_id: str = "") -> LoginAnswer:
+        resp = await self._http.post(
+            "/login", json={"user_id": user_id, "password": password, "device_id": device_id}
+        )
+        data = self._check(resp, 200)
+        self.token = data["token"]
+        return LoginAnswer(
+            user_id=data["user_id"],
+            token=data["token"],
+            connector=_addr(data["connector"]),
+            friends={f["user_id"]: f["key"] for f in data["friends"]},
+        )
+
+    async def add_friend(self, friend_id: str) -> str:
+        resp = await self._http.put(f"/friends/{friend_id}", headers=self._auth())
+        return str(self._check(resp, 200, 201)["key"])
+
+    async def remove_friend(self, friend_id: str) -> None:
+        resp = await self._http.delete(f"/friends/{friend_id}", headers=self._auth())
+        self._check(resp, 204)
+
+    async def friends(self) -> dict[str, str]:
+        resp = await self._http.get("/friends", headers=self._auth())
+        return {f["user_id"]: f["key"] for f in self._check(resp, 200)}
+
+    async def logout(self) -> None:
+        resp = await self._http.post("/logout", headers=self._auth())
+        self._check(resp, 204)
+        self.token = ""

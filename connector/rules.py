@@ -1,0 +1,75 @@
+"""Who may send what on a client connection: a pure state machine, no I/O.
+
+States: CONNECTED (socket open, no identity) -> AUTHENTICATED (GREET accepted) -> CLOSING.
+Before GREET only GREET is accepted (anything else is fatal: the peer is not speaking the
+protocol); after it, only chat, receipts and keep-alives (a second GREET is refused but not
+fatal). Server-to-client bodies from a client are an unknown type.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from common.errors import ProtocolError
+from proto import im_pb2
+
+
+class State(IntEnum):
+    CONNECTED = 0
+    AUTHENTICATED = 1
+    CLOSING = 2
+
+
+# body kind -> states in which a client may send it
+ALLOWED: dict[str, frozenset[State]] = {
+    "greet": frozenset({State.CONNECTED}),
+    "chat": frozenset({State.AUTHENTICATED}),
+    "ack": frozenset({State.AUTHENTICATED}),
+    "link_ack": frozenset({State.AUTHENTICATED}),
+    "ping": frozenset({State.CONNECTED, State.AUTHENTICATED}),
+    "pong": frozenset({State.CONNECTED, State.AUTHENTICATED}),
+}
+
+
+def check(state: State, kind: str | None) -> None:
+    """Raise the ProtocolError a client deserves for sending ``kind`` in ``state``."""
+    if state is State.CLOSING:
+        raise ProtocolError("connection is closing", code=im_pb2.SHUTTING_DOWN, fatal=True)
+    allowed = ALLOWED.get(kind or "")
+    if allowed is None:
+        raise ProtocolError(
+            f"a client may not send {kind or 'an empty envelope'}",
+            code=im_pb2.UNKNOWN_TYPE,
+            fatal=state is State.CONNECTED,
+        )
+    if state in allowed:
+        return
+    if state is State.CONNECTED:
+        raise ProtocolError(f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED, fatal=True)
+    raise ProtocolError("already greeted", code=im_pb2.ALREADY_GREETED)
+
+
+def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
+    """Field checks for a client's chat; the friendship check needs I/O and is done after."""
+    if chat.from_id != user_id:
+        raise ProtocolError(f"from_id {chat.from_id!r} is not you", code=im_pb2.SPOOFED_SENDER)
+    if chat.id == 0:
+        raise ProtocolError("message id must not be 0")
+    if not chat.dest_id or len(chat.dest_id) > 64:
+        raise ProtocolError("bad dest_id")
+    if chat.dest_type != im_pb2.SINGLE:
+        raise ProtocolError("only SINGLE chat is supported")
+    if chat.msg_type not in (im_pb2.TEXT, im_pb2.FILE):
+        raise ProtocolError("unknown msg_type")
+    if len(chat.body) > max_body:
+        raise ProtocolError(f"body over {max_body} bytes")
+
+
+def check_receipt(user_id: str, ack: im_pb2.AckMsg) -> None:
+    """Clients send READ only: SENT and DELIVERED are the server's to issue."""
+    if ack.from_id != user_id:
+        raise ProtocolError(f"from_id {ack.from_id!r} is not you", code=im_pb2.SPOOFED_SENDER)
+    if ack.ack_type != im_pb2.READ:
+        raise ProtocolError("clients may only send READ receipts")
+    if ack.ack_msg_id == 0 or not ack.dest_id or len(ack.dest_id) > 64:
+        raise ProtocolError("bad receipt")

@@ -1,0 +1,519 @@
+"""The connector: holds client sockets, authenticates GREET, pushes with ack windows.
+
+Rules it keeps (DESIGN.md §3, seed §8-9):
+- nothing from a client is trusted before a GREET whose token verifies locally; from_id must be
+  the session's user; a SINGLE chat or READ goes only to a friend;
+- every push to a device goes through a per-session inbox, consumed by one pump task, so the
+  offline drain on login and live messages reach the device in one order: the drain is queued
+  first, then the session is registered in ``user_status``, then drained once more (rows
+  committed while it registered); a ``Drain`` from a transfer queues another drain in line;
+- a device's link ack of a pushed chat is what makes it DELIVERED (and SENT, the server having
+  handed it over); drained chats were SENT when they were stored;
+- when a session ends, whatever it still holds (unacked or queued) goes back to a transfer as a
+  ``Bounce`` to be stored offline (seed §8.1, option 2);
+- a slow device is disconnected, not buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from common.config import Settings
+from common.errors import AuthError, IMError, ProtocolError
+from common.ids import MessageIdGen, conversation_key
+from common.link import Link, LinkClosed, LinkConfig, open_link
+from common.tokens import TokenSigner
+from connector import rules
+from connector.rules import State
+from offline.base import OfflineStore
+from proto import im_pb2
+from user_status.base import UserStatusService
+
+log = logging.getLogger(__name__)
+
+_DRAIN = object()  # inbox marker: drain the offline store here
+DRAIN_BATCH = 500
+
+
+class FriendCheck(Protocol):
+    """The relation lookup the connector needs (see user_status.relations)."""
+
+    async def are_friends(self, a: str, b: str) -> bool: ...
+
+
+@dataclass
+class Counters:
+    """What happened, for logs and tests; each breach of the protocol counts once."""
+
+    connections: int = 0
+    sessions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+    bounced: int = 0
+
+    def error(self, code_name: str) -> None:
+        self.errors[code_name] = self.errors.get(code_name, 0) + 1
+
+
+class TokenBucket:
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class ClientSession:
+    """One client connection: the protocol rules on top of a :class:`Link`."""
+
+    def __init__(self, connector: Connector) -> None:
+        self.c = connector
+        self.state = State.CONNECTED
+        self.user_id = ""
+        self.device_id = ""
+        self.link: Link | None = None
+        self._inbox: asyncio.Queue[object] = asyncio.Queue(connector.settings.session_queue)
+        self._pump: asyncio.Task[None] | None = None
+        self._drained_seqs: set[int] = set()
+        loop = asyncio.get_running_loop()
+        self._bucket = TokenBucket(
+            connector.settings.rate_limit, connector.settings.rate_burst, loop.time()
+        )
+
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.user_id or '?'}/{self.device_id or '?'} {self.state.name}>"
+
+    # -- LinkHandler -------------------------------------------------------------------------
+
+    async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
+        kind = env.WhichOneof("body")
+        try:
+            rules.check(self.state, kind)
+            if kind == "greet":
+                await self._greet(link, env.greet)
+            elif kind == "chat":
+                await self._chat(env)
+            elif kind == "ack":
+                await self._receipt(env)
+        except ProtocolError as err:
+            self.c.counters.error(err.code_name)
+            raise
+
+    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+        for seq, env in acked:
+            drained = seq in self._drained_seqs
+            if drained:
+                self._drained_seqs.discard(seq)
+            if env.WhichOneof("body") != "chat":
+                continue
+            self.c.counters.delivered += 1
+            chat = env.chat
+            kinds = (im_pb2.DELIVERED,) if drained else (im_pb2.SENT, im_pb2.DELIVERED)
+            for ack_type in kinds:
+                receipt = im_pb2.AckMsg(
+                    id=self.c.ids(),
+                    from_id=chat.dest_id,
+                    dest_id=chat.from_id,
+                    ack_type=ack_type,
+                    ack_msg_id=chat.id,
+                )
+                self.c.forward_soon(im_pb2.Envelope(ack=receipt))
+
+    async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
+        self.state = State.CLOSING
+        if self._pump is not None:
+            self._pump.cancel()
+        leftovers = list(unacked)
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, im_pb2.Envelope):
+                leftovers.append(item)
+        if self.user_id:
+            self.c.unregister(self)
+            try:
+                await self.c.status.offline(self.user_id, self.device_id, self.c.node_id)
+            except IMError as exc:
+                log.warning("%s: could not record offline: %s", self, exc)
+        for env in leftovers:
+            await self.c.bounce(env)
+        if link.close_error is not None:
+            log.info("%s: closed (%s)", self, link.close_error.code_name)
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    async def _greet(self, link: Link, greet: im_pb2.Greet) -> None:
+        try:
+            claims = self.c.signer.verify(greet.token)
+        except AuthError as exc:
+            raise ProtocolError(str(exc), code=im_pb2.BAD_TOKEN, fatal=True) from None
+        device = greet.device_id or claims.device_id or "default"
+        if len(device) > 64:
+            raise ProtocolError("device_id too long", code=im_pb2.BAD_MESSAGE, fatal=True)
+        self.user_id, self.device_id = claims.user_id, device
+        self.state = State.AUTHENTICATED
+        link.name = f"{link.name} {self.user_id}/{device}"
+        s = self.c.settings
+        link.send_control(
+            im_pb2.Envelope(
+                welcome=im_pb2.Welcome(
+                    user_id=self.user_id,
+                    node_id=self.c.node_id,
+                    heartbeat_ms=int(s.heartbeat * 1000),
+                    max_frame_bytes=s.max_frame,
+                    window=s.window,
+                )
+            )
+        )
+        # Offline before live (seed §9): local routing first, so a Drain or a live message
+        # arriving from now on queues behind the first drain; then go online; then drain again
+        # for rows committed while we registered.
+        self.c.register(self)
+        self._pump = asyncio.create_task(self._run_pump(link), name=f"pump {link.name}")
+        self._inbox.put_nowait(_DRAIN)
+        await self.c.status.online(self.user_id, device, self.c.node_id)
+        self.queue_drain()
+        self.c.counters.sessions += 1
+        log.info("%s: online", self)
+
+    async def _chat(self, env: im_pb2.Envelope) -> None:
+        chat = env.chat
+        rules.check_chat(self.user_id, chat, self.c.settings.max_frame)
+        self._rate()
+        if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
+            raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
+        await self.c.forward(_fresh(env))
+
+    async def _receipt(self, env: im_pb2.Envelope) -> None:
+        rules.check_receipt(self.user_id, env.ack)
+        self._rate()
+        if not await self.c.friends.are_friends(self.user_id, env.ack.dest_id):
+            raise ProtocolError(f"{env.ack.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
+        await self.c.forward(_fresh(env))
+
+    def _rate(self) -> None:
+        if not self._bucket.take(asyncio.get_running_loop().time()):
+            raise ProtocolError("too many messages", code=im_pb2.RATE_LIMITED)
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def push(self, env: im_pb2.Envelope) -> bool:
+        """Queue a chat or receipt for the device; False (and the session closes) when full."""
+        if self.state is not State.AUTHENTICATED or self.link is None or self.link.closing:
+            return False
+        try:
+            self._inbox.put_nowait(env)
+        except asyncio.QueueFull:
+            log.warning("%s: device is too slow (%d queued): closing", self, self._inbox.qsize())
+            self.c.counters.error("SLOW_CONSUMER")
+            self.link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
+            return False
+        return True
+
+    def queue_drain(self) -> None:
+        if self.state is State.AUTHENTICATED:
+            try:
+                self._inbox.put_nowait(_DRAIN)
+            except asyncio.QueueFull:
+                pass  # the pump is far behind: it will drain after what it holds anyway
+
+    async def _run_pump(self, link: Link) -> None:
+        store = self.c.store
+        try:
+            while True:
+                item = await self._inbox.get()
+                if isinstance(item, im_pb2.Envelope):
+                    await link.send(item)
+                    continue
+                while True:
+                    rows = await store.drain(self.user_id, DRAIN_BATCH)
+                    for row in rows:
+                        try:
+                            seq = await link.send(row.envelope())
+                        except LinkClosed:
+                            await self.c.bounce(row.envelope())
+                            raise
+                        self._drained_seqs.add(seq)
+                    if len(rows) < DRAIN_BATCH:
+                        break
+        except LinkClosed:
+            pass
+        except IMError as exc:
+            log.error("%s: offline drain failed: %s; closing so the client retries", self, exc)
+            link.close(ProtocolError("offline store unavailable", code=im_pb2.INTERNAL, fatal=True))
+
+
+def _msg_key(env: im_pb2.Envelope) -> int:
+    return env.chat.id if env.WhichOneof("body") == "chat" else env.ack.ack_msg_id
+
+
+def _fresh(env: im_pb2.Envelope) -> im_pb2.Envelope:
+    """The body of ``env`` in a new envelope (link sequences are per link)."""
+    out = im_pb2.Envelope()
+    out.CopyFrom(env)
+    out.seq = 0
+    return out
+
+
+class TransferLinkHandler:
+    """The connector's side of its link to one transfer."""
+
+    def __init__(self, connector: Connector, addr: tuple[str, int]) -> None:
+        self.c = connector
+        self.addr = addr
+        self.ready = asyncio.Event()
+
+    async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
+        kind = env.WhichOneof("body")
+        if kind in ("chat", "ack"):
+            await self.c.deliver_local(env)
+        elif kind == "drain":
+            for s in self.c.sessions_of(env.drain.user_id):
+                s.queue_drain()
+        elif kind == "welcome":
+            self.ready.set()
+        elif kind == "error":
+            log.warning("transfer %s: error %s: %s", link.name,
+                        im_pb2.ErrorCode.Name(env.error.code), env.error.detail)
+        else:
+            raise ProtocolError(f"unexpected {kind} from a transfer", code=im_pb2.UNKNOWN_TYPE)
+
+    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+        pass
+
+    async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
+        self.ready.clear()
+        if unacked:
+            log.warning("transfer %s gone with %d unacked frames", link.name, len(unacked))
+            self.c.counters.error("TRANSFER_LOST")
+
+
+class Connector:
+    def __init__(
+        self,
+        settings: Settings,
+        status: UserStatusService,
+        store: OfflineStore,
+        friends: FriendCheck,
+        signer: TokenSigner,
+    ) -> None:
+        self.settings = settings
+        self.status = status
+        self.store = store
+        self.friends = friends
+        self.signer = signer
+        self.node_id = settings.name(settings.connector_port)
+        self.ids = MessageIdGen()
+        self.counters = Counters()
+        self.link_config = LinkConfig(
+            max_frame=settings.max_frame,
+            window=settings.window,
+            retry_timeout=settings.retry_timeout,
+            max_retries=settings.max_retries,
+            heartbeat=settings.heartbeat,
+            idle_timeout=settings.idle_timeout,
+        )
+        self._sessions: dict[str, dict[str, ClientSession]] = {}
+        self._links: list[tuple[TransferLinkHandler, Link | None]] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.port = settings.connector_port
+
+    # -- routing table -----------------------------------------------------------------------
+
+    def register(self, s: ClientSession) -> None:
+        devices = self._sessions.setdefault(s.user_id, {})
+        old = devices.get(s.device_id)
+        devices[s.device_id] = s
+        if old is not None and old.link is not None:
+            old.link.close(ProtocolError("signed in again elsewhere", code=im_pb2.SHUTTING_DOWN,
+                                         fatal=True))
+
+    def unregister(self, s: ClientSession) -> None:
+        devices = self._sessions.get(s.user_id)
+        if devices is not None and devices.get(s.device_id) is s:
+            del devices[s.device_id]
+            if not devices:
+                del self._sessions[s.user_id]
+
+    def sessions_of(self, user_id: str) -> list[ClientSession]:
+        return list(self._sessions.get(user_id, {}).values())
+
+    @property
+    def online_sessions(self) -> int:
+        return sum(len(d) for d in self._sessions.values())
+
+    async def deliver_local(self, env: im_pb2.Envelope) -> None:
+        body = env.chat if env.WhichOneof("body") == "chat" else env.ack
+        pushed = False
+        for s in self.sessions_of(body.dest_id):
+            pushed = s.push(_fresh(env)) or pushed
+        if not pushed:
+            # spawned, not awaited: this runs on the transfer link's reader, which must keep
+            # reading (and acking) even when the link back to the transfer is full
+            self._spawn(self.bounce(env))
+
+    # -- transfer links ----------------------------------------------------------------------
+
+    def _pick(self, key: str) -> Link | None:
+        """The transfer for a conversation: a stable hash over the configured transfers, so one
+        conversation keeps one path while its transfer lives; the next live one otherwise."""
+        n = len(self._links)
+        if not n:
+            return None
+        start = zlib.crc32(key.encode()) % n
+        for i in range(n):
+            handler, link = self._links[(start + i) % n]
+            if link is not None and not link.closing and handler.ready.is_set():
+                return link
+        return None
+
+    async def forward(self, env: im_pb2.Envelope) -> None:
+        body = env.chat if env.WhichOneof("body") == "chat" else env.ack
+        link = self._pick(conversation_key(body.from_id, body.dest_id))
+        if link is None:
+            raise ProtocolError("no transfer available, retry later", code=im_pb2.INTERNAL)
+        try:
+            await link.send(env)
+        except LinkClosed:
+            raise ProtocolError("transfer link lost, retry later", code=im_pb2.INTERNAL) from None
+
+    def forward_soon(self, env: im_pb2.Envelope) -> None:
+        """Forward a server-made receipt without blocking the caller (a sync callback)."""
+        self._spawn(self._forward_logged(env))
+
+    async def _forward_logged(self, env: im_pb2.Envelope) -> None:
+        try:
+            await self.forward(env)
+        except ProtocolError as err:
+            log.warning("receipt %s not forwarded: %s", env.ack.ack_msg_id, err.detail)
+            self.counters.error("RECEIPT_LOST")
+
+    async def bounce(self, env: im_pb2.Envelope) -> None:
+        """Hand an undeliverable chat or receipt to a transfer to store offline."""
+        kind = env.WhichOneof("body")
+        if kind == "chat":
+            bounce = im_pb2.Bounce(chat=env.chat)
+            key = conversation_key(env.chat.from_id, env.chat.dest_id)
+        elif kind == "ack":
+            bounce = im_pb2.Bounce(ack=env.ack)
+            key = conversation_key(env.ack.from_id, env.ack.dest_id)
+        else:
+            return
+        self.counters.bounced += 1
+        link = self._pick(key)
+        try:
+            if link is None:
+                raise LinkClosed("no transfer")
+            await link.send(im_pb2.Envelope(bounce=bounce))
+        except LinkClosed:
+            # Not acknowledged to anyone yet as stored: the sender still holds it until SENT.
+            log.error("could not hand back %s %d: no transfer", kind, _msg_key(env))
+            self.counters.error("BOUNCE_LOST")
+
+    async def _keep_transfer_link(self, index: int, addr: tuple[str, int]) -> None:
+        handler = TransferLinkHandler(self, addr)
+        self._links[index] = (handler, None)
+        delay = 0.1
+        token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
+        while not self._stopping:
+            try:
+                link = await open_link(addr[0], addr[1], handler, self.link_config,
+                                       name=f"transfer {addr[0]}:{addr[1]}")
+            except (OSError, TimeoutError) as exc:
+                log.debug("transfer %s:%d not reachable: %s", *addr, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            self._links[index] = (handler, link)
+            link.send_control(
+                im_pb2.Envelope(greet=im_pb2.Greet(token=token, node_id=self.node_id))
+            )
+            log.info("linked to transfer %s:%d", *addr)
+            await link.run()
+            self._links[index] = (handler, None)
+            if not self._stopping:
+                log.warning("link to transfer %s:%d lost; reconnecting", *addr)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, *, wait_transfers: float = 5.0) -> None:
+        s = self.settings
+        addrs = s.transfers()
+        self._links = [(TransferLinkHandler(self, a), None) for a in addrs]
+        for i, addr in enumerate(addrs):
+            self._spawn(self._keep_transfer_link(i, addr))
+        self._server = await asyncio.start_server(
+            self._on_client, s.bind_host, s.connector_port, limit=64 * 1024
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.port = sock[1]
+        if not s.node_id and s.connector_port == 0:
+            self.node_id = f"{s.bind_host}:{self.port}"
+        async with asyncio.timeout(wait_transfers):
+            while not any(h.ready.is_set() for h, _ in self._links):
+                await asyncio.sleep(0.02)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:
+            writer.close()
+            return
+        self.counters.connections += 1
+        session = ClientSession(self)
+        link = Link(reader, writer, session, self.link_config)
+        session.link = link
+        deadline = asyncio.get_running_loop().call_later(
+            self.settings.greet_timeout, self._greet_deadline, session
+        )
+        try:
+            await link.run()
+        finally:
+            deadline.cancel()
+
+    def _greet_deadline(self, session: ClientSession) -> None:
+        if session.state is State.CONNECTED and session.link is not None:
+            self.counters.error("GREET_TIMEOUT")
+            session.link.close(
+                ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True)
+            )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, close sessions (their leftovers bounce), then drop transfer links."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        sessions = [s for d in self._sessions.values() for s in d.values()]
+        for s in sessions:
+            if s.link is not None:
+                s.link.close(ProtocolError("server stopping", code=im_pb2.SHUTTING_DOWN,
+                                           fatal=True))
+        waits = [s.link.wait_closed() for s in sessions if s.link is not None]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace)
+        for _, link in self._links:
+            if link is not None:
+                link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+

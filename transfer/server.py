@@ -1,0 +1,287 @@
+"""The transfer: routes chats and receipts between connectors (seed §4.2).
+
+Rules it keeps:
+- connectors dial in and GREET with a node token; the link is then known by the connector's
+  node id, which is what ``user_status`` maps devices to;
+- frames are routed per conversation in arrival order (a :class:`KeyedSerial` worker per
+  conversation), so one conversation never overtakes itself, while conversations run in parallel;
+- dest online -> forward to each of its connectors; offline -> publish to the offline queue, and
+  only once that is durable tell the sender SENT (G1);
+- after storing, look the user up again: if it came online meanwhile, send its connectors a
+  ``Drain`` so the row is not stranded until its next login (the hole in the seed's version);
+- a connector link that dies with frames unacked: those are stored offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from common.config import Settings
+from common.errors import AuthError, IMError, ProtocolError
+from common.ids import MessageIdGen, conversation_key
+from common.link import Link, LinkClosed, LinkConfig
+from common.tokens import TokenSigner
+from offline.base import OfflineItem, OfflineQueue
+from proto import im_pb2
+from user_status.base import UserStatusService
+
+log = logging.getLogger(__name__)
+
+# How long a frame may wait for a backend (status lookup, queue) before it is given up; the sender
+# never got SENT for it, so its client library still holds it and resends.
+BACKEND_RETRIES = 5
+
+
+class KeyedSerial:
+    """Runs jobs one at a time per key, keys in parallel, with a bound on jobs waiting in all."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._queues: dict[str, asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
+        await self._slots.acquire()
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = asyncio.Queue()
+            task = asyncio.create_task(self._work(key, q))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        q.put_nowait(job)
+
+    async def _work(self, key: str, q: asyncio.Queue[Callable[[], Awaitable[None]]]) -> None:
+        try:
+            while not q.empty():
+                job = q.get_nowait()
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("routing job for %r failed", key)
+                finally:
+                    self._slots.release()
+        finally:
+            if self._queues.get(key) is q:
+                del self._queues[key]
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class ConnectorLink:
+    """The transfer's side of one connector's link."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        self.t = transfer
+        self.node_id = ""
+
+    async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
+        kind = env.WhichOneof("body")
+        if not self.node_id:
+            if kind != "greet":
+                raise ProtocolError(f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED,
+                                    fatal=True)
+            try:
+                claims = self.t.signer.verify(env.greet.token, role="node")
+            except AuthError as exc:
+                raise ProtocolError(str(exc), code=im_pb2.BAD_TOKEN, fatal=True) from None
+            self.node_id = env.greet.node_id or claims.user_id
+            link.name = f"connector {self.node_id}"
+            self.t.attach(self.node_id, link)
+            link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
+            log.info("connector %s linked", self.node_id)
+            return
+        if kind == "chat":
+            c = env.chat
+            await self.t.serial.submit(conversation_key(c.from_id, c.dest_id),
+                                       lambda: self.t.route(_copy(env)))
+        elif kind == "ack":
+            a = env.ack
+            await self.t.serial.submit(conversation_key(a.from_id, a.dest_id),
+                                       lambda: self.t.route(_copy(env)))
+        elif kind == "bounce":
+            item = _bounced_item(env.bounce)
+            if item is None:
+                raise ProtocolError("empty bounce")
+            await self.t.serial.submit(conversation_key(item.from_id, item.to_user_id),
+                                       lambda: self.t.store_offline(item))
+        elif kind == "error":
+            log.warning("%s sent error %s: %s", link.name,
+                        im_pb2.ErrorCode.Name(env.error.code), env.error.detail)
+        else:
+            raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
+
+    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+        pass
+
+    async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
+        if self.node_id:
+            self.t.detach(self.node_id, link)
+            log.info("connector %s unlinked (%d unacked)", self.node_id, len(unacked))
+        for env in unacked:
+            kind = env.WhichOneof("body")
+            if kind == "chat":
+                item = OfflineItem.of_chat(env.chat, rearm=True)
+            elif kind == "ack":
+                item = OfflineItem.of_ack(env.ack, rearm=True)
+            else:
+                continue
+            await self.t.serial.submit(conversation_key(item.from_id, item.to_user_id),
+                                       lambda item=item: self.t.store_offline(item))
+
+
+def _copy(env: im_pb2.Envelope) -> im_pb2.Envelope:
+    out = im_pb2.Envelope()
+    out.CopyFrom(env)
+    out.seq = 0
+    return out
+
+
+def _bounced_item(b: im_pb2.Bounce) -> OfflineItem | None:
+    kind = b.WhichOneof("body")
+    if kind == "chat":
+        return OfflineItem.of_chat(b.chat, rearm=True)
+    if kind == "ack":
+        return OfflineItem.of_ack(b.ack, rearm=True)
+    return None
+
+
+class Transfer:
+    def __init__(
+        self,
+        settings: Settings,
+        status: UserStatusService,
+        queue: OfflineQueue,
+        signer: TokenSigner,
+    ) -> None:
+        self.settings = settings
+        self.status = status
+        self.queue = queue
+        self.signer = signer
+        self.node_id = settings.name(settings.transfer_port)
+        self.ids = MessageIdGen()
+        self.serial = KeyedSerial()
+        self.links: dict[str, Link] = {}
+        self.link_config = LinkConfig(
+            max_frame=settings.max_frame,
+            window=settings.window,
+            retry_timeout=settings.retry_timeout,
+            max_retries=settings.max_retries,
+            heartbeat=settings.heartbeat,
+            idle_timeout=settings.idle_timeout,
+        )
+        self.routed = 0
+        self.stored = 0
+        self._server: asyncio.Server | None = None
+        self._conns: set[Link] = set()
+        self.port = settings.transfer_port
+
+    def attach(self, node_id: str, link: Link) -> None:
+        old = self.links.get(node_id)
+        self.links[node_id] = link
+        if old is not None and old is not link:
+            old.close()
+
+    def detach(self, node_id: str, link: Link) -> None:
+        if self.links.get(node_id) is link:
+            del self.links[node_id]
+
+    async def _lookup(self, user_id: str) -> dict[str, str]:
+        delay = 0.05
+        for attempt in range(BACKEND_RETRIES):
+            try:
+                return await self.status.lookup(user_id)
+            except IMError as exc:
+                if attempt == BACKEND_RETRIES - 1:
+                    raise
+                log.warning("user status lookup failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def route(self, env: im_pb2.Envelope) -> None:
+        """Forward to every connector holding the destination, or store offline."""
+        body = env.chat if env.WhichOneof("body") == "chat" else env.ack
+        devices = await self._lookup(body.dest_id)
+        sent = False
+        for node in set(devices.values()):
+            link = self.links.get(node)
+            if link is None:
+                continue
+            try:
+                await link.send(_copy(env))
+                sent = True
+            except LinkClosed:
+                continue
+        self.routed += 1
+        if sent:
+            return
+        if env.WhichOneof("body") == "chat":
+            await self.store_offline(OfflineItem.of_chat(env.chat))
+        else:
+            await self.store_offline(OfflineItem.of_ack(env.ack))
+
+    async def store_offline(self, item: OfflineItem) -> None:
+        """Make ``item`` durable, then SENT to a chat's sender, then re-check the recipient."""
+        delay = 0.05
+        for attempt in range(BACKEND_RETRIES):
+            try:
+                await self.queue.publish([item])
+                break
+            except IMError as exc:
+                if attempt == BACKEND_RETRIES - 1:
+                    log.error("offline store failed for %s/%d: %s; sender will resend",
+                              item.from_id, item.msg_id, exc)
+                    return
+                log.warning("offline publish failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        self.stored += 1
+        if item.kind == 0:
+            sent = im_pb2.AckMsg(
+                id=self.ids(),
+                from_id=item.to_user_id,
+                dest_id=item.from_id,
+                ack_type=im_pb2.SENT,
+                ack_msg_id=item.msg_id,
+            )
+            await self.route(im_pb2.Envelope(ack=sent))
+        devices = await self._lookup(item.to_user_id)
+        for node in set(devices.values()):
+            link = self.links.get(node)
+            if link is not None:
+                try:
+                    await link.send(im_pb2.Envelope(drain=im_pb2.Drain(user_id=item.to_user_id)))
+                except LinkClosed:
+                    pass
+
+    async def start(self) -> None:
+        s = self.settings
+        self._server = await asyncio.start_server(self._on_conn, s.bind_host, s.transfer_port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        if not s.node_id and s.transfer_port == 0:
+            self.node_id = f"{s.bind_host}:{self.port}"
+
+    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = Link(reader, writer, ConnectorLink(self), self.link_config)
+        self._conns.add(link)
+        try:
+            await link.run()
+        finally:
+            self._conns.discard(link)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in list(self._conns):
+            link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
+        await asyncio.sleep(0)
+        await self.serial.close()
+        if self._server is not None:
+            await self._server.wait_closed()
