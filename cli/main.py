@@ -65,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="connector + transfer + REST + offline writer in one process")
     up.add_argument("--data-dir", help="where SQLite and the secret live (default ./im-data)")
-    up.set_defaults(func=lambda a: cmd_serve(a, frozenset({"rest", "transfer", "connector",
-                                                           "writer"})))
+    up.set_defaults(
+        func=lambda a: cmd_serve(a, frozenset({"rest", "transfer", "connector", "writer"}))
+    )
     for name, roles, helptext in (
         ("connector", {"connector"}, "client-facing connector only"),
-        ("transfer", {"transfer", "writer"}, "transfer only (+ the writer if the queue is "
-                                             "in-process)"),
+        (
+            "transfer",
+            {"transfer", "writer"},
+            "transfer only (+ the writer if the queue is in-process)",
+        ),
         ("rest", {"rest"}, "REST API only"),
         ("offline-writer", {"writer"}, "offline writer only (needs IM_AMQP_URL)"),
     ):

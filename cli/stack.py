@@ -84,9 +84,7 @@ class Stack:
             cs = s
             if self.transfer is not None:
                 # in one process the connector links to the transfer it runs beside
-                cs = s.model_copy(
-                    update={"transfer_addrs": f"{s.bind_host}:{self.transfer.port}"}
-                )
+                cs = s.model_copy(update={"transfer_addrs": f"{s.bind_host}:{self.transfer.port}"})
             self.connector = Connector(cs, self.status, store, RelationReader(self.db), signer)
             await self.connector.start()
         if "rest" in self.roles:
@@ -97,8 +95,13 @@ class Stack:
                 )
             app = create_app(rs, users, signer)
             config = uvicorn.Config(
-                app, host=s.bind_host, port=s.rest_port, log_level="warning",
-                log_config=None, lifespan="off", server_header=False,
+                app,
+                host=s.bind_host,
+                port=s.rest_port,
+                log_level="warning",
+                log_config=None,
+                lifespan="off",
+                server_header=False,
             )
             self._rest = _GuestServer(config)
             task = asyncio.create_task(self._rest.serve(), name="rest")

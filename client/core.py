@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from client.rest import LoginAnswer, RestClient
 from common.crypto import SealError, open_sealed, seal
@@ -145,8 +146,8 @@ class IMClient:
             im_pb2.Envelope(greet=im_pb2.Greet(token=login.token, device_id=self.device_id))
         )
         closed = asyncio.ensure_future(link.wait_closed())
-        done, _ = await asyncio.wait({self._welcome, closed}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [self._welcome, closed]
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         closed.cancel()
         if self._welcome not in done or self._welcome.cancelled():
             err = link.close_error

@@ -149,8 +149,10 @@ async def run_demo(
         await asyncio.gather(*(connect(i) for i in offline_set))
         await wait_for(
             "receipts",
-            lambda: len(tally.receipts["READ"]) >= messages
-            and len(tally.receipts["DELIVERED"]) >= messages,
+            lambda: (
+                len(tally.receipts["READ"]) >= messages
+                and len(tally.receipts["DELIVERED"]) >= messages
+            ),
         )
         await asyncio.sleep(0.2)  # let any stray duplicate arrive before counting
     except TimeoutError as exc:
@@ -201,8 +203,9 @@ def ok(report: dict[str, object]) -> bool:
 def main(rest: str, users: int, messages: int, offline: int, as_json: bool, timeout: float) -> int:
     prefix = f"demo{users}"
     report = asyncio.run(
-        run_demo(rest, users, messages, offline, prefix=prefix, timeout=timeout,
-                 progress=not as_json)
+        run_demo(
+            rest, users, messages, offline, prefix=prefix, timeout=timeout, progress=not as_json
+        )
     )
     good = ok(report)
     if as_json:

@@ -33,7 +33,7 @@ class AuthError(IMError):
 
 
 class ProtocolError(IMError):
-    """A peer broke the protocol. ``fatal`` errors mean the byte stream can't be trusted any more."""
+    """A peer broke the protocol; ``fatal`` means the byte stream can't be trusted any more."""
 
     code: int = im_pb2.BAD_MESSAGE
     fatal: bool = False
@@ -48,7 +48,7 @@ class ProtocolError(IMError):
 
     @property
     def code_name(self) -> str:
-        return im_pb2.ErrorCode.Name(self.code)  # type: ignore[arg-type]
+        return str(im_pb2.ErrorCode.Name(self.code))
 
 
 class FrameError(ProtocolError):

@@ -163,8 +163,11 @@ class Link:
         self._writer.write(data)
         self._last_sent = self._loop.time()
         if transport.get_write_buffer_size() > HARD_LIMIT:
-            log.warning("%s: peer is not reading (%d bytes queued): closing", self.name,
-                        transport.get_write_buffer_size())
+            log.warning(
+                "%s: peer is not reading (%d bytes queued): closing",
+                self.name,
+                transport.get_write_buffer_size(),
+            )
             transport.abort()
 
     async def _drain(self) -> None:

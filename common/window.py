@@ -125,7 +125,7 @@ class RecvWindow(Generic[T]):
         return len(self._parked)
 
     def offer(self, seq: int, item: T) -> list[T] | None:
-        """Take frame ``seq``. ``None`` means duplicate (re-ack it); else the frames now in order."""
+        """Take frame ``seq``: None for a duplicate (re-ack it), else the frames now in order."""
         if seq <= self.last or seq in self._parked:
             return None
         if seq > self.last + self.capacity:

@@ -17,6 +17,7 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
 from collections.abc import Awaitable
@@ -223,10 +224,9 @@ class ClientSession:
 
     def queue_drain(self) -> None:
         if self.state is State.AUTHENTICATED:
-            try:
+            # a full inbox means the pump is far behind: it drains after what it holds anyway
+            with contextlib.suppress(asyncio.QueueFull):
                 self._inbox.put_nowait(_DRAIN)
-            except asyncio.QueueFull:
-                pass  # the pump is far behind: it will drain after what it holds anyway
 
     async def _run_pump(self, link: Link) -> None:
         store = self.c.store
@@ -284,8 +284,12 @@ class TransferLinkHandler:
         elif kind == "welcome":
             self.ready.set()
         elif kind == "error":
-            log.warning("transfer %s: error %s: %s", link.name,
-                        im_pb2.ErrorCode.Name(env.error.code), env.error.detail)
+            log.warning(
+                "transfer %s: error %s: %s",
+                link.name,
+                im_pb2.ErrorCode.Name(env.error.code),
+                env.error.detail,
+            )
         else:
             raise ProtocolError(f"unexpected {kind} from a transfer", code=im_pb2.UNKNOWN_TYPE)
 
@@ -338,8 +342,9 @@ class Connector:
         old = devices.get(s.device_id)
         devices[s.device_id] = s
         if old is not None and old.link is not None:
-            old.link.close(ProtocolError("signed in again elsewhere", code=im_pb2.SHUTTING_DOWN,
-                                         fatal=True))
+            old.link.close(
+                ProtocolError("signed in again elsewhere", code=im_pb2.SHUTTING_DOWN, fatal=True)
+            )
 
     def unregister(self, s: ClientSession) -> None:
         devices = self._sessions.get(s.user_id)
@@ -430,8 +435,13 @@ class Connector:
         token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
         while not self._stopping:
             try:
-                link = await open_link(addr[0], addr[1], handler, self.link_config,
-                                       name=f"transfer {addr[0]}:{addr[1]}")
+                link = await open_link(
+                    addr[0],
+                    addr[1],
+                    handler,
+                    self.link_config,
+                    name=f"transfer {addr[0]}:{addr[1]}",
+                )
             except (OSError, TimeoutError) as exc:
                 log.debug("transfer %s:%d not reachable: %s", *addr, exc)
                 await asyncio.sleep(delay)
@@ -468,9 +478,15 @@ class Connector:
         self.port = sock[1]
         if not s.node_id and s.connector_port == 0:
             self.node_id = f"{s.bind_host}:{self.port}"
-        async with asyncio.timeout(wait_transfers):
-            while not any(h.ready.is_set() for h, _ in self._links):
-                await asyncio.sleep(0.02)
+        if self._links:
+            waits = [asyncio.ensure_future(h.ready.wait()) for h, _ in self._links]
+            done, pending = await asyncio.wait(
+                waits, timeout=wait_transfers, return_when=asyncio.FIRST_COMPLETED
+            )
+            for w in pending:
+                w.cancel()
+            if not done:
+                log.warning("no transfer reachable yet; clients will get errors until one is")
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._stopping:
@@ -503,8 +519,9 @@ class Connector:
         sessions = [s for d in self._sessions.values() for s in d.values()]
         for s in sessions:
             if s.link is not None:
-                s.link.close(ProtocolError("server stopping", code=im_pb2.SHUTTING_DOWN,
-                                           fatal=True))
+                s.link.close(
+                    ProtocolError("server stopping", code=im_pb2.SHUTTING_DOWN, fatal=True)
+                )
         waits = [s.link.wait_closed() for s in sessions if s.link is not None]
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace)
@@ -516,4 +533,3 @@ class Connector:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-

@@ -1,3 +1,36 @@
 """Offline messages: the store (save, drain with the has_read CAS of seed §10.2) and the queue
 that carries messages for offline users to the writer that stores them.
+
+:func:`create_queue` picks the queue from the settings; the store is
+:class:`offline.sqlstore.SQLOfflineStore` on the configured database.
 """
+
+from __future__ import annotations
+
+from common.config import Settings
+from common.errors import ConfigError
+from offline.base import KIND_CHAT, Delivery, OfflineItem, OfflineQueue, OfflineStore
+from offline.errors import RejectedError
+from offline.memqueue import MemoryOfflineQueue
+from offline.sqlstore import SQLOfflineStore
+from offline.writer import OfflineWriter
+
+__all__ = [
+    "KIND_CHAT",
+    "Delivery",
+    "MemoryOfflineQueue",
+    "OfflineItem",
+    "OfflineQueue",
+    "OfflineStore",
+    "OfflineWriter",
+    "RejectedError",
+    "SQLOfflineStore",
+    "create_queue",
+]
+
+
+async def create_queue(settings: Settings) -> OfflineQueue:
+    """The in-process queue; RabbitMQ (``settings.amqp_url``) is not implemented yet."""
+    if settings.amqp_url:
+        raise ConfigError("RabbitMQ queue not available yet")
+    return MemoryOfflineQueue()

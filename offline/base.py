@@ -36,7 +36,11 @@ class OfflineItem:
     @classmethod
     def of_ack(cls, ack: im_pb2.AckMsg, *, rearm: bool = False) -> OfflineItem:
         return cls(
-            ack.dest_id, ack.from_id, ack.ack_msg_id, int(ack.ack_type), ack.SerializeToString(),
+            ack.dest_id,
+            ack.from_id,
+            ack.ack_msg_id,
+            int(ack.ack_type),
+            ack.SerializeToString(),
             rearm,
         )
 

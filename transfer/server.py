@@ -15,6 +15,8 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -85,8 +87,9 @@ class ConnectorLink:
         kind = env.WhichOneof("body")
         if not self.node_id:
             if kind != "greet":
-                raise ProtocolError(f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED,
-                                    fatal=True)
+                raise ProtocolError(
+                    f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED, fatal=True
+                )
             try:
                 claims = self.t.signer.verify(env.greet.token, role="node")
             except AuthError as exc:
@@ -99,21 +102,28 @@ class ConnectorLink:
             return
         if kind == "chat":
             c = env.chat
-            await self.t.serial.submit(conversation_key(c.from_id, c.dest_id),
-                                       lambda: self.t.route(_copy(env)))
+            await self.t.serial.submit(
+                conversation_key(c.from_id, c.dest_id), lambda: self.t.route(_copy(env))
+            )
         elif kind == "ack":
             a = env.ack
-            await self.t.serial.submit(conversation_key(a.from_id, a.dest_id),
-                                       lambda: self.t.route(_copy(env)))
+            await self.t.serial.submit(
+                conversation_key(a.from_id, a.dest_id), lambda: self.t.route(_copy(env))
+            )
         elif kind == "bounce":
             item = _bounced_item(env.bounce)
             if item is None:
                 raise ProtocolError("empty bounce")
-            await self.t.serial.submit(conversation_key(item.from_id, item.to_user_id),
-                                       lambda: self.t.store_offline(item))
+            await self.t.serial.submit(
+                conversation_key(item.from_id, item.to_user_id), lambda: self.t.store_offline(item)
+            )
         elif kind == "error":
-            log.warning("%s sent error %s: %s", link.name,
-                        im_pb2.ErrorCode.Name(env.error.code), env.error.detail)
+            log.warning(
+                "%s sent error %s: %s",
+                link.name,
+                im_pb2.ErrorCode.Name(env.error.code),
+                env.error.detail,
+            )
         else:
             raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
 
@@ -132,8 +142,10 @@ class ConnectorLink:
                 item = OfflineItem.of_ack(env.ack, rearm=True)
             else:
                 continue
-            await self.t.serial.submit(conversation_key(item.from_id, item.to_user_id),
-                                       lambda item=item: self.t.store_offline(item))
+            await self.t.serial.submit(
+                conversation_key(item.from_id, item.to_user_id),
+                functools.partial(self.t.store_offline, item),
+            )
 
 
 def _copy(env: im_pb2.Envelope) -> im_pb2.Envelope:
@@ -236,8 +248,12 @@ class Transfer:
                 break
             except IMError as exc:
                 if attempt == BACKEND_RETRIES - 1:
-                    log.error("offline store failed for %s/%d: %s; sender will resend",
-                              item.from_id, item.msg_id, exc)
+                    log.error(
+                        "offline store failed for %s/%d: %s; sender will resend",
+                        item.from_id,
+                        item.msg_id,
+                        exc,
+                    )
                     return
                 log.warning("offline publish failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
@@ -256,10 +272,8 @@ class Transfer:
         for node in set(devices.values()):
             link = self.links.get(node)
             if link is not None:
-                try:
+                with contextlib.suppress(LinkClosed):
                     await link.send(im_pb2.Envelope(drain=im_pb2.Drain(user_id=item.to_user_id)))
-                except LinkClosed:
-                    pass
 
     async def start(self) -> None:
         s = self.settings

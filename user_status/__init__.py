@@ -1,5 +1,56 @@
 """Where each user is online (seed §4.1): user -> {device: connector}.
 
 Two implementations of one :class:`UserStatusService` protocol: in-memory for the embedded mode
-and tests, Redis for a cluster. :func:`create` picks one from the settings.
+and tests, Redis for a cluster. :func:`create` picks one from the settings and, for Redis, checks
+the server answers before the process starts serving.
 """
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.config import Settings
+from common.errors import BackendError
+from user_status.base import UserStatusService
+from user_status.memory import MemoryUserStatus
+from user_status.redis import RedisUserStatus
+
+__all__ = ["MemoryUserStatus", "RedisUserStatus", "UserStatusService", "create"]
+
+CONNECT_TIMEOUT = 5.0
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, fit for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if password is None:
+        return url
+    hostport = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{hostport}"))
+
+
+async def create(settings: Settings) -> UserStatusService:
+    """Redis when ``settings.redis_url`` is set (pinged once here), else in-memory."""
+    if not settings.redis_url:
+        return MemoryUserStatus()
+    url = settings.redis_url
+    try:
+        # URL query options (e.g. ?socket_connect_timeout=1) override these defaults
+        client = aioredis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+        )
+    except (RedisError, ValueError) as exc:
+        raise BackendError("redis", f"bad URL {_redacted(url)}: {exc}") from exc
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise BackendError("redis", f"cannot reach {_redacted(url)}: {exc}") from exc
+    return RedisUserStatus(client)

@@ -1,0 +1,160 @@
+"""The offline store on the relational database (SQLite embedded, MySQL/MariaDB in a cluster).
+
+Rules (DESIGN §5, §7):
+- one row per identity ``(to_user_id, from_id, msg_id, msg_type)``: a redelivered queue message
+  is stored once. A ``rearm`` item instead re-arms its existing row (``has_read=0``), so a message
+  a connector could not deliver after a drain is pushed again, in its original place.
+- ``drain`` claims each row with the has_read CAS; only rows whose CAS won are returned, so two
+  devices draining at once never get the same row. Claimed rows are kept (``has_read=1``): simple
+  and auditable; purging old read rows is an operator's job.
+- order is the autoincrement ``id``, i.e. the order rows were first stored.
+- ``msg_id`` is a uint64 on the wire; it is stored as the signed BIGINT with the same 64 bits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from common.db import Database, Row
+from common.errors import ConfigError
+from offline.base import OfflineItem
+
+ID_MAX_LEN = 64  # to_user_id / from_id: VARCHAR(64), like im_user's ids
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+_INT_MAX = (1 << 31) - 1
+
+_SQLITE_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS im_offline (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        to_user_id VARCHAR(64) NOT NULL,
+        from_id VARCHAR(64) NOT NULL,
+        msg_id BIGINT NOT NULL,
+        msg_type INTEGER NOT NULL,
+        content BLOB NOT NULL,
+        has_read TINYINT NOT NULL DEFAULT 0,
+        created BIGINT NOT NULL,
+        UNIQUE (to_user_id, from_id, msg_id, msg_type)
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_offline_unread ON im_offline (to_user_id, has_read, id)",
+]
+
+_MYSQL_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS im_offline (
+        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        to_user_id VARCHAR(64) NOT NULL,
+        from_id VARCHAR(64) NOT NULL,
+        msg_id BIGINT NOT NULL,
+        msg_type INT NOT NULL,
+        content MEDIUMBLOB NOT NULL,
+        has_read TINYINT NOT NULL DEFAULT 0,
+        created BIGINT NOT NULL,
+        UNIQUE KEY uk_offline_identity (to_user_id, from_id, msg_id, msg_type),
+        KEY idx_offline_unread (to_user_id, has_read, id)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+]
+
+_COLUMNS = "to_user_id, from_id, msg_id, msg_type, content, created"
+# MySQL: "ON DUPLICATE KEY UPDATE id = id" ignores only a duplicate key; INSERT IGNORE would also
+# turn data errors (e.g. a too-long id) into silently truncated rows.
+_INSERT = {
+    "sqlite": f"INSERT OR IGNORE INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+    "mysql": (
+        f"INSERT INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON DUPLICATE KEY UPDATE id = id"
+    ),
+}
+_REARM = (
+    "UPDATE im_offline SET has_read = 0"
+    " WHERE to_user_id = ? AND from_id = ? AND msg_id = ? AND msg_type = ? AND has_read = 1"
+)
+_SELECT_UNREAD = (
+    "SELECT id, to_user_id, from_id, msg_id, msg_type, content FROM im_offline"
+    " WHERE to_user_id = ? AND has_read = 0 AND id > ? ORDER BY id LIMIT ?"
+)
+_CLAIM = "UPDATE im_offline SET has_read = 1 WHERE id = ? AND has_read = 0"
+_COUNT_UNREAD = "SELECT COUNT(*) FROM im_offline WHERE to_user_id = ? AND has_read = 0"
+
+
+def item_problem(item: OfflineItem) -> str | None:
+    """Why ``item`` can never be stored (so retrying is pointless), or None when it fits."""
+    if not item.to_user_id or len(item.to_user_id) > ID_MAX_LEN:
+        return f"to_user_id must be 1..{ID_MAX_LEN} characters"
+    if len(item.from_id) > ID_MAX_LEN:
+        return f"from_id longer than {ID_MAX_LEN} characters"
+    if not 0 <= item.msg_id < _U64:
+        return "msg_id is not a uint64"
+    if not 0 <= item.kind <= _INT_MAX:
+        return f"kind {item.kind} out of range"
+    return None
+
+
+def _to_db_id(msg_id: int) -> int:
+    return msg_id - _U64 if msg_id > _I64_MAX else msg_id
+
+
+def _from_db_id(value: int) -> int:
+    return value + _U64 if value < 0 else value
+
+
+def _identity(item: OfflineItem) -> tuple[Any, ...]:
+    return (item.to_user_id, item.from_id, _to_db_id(item.msg_id), item.kind)
+
+
+class SQLOfflineStore:
+    """:class:`offline.base.OfflineStore` on a :class:`common.db.Database`."""
+
+    def __init__(self, db: Database) -> None:
+        if db.dialect not in _INSERT:
+            raise ConfigError(f"offline store: unsupported SQL dialect {db.dialect!r}")
+        self._db = db
+
+    async def migrate(self) -> None:
+        await self._db.script(_SQLITE_SCHEMA if self._db.dialect == "sqlite" else _MYSQL_SCHEMA)
+
+    async def save(self, items: Sequence[OfflineItem]) -> None:
+        """Insert new identities, re-arm existing rows of ``rearm`` items.
+
+        Two statements when some item re-arms, so two transactions (the Database seam has no
+        public multi-statement transaction); both are idempotent, and the writer acks only after
+        both, so a crash in between is repaired by the queue's redelivery.
+        """
+        if not items:
+            return
+        now = int(time.time() * 1000)
+        await self._db.executemany(
+            _INSERT[self._db.dialect],
+            [(*_identity(it), bytes(it.content), now) for it in items],
+        )
+        rearm = [_identity(it) for it in items if it.rearm]
+        if rearm:
+            await self._db.executemany(_REARM, rearm)
+
+    async def drain(self, user_id: str, limit: int = 1000) -> list[OfflineItem]:
+        out: list[OfflineItem] = []
+        after = 0
+        # Rows lost to a concurrent drain don't count against the limit: keep reading past them,
+        # so that returning fewer than ``limit`` still means "nothing more right now".
+        while len(out) < limit:
+            want = limit - len(out)
+            rows = await self._db.fetchall(_SELECT_UNREAD, (user_id, after, want))
+            for row in rows:
+                if await self._db.execute(_CLAIM, (row[0],)) == 1:
+                    out.append(_item(row))
+            if len(rows) < want:
+                break
+            after = rows[-1][0]
+        return out
+
+    async def count_unread(self, user_id: str) -> int:
+        row = await self._db.fetchone(_COUNT_UNREAD, (user_id,))
+        return int(row[0]) if row else 0
+
+
+def _item(row: Row) -> OfflineItem:
+    _id, to_user_id, from_id, msg_id, kind, content = row
+    return OfflineItem(
+        str(to_user_id), str(from_id), _from_db_id(int(msg_id)), int(kind), bytes(content)
+    )

@@ -1,0 +1,75 @@
+"""The offline writer: queue consumer that batch-writes offline rows (DESIGN §2, §7).
+
+Rules: one ``store.save`` per batch of deliveries, and each delivery is acked only after that
+commit, so a crash at any point leaves the messages in the queue (G1). A failing store
+(``BackendError``) is retried with the same batch and exponential back-off, forever: a batch is
+never dropped. Only items that can never be stored are rejected, so one bad message can't wedge
+the queue. ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from common.errors import BackendError
+from offline.base import Delivery, OfflineQueue, OfflineStore
+from offline.sqlstore import item_problem
+
+log = logging.getLogger(__name__)
+
+
+class OfflineWriter:
+    def __init__(
+        self,
+        queue: OfflineQueue,
+        store: OfflineStore,
+        max_batch: int = 500,
+        *,
+        backoff_start: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._max_batch = max_batch
+        self._backoff_start = backoff_start
+        self._backoff_max = backoff_max
+
+    async def run(self) -> None:
+        """Store batches until the queue is closed."""
+        async for batch in self._queue.deliveries(self._max_batch):
+            await self._write(batch)
+
+    async def _write(self, batch: list[Delivery]) -> None:
+        accepted: list[Delivery] = []
+        for delivery in batch:
+            problem = next(filter(None, map(item_problem, delivery.items)), None)
+            if problem is None:
+                accepted.append(delivery)
+            else:
+                log.warning("rejecting offline delivery: %s", problem)
+                try:
+                    await delivery.reject(problem)
+                except BackendError as exc:
+                    log.warning("offline reject failed: %s", exc)
+        items = [item for delivery in accepted for item in delivery.items]
+        delay = self._backoff_start
+        while True:
+            try:
+                await self._store.save(items)
+                break
+            except BackendError as exc:
+                log.error(
+                    "offline save of %d items failed, retrying in %.1fs: %s",
+                    len(items),
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+        for delivery in accepted:
+            try:
+                await delivery.ack()
+            except BackendError as exc:
+                # the rows are committed: a redelivery is stored once (unique identity)
+                log.warning("offline ack failed after commit: %s", exc)

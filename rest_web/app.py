@@ -1,0 +1,349 @@
+"""The REST API: register, login, logout, friends with per-pair keys (DESIGN.md §3, §6).
+
+Rules:
+- every endpoint but register, login and health needs ``Authorization: Bearer <token>``; a token
+  is accepted if its signature and expiry check out and it was not revoked by logout, and it only
+  ever reaches its own user's data;
+- login answers "unknown user" and "wrong password" with the same 401, after the same work;
+- request bodies are capped (:data:`MAX_BODY`, 413 beyond), with or without Content-Length;
+- a failing database answers 503, never a stack trace.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at definition
+# time, and the auth dependency they name is local to create_app.
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.config import Settings
+from common.db import Database, open_database
+from common.errors import AuthError, BackendError, ConfigError
+from common.tokens import Claims, TokenSigner
+from rest_web.passwords import hash_password, verify_password
+from rest_web.store import UserStore
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+USER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["alice"])]
+FriendId = Annotated[str, Path(pattern=USER_ID_PATTERN, description="the other user's id")]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+class RegisterIn(BaseModel):
+    user_id: UserId
+    password: Annotated[str, Field(min_length=8, max_length=128)]
+    display_name: Annotated[
+        str | None, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
+    ] = None
+
+
+class RegisterOut(BaseModel):
+    user_id: str
+
+
+class LoginIn(BaseModel):
+    user_id: UserId
+    password: Annotated[str, Field(min_length=1, max_length=128)]
+    device_id: Annotated[
+        str,
+        Field(
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_.:-]*$",
+            description="names this device in routing; several devices may be online at once",
+        ),
+    ] = ""
+
+
+class FriendOut(BaseModel):
+    user_id: str
+    key: str = Field(description="the pair's AES-256-GCM key, base64url (43 chars)")
+
+
+class LoginOut(BaseModel):
+    user_id: str
+    token: str = Field(description="send as 'Authorization: Bearer <token>' and in GREET")
+    expires_at: int = Field(description="token expiry, unix seconds")
+    connector: str = Field(description="host:port of the connector to open TCP to")
+    connectors: list[str] = Field(description="every connector, to fall back on")
+    friends: list[FriendOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing, bad, expired or revoked token"}
+}
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``max_body`` bytes, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                await _error(scope, send, 400, "bad Content-Length")
+            elif int(length) > self.max_body:
+                await _error(scope, send, 413, f"request body over {self.max_body} bytes")
+            else:  # the server delivers no more than the declared length
+                await self.app(scope, receive, send)
+            return
+        if b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)
+            return
+        # streamed body: read it here, within the limit, then hand it on in one piece
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await _error(scope, send, 413, f"request body over {self.max_body} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _error(scope: Scope, send: Send, code: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:  # pragma: no cover - JSONResponse never reads
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> FastAPI:
+    """The API over ``store``; tokens issued and checked with ``signer``."""
+    app = FastAPI(
+        title="IM cluster REST API",
+        summary="Register, log in for a connector token, manage friends and their pair keys.",
+        version="0.1.0",
+    )
+    app.add_middleware(BodyLimit, max_body=MAX_BODY)
+
+    connectors = [f"{host}:{port}" for host, port in settings.connectors()]
+    if not connectors:
+        raise ConfigError("no connector addresses to hand out at login")
+    next_connector: Iterator[str] = itertools.cycle(connectors)
+    bearer = HTTPBearer(auto_error=False, description="token from POST /login")
+
+    @app.exception_handler(BackendError)
+    async def backend_down(request: Request, exc: BackendError) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "storage unavailable"}, status_code=503)
+
+    async def caller(
+        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Claims:
+        if cred is None:
+            raise _unauthorized("missing bearer token")
+        try:
+            claims = signer.verify(cred.credentials)
+        except AuthError as exc:
+            raise _unauthorized(str(exc)) from None
+        if await store.is_revoked(claims.token_id):
+            raise _unauthorized("token revoked")
+        return claims
+
+    Caller = Annotated[Claims, Depends(caller)]
+
+    @app.get("/healthz", tags=["ops"], responses={503: {"model": ErrorOut}})
+    async def healthz() -> HealthOut:
+        await store.ping()
+        return HealthOut(status="ok")
+
+    @app.post(
+        "/users",
+        status_code=status.HTTP_201_CREATED,
+        tags=["users"],
+        responses={409: {"model": ErrorOut, "description": "user id taken"}},
+    )
+    async def register(body: RegisterIn) -> RegisterOut:
+        encoded = await hash_password(body.password)
+        if not await store.create_user(body.user_id, encoded, body.display_name or body.user_id):
+            raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
+        return RegisterOut(user_id=body.user_id)
+
+    @app.post(
+        "/login",
+        tags=["users"],
+        responses={401: {"model": ErrorOut, "description": "unknown user or wrong password"}},
+    )
+    async def login(body: LoginIn) -> LoginOut:
+        encoded = await store.get_password_hash(body.user_id)
+        if not await verify_password(body.password, encoded):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
+        token = signer.issue(body.user_id, settings.token_ttl, device_id=body.device_id)
+        claims = signer.verify(token)
+        friends = await store.relations_of(body.user_id)
+        return LoginOut(
+            user_id=body.user_id,
+            token=token,
+            expires_at=claims.expires,
+            connector=next(next_connector),
+            connectors=connectors,
+            friends=[FriendOut(user_id=f, key=k) for f, k in friends],
+        )
+
+    @app.post(
+        "/logout",
+        status_code=status.HTTP_204_NO_CONTENT,
+        tags=["users"],
+        responses=_UNAUTHORIZED,
+    )
+    async def logout(me: Caller) -> None:
+        await store.revoke(me.token_id, me.expires)
+
+    @app.get("/friends", tags=["friends"], responses=_UNAUTHORIZED)
+    async def list_friends(me: Caller) -> list[FriendOut]:
+        return [FriendOut(user_id=f, key=k) for f, k in await store.relations_of(me.user_id)]
+
+    @app.get(
+        "/friends/{friend_id}",
+        tags=["friends"],
+        responses={**_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "not a friend"}},
+    )
+    async def get_friend(me: Caller, friend_id: FriendId) -> FriendOut:
+        key = await store.relation_key(me.user_id, friend_id)
+        if key is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
+        return FriendOut(user_id=friend_id, key=key)
+
+    @app.put(
+        "/friends/{friend_id}",
+        tags=["friends"],
+        responses={
+            **_UNAUTHORIZED,
+            400: {"model": ErrorOut, "description": "cannot befriend yourself"},
+            404: {"model": ErrorOut, "description": "no such user"},
+        },
+    )
+    async def add_friend(me: Caller, friend_id: FriendId) -> FriendOut:
+        """Befriend ``friend_id`` (idempotent); the pair's key is the same from both sides."""
+        if friend_id == me.user_id:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "cannot befriend yourself")
+        if not await store.user_exists(friend_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
+        return FriendOut(user_id=friend_id, key=await store.add_relation(me.user_id, friend_id))
+
+    @app.delete(
+        "/friends/{friend_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        tags=["friends"],
+        responses={**_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "not a friend"}},
+    )
+    async def remove_friend(me: Caller, friend_id: FriendId) -> None:
+        if not await store.remove_relation(me.user_id, friend_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
+
+    return app
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+async def build(settings: Settings) -> tuple[FastAPI, Database]:
+    """The app on the configured database, schema migrated; the caller closes the database."""
+    db = await open_database(settings.db_url())
+    try:
+        store = UserStore(db)
+        await store.migrate()
+        app = create_app(settings, store, TokenSigner(settings.signing_secret()))
+    except BaseException:
+        await db.close()
+        raise
+    return app, db
+
+
+class _GuestServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the process hosting it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the API on ``bind_host:rest_port`` in the running loop until ``stop`` is set.
+
+    With ``stop``, the caller owns SIGINT/SIGTERM (as ``im up`` does); without it, uvicorn
+    handles them and this returns after the first one. A port that cannot be bound raises
+    :class:`ConfigError` instead of uvicorn's ``SystemExit``.
+    """
+    app, db = await build(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=settings.rest_port,
+        log_level="warning",
+        log_config=None,  # keep the process's logging set-up (common.log)
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = uvicorn.Server(config) if stop is None else _GuestServer(config)
+    watcher: asyncio.Task[None] | None = None
+    if stop is not None:
+        watcher = asyncio.create_task(_exit_when(stop, server), name="rest-stop")
+    try:
+        await server.serve()
+    except asyncio.CancelledError:
+        for listener in getattr(server, "servers", []):
+            listener.close()  # cancelled rather than stopped: at least free the port
+        raise
+    except SystemExit:
+        raise ConfigError(
+            f"REST API cannot listen on {settings.bind_host}:{settings.rest_port}"
+        ) from None
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await db.close()
+
+
+async def _exit_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True

@@ -1,0 +1,162 @@
+"""Users, friend relations and revoked tokens, over the :class:`common.db.Database` seam.
+
+Rules kept here, whatever the caller:
+- a relation is one row per unordered pair, stored with ``user_id1 < user_id2``; its key is made
+  once, by whoever adds the pair first, and every later add returns that same key;
+- the SQL runs unchanged on SQLite and MySQL/MariaDB; only the DDL and ``INSERT ... IGNORE``
+  differ by dialect. MySQL tables use a binary collation so ids compare exactly as they do in
+  SQLite and Python (``Alice`` and ``alice`` are two users, token ids are case-sensitive);
+- the revoked-token table holds only tokens that could still be used: rows past their expiry are
+  dropped on each revoke, so it does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import time
+
+from common.crypto import new_pair_key
+from common.db import Database
+
+_MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+
+def ddl(dialect: str) -> list[str]:
+    """The schema for ``dialect`` ("sqlite" or "mysql"), every statement safe to run twice."""
+    if dialect == "sqlite":
+        return [
+            "CREATE TABLE IF NOT EXISTS im_user ("
+            " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " display_name VARCHAR(128) NOT NULL DEFAULT '',"
+            " password_hash VARCHAR(255) NOT NULL,"
+            " created BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS im_relation ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " user_id1 VARCHAR(64) NOT NULL,"
+            " user_id2 VARCHAR(64) NOT NULL,"
+            " encrypt_key CHAR(43) NOT NULL,"
+            " created BIGINT NOT NULL,"
+            " UNIQUE (user_id1, user_id2))",
+            "CREATE INDEX IF NOT EXISTS idx_relation_user2 ON im_relation (user_id2)",
+            "CREATE TABLE IF NOT EXISTS im_token_revoked ("
+            " token_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " expires BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS idx_revoked_expires ON im_token_revoked (expires)",
+        ]
+    if dialect == "mysql":
+        # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB does): indexes go inline instead.
+        return [
+            "CREATE TABLE IF NOT EXISTS im_user ("
+            " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " display_name VARCHAR(128) NOT NULL DEFAULT '',"
+            " password_hash VARCHAR(255) NOT NULL,"
+            " created BIGINT NOT NULL)" + _MYSQL_TABLE,
+            "CREATE TABLE IF NOT EXISTS im_relation ("
+            " id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,"
+            " user_id1 VARCHAR(64) NOT NULL,"
+            " user_id2 VARCHAR(64) NOT NULL,"
+            " encrypt_key CHAR(43) NOT NULL,"
+            " created BIGINT NOT NULL,"
+            " UNIQUE KEY uq_relation_pair (user_id1, user_id2),"
+            " KEY idx_relation_user2 (user_id2))" + _MYSQL_TABLE,
+            "CREATE TABLE IF NOT EXISTS im_token_revoked ("
+            " token_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " expires BIGINT NOT NULL,"
+            " KEY idx_revoked_expires (expires))" + _MYSQL_TABLE,
+        ]
+    raise ValueError(f"no schema for database dialect {dialect!r}")
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+class UserStore:
+    """Users, relations and token revocations; every method is one short transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._insert_ignore = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
+
+    async def migrate(self) -> None:
+        await self._db.script(ddl(self._db.dialect))
+
+    async def ping(self) -> None:
+        """Raise :class:`common.errors.BackendError` if the database does not answer."""
+        await self._db.fetchone("SELECT 1")
+
+    async def create_user(self, user_id: str, password_hash: str, display_name: str = "") -> bool:
+        """Add a user; False (and nothing changed) if ``user_id`` is taken."""
+        inserted = await self._db.execute(
+            f"{self._insert_ignore} INTO im_user (user_id, display_name, password_hash, created)"
+            " VALUES (?, ?, ?, ?)",
+            (user_id, display_name, password_hash, int(time.time())),
+        )
+        return inserted == 1
+
+    async def user_exists(self, user_id: str) -> bool:
+        row = await self._db.fetchone("SELECT 1 FROM im_user WHERE user_id = ?", (user_id,))
+        return row is not None
+
+    async def get_password_hash(self, user_id: str) -> str | None:
+        row = await self._db.fetchone(
+            "SELECT password_hash FROM im_user WHERE user_id = ?", (user_id,)
+        )
+        return None if row is None else str(row[0])
+
+    async def add_relation(self, a: str, b: str) -> str:
+        """Make ``a`` and ``b`` friends; the pair's key, new or the one it already had."""
+        if a == b:
+            raise ValueError("a user cannot be their own friend")
+        u1, u2 = _pair(a, b)
+        # Insert-or-ignore then read back: two concurrent adds both end with the winner's key.
+        await self._db.execute(
+            f"{self._insert_ignore} INTO im_relation (user_id1, user_id2, encrypt_key, created)"
+            " VALUES (?, ?, ?, ?)",
+            (u1, u2, new_pair_key(), int(time.time())),
+        )
+        key = await self.relation_key(u1, u2)
+        if key is None:  # only if removed between the two statements
+            return await self.add_relation(a, b)
+        return key
+
+    async def remove_relation(self, a: str, b: str) -> bool:
+        """Unfriend; False if they were not friends."""
+        u1, u2 = _pair(a, b)
+        removed = await self._db.execute(
+            "DELETE FROM im_relation WHERE user_id1 = ? AND user_id2 = ?", (u1, u2)
+        )
+        return removed > 0
+
+    async def relation_key(self, a: str, b: str) -> str | None:
+        u1, u2 = _pair(a, b)
+        row = await self._db.fetchone(
+            "SELECT encrypt_key FROM im_relation WHERE user_id1 = ? AND user_id2 = ?", (u1, u2)
+        )
+        return None if row is None else str(row[0])
+
+    async def relations_of(self, user_id: str) -> list[tuple[str, str]]:
+        """``(friend_id, key)`` for every friend of ``user_id``, ordered by friend id."""
+        rows = await self._db.fetchall(
+            "SELECT user_id2, encrypt_key FROM im_relation WHERE user_id1 = ?"
+            " UNION ALL"
+            " SELECT user_id1, encrypt_key FROM im_relation WHERE user_id2 = ?"
+            " ORDER BY 1",
+            (user_id, user_id),
+        )
+        return [(str(friend), str(key)) for friend, key in rows]
+
+    async def revoke(self, token_id: str, expires: int) -> None:
+        """Refuse ``token_id`` from now until ``expires`` (unix s), when it dies anyway."""
+        await self._db.execute(
+            f"{self._insert_ignore} INTO im_token_revoked (token_id, expires) VALUES (?, ?)",
+            (token_id, expires),
+        )
+        await self._db.execute(
+            "DELETE FROM im_token_revoked WHERE expires < ?", (int(time.time()),)
+        )
+
+    async def is_revoked(self, token_id: str) -> bool:
+        row = await self._db.fetchone(
+            "SELECT 1 FROM im_token_revoked WHERE token_id = ?", (token_id,)
+        )
+        return row is not None

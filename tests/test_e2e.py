@@ -1,0 +1,297 @@
+"""End to end over real TCP in one process: client -> connector -> transfer -> connector -> client.
+
+The stack is the one ``im up`` runs (embedded backends), on free ports in a temporary directory.
+Hostile-input tests speak raw bytes and check three things: the answer (an ERROR with its code),
+whether the connection was closed, and that a normal conversation beside it is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from cli.stack import Stack
+from client import IMClient, Message, Receipt, ServerError
+from common.codec import FrameDecoder, encode
+from common.config import Settings
+from common.tokens import TokenSigner
+from proto import im_pb2
+
+PW = "password-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest_asyncio.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    settings = Settings(
+        data_dir=tmp_path,
+        connector_port=0,
+        transfer_port=0,
+        rest_port=free_port(),
+        greet_timeout=1.0,
+        secret="test-secret-0123456789",
+    )
+    st = Stack(settings)
+    await st.start()
+    try:
+        yield st
+    finally:
+        await st.stop()
+
+
+def rest_url(st: Stack) -> str:
+    return f"http://127.0.0.1:{st.rest_port}"
+
+
+def conn_addr(st: Stack) -> tuple[str, int]:
+    assert st.connector is not None
+    return "127.0.0.1", st.connector.port
+
+
+async def make_users(st: Stack, *names: str, connect: bool = True) -> list[IMClient]:
+    clients = [IMClient(rest_url(st), n, PW) for n in names]
+    for c in clients:
+        await c.register()
+        await c.login()
+    for i, c in enumerate(clients):
+        for other in names[i + 1 :]:
+            await c.add_friend(other)
+    for c in clients:
+        await c.refresh_friends()
+        if connect:
+            await c.connect()
+    return clients
+
+
+async def expect(c: IMClient, kind: type, timeout: float = 5.0) -> object:
+    while True:
+        ev = await c.next_event(timeout)
+        if isinstance(ev, kind):
+            return ev
+
+
+async def receipts(c: IMClient, n: int, timeout: float = 5.0) -> set[tuple[str, int]]:
+    got: set[tuple[str, int]] = set()
+    while len(got) < n:
+        ev = await c.next_event(timeout)
+        if isinstance(ev, Receipt):
+            got.add((ev.kind, ev.msg_id))
+    return got
+
+
+@pytest.mark.asyncio
+async def test_chat_with_sent_delivered_read(stack: Stack) -> None:
+    alice, bob = await make_users(stack, "alice", "bob")
+    try:
+        mid = await alice.send_text("bob", "hello")
+        msg = await expect(bob, Message)
+        assert isinstance(msg, Message)
+        assert (msg.from_id, msg.text, msg.msg_id) == ("alice", "hello", mid)
+        await bob.send_read(msg)
+        assert await receipts(alice, 3) == {("SENT", mid), ("DELIVERED", mid), ("READ", mid)}
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_offline_recipient_gets_messages_in_order_on_login(stack: Stack) -> None:
+    alice, bob = await make_users(stack, "alice", "bob", connect=False)
+    await alice.connect()
+    try:
+        ids = [await alice.send_text("bob", f"m{i}") for i in range(50)]
+        # SENT for an offline recipient means stored: all 50 before bob exists on any socket
+        assert {m for k, m in await receipts(alice, 50) if k == "SENT"} == set(ids)
+        await bob.connect()
+        got = [await expect(bob, Message) for _ in ids]
+        assert [m.msg_id for m in got] == ids  # type: ignore[attr-defined]
+        delivered = await receipts(alice, 50)
+        assert delivered == {("DELIVERED", i) for i in ids}
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_messages_sent_during_the_login_drain_are_not_lost_or_reordered(
+    stack: Stack,
+) -> None:
+    """The seed's hole: a message stored while the recipient drains must still arrive, in order."""
+    alice, bob = await make_users(stack, "alice", "bob", connect=False)
+    await alice.connect()
+    try:
+        before = [await alice.send_text("bob", f"old{i}") for i in range(300)]
+        await receipts(alice, 300)  # all stored offline
+        during: list[int] = []
+
+        async def keep_sending() -> None:
+            for i in range(300):
+                during.append(await alice.send_text("bob", f"new{i}"))
+                if i % 10 == 0:
+                    await asyncio.sleep(0)
+
+        racer = asyncio.create_task(keep_sending())
+        await bob.connect()
+        await racer
+        expected = before + during
+        got: list[int] = []
+        while len(got) < len(expected):
+            ev = await bob.next_event(10)
+            if isinstance(ev, Message):
+                got.append(ev.msg_id)
+        assert got == expected
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_demo_runs_clean_twice(stack: Stack) -> None:
+    from client.demo import ok, run_demo
+
+    for _ in range(2):
+        report = await run_demo(rest_url(stack), 6, 120, 2, prefix="t", progress=False, timeout=30)
+        assert ok(report), report
+        assert report["received"] == 120 and report["connectors_used"] == 1
+
+
+# -- hostile input --------------------------------------------------------------------------
+
+
+async def raw(stack: Stack, data: bytes, wait: float = 3.0) -> tuple[list[im_pb2.Envelope], bool]:
+    """Send raw bytes; collect frames until the server closes or ``wait`` passes."""
+    reader, writer = await asyncio.open_connection(*conn_addr(stack))
+    writer.write(data)
+    await writer.drain()
+    dec = FrameDecoder()
+    out: list[im_pb2.Envelope] = []
+    closed = False
+    try:
+        async with asyncio.timeout(wait):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    closed = True
+                    break
+                out.extend(dec.feed(chunk))
+    except TimeoutError:
+        pass
+    writer.close()
+    return out, closed
+
+
+def codes(envs: list[im_pb2.Envelope]) -> list[str]:
+    return [im_pb2.ErrorCode.Name(e.error.code) for e in envs if e.WhichOneof("body") == "error"]
+
+
+def greet(token: str) -> bytes:
+    return encode(im_pb2.Envelope(greet=im_pb2.Greet(token=token, device_id="d1")))
+
+
+HOSTILE = {
+    "garbage": (b"\x00\x00\x00\x05\xff\xff\xff\xff\xff", "BAD_FRAME", True),
+    "zero_length": (b"\x00\x00\x00\x00", "BAD_FRAME", True),
+    "oversize_length": (struct.pack(">I", 10_000_000), "BAD_FRAME", True),
+    "empty_envelope": (struct.pack(">I", 2) + b"\x08\x01", "UNKNOWN_TYPE", True),
+    "chat_before_greet": (
+        encode(im_pb2.Envelope(seq=1, chat=im_pb2.ChatMsg(id=1, from_id="a", dest_id="b"))),
+        "NOT_AUTHENTICATED",
+        True,
+    ),
+    "bad_token": (greet("v1.forged.token"), "BAD_TOKEN", True),
+    "silence": (b"", "GREET_TIMEOUT", True),
+    "truncated_frame": (struct.pack(">I", 100) + b"\x12\x00", "GREET_TIMEOUT", True),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+async def test_hostile_connection_is_answered_and_closed_others_unaffected(
+    stack: Stack, case: str
+) -> None:
+    data, code, closes = HOSTILE[case]
+    alice, bob = await make_users(stack, "alice", "bob")
+    try:
+        envs, closed = await raw(stack, data)
+        assert code in codes(envs)
+        assert closed is closes
+        mid = await alice.send_text("bob", "still here")
+        msg = await expect(bob, Message)
+        assert msg.msg_id == mid  # type: ignore[attr-defined]
+        assert stack.connector is not None
+        assert sum(stack.connector.counters.errors.values()) >= 1 or code == "BAD_FRAME"
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_expired_token_is_refused(stack: Stack) -> None:
+    await make_users(stack, "alice", connect=False)
+    token = TokenSigner(stack.settings.signing_secret()).issue("alice", -10)
+    envs, closed = await raw(stack, greet(token))
+    assert codes(envs) == ["BAD_TOKEN"] and closed
+
+
+@pytest.mark.asyncio
+async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: Stack) -> None:
+    alice, bob, carol = await make_users(stack, "alice", "bob", "carol")
+    try:
+        assert alice._link is not None
+        token = TokenSigner(stack.settings.signing_secret()).issue("mallory", 60)
+        mallory = IMClient(rest_url(stack), "mallory", PW)
+        await mallory.register()
+        await mallory.login()
+        await mallory.connect()
+        # spoofed: mallory claims to be alice
+        assert mallory._link is not None
+        await mallory._link.send(
+            im_pb2.Envelope(
+                chat=im_pb2.ChatMsg(
+                    id=99,
+                    from_id="alice",
+                    dest_id="bob",
+                    dest_type=im_pb2.SINGLE,
+                    msg_type=im_pb2.TEXT,
+                    body=b"x",
+                )
+            )
+        )
+        err = await expect(mallory, ServerError)
+        assert err.code == "SPOOFED_SENDER" and err.msg_id == 99  # type: ignore[attr-defined]
+        # not a friend of bob
+        await mallory._link.send(
+            im_pb2.Envelope(
+                chat=im_pb2.ChatMsg(
+                    id=100,
+                    from_id="mallory",
+                    dest_id="bob",
+                    dest_type=im_pb2.SINGLE,
+                    msg_type=im_pb2.TEXT,
+                    body=b"x",
+                )
+            )
+        )
+        err = await expect(mallory, ServerError)
+        assert err.code == "NOT_FRIEND" and err.msg_id == 100  # type: ignore[attr-defined]
+        assert mallory.connected  # refused, not disconnected
+        # bob got nothing from either, and a real message still flows
+        mid = await carol.send_text("bob", "real")
+        msg = await expect(bob, Message)
+        assert (msg.from_id, msg.msg_id) == ("carol", mid)  # type: ignore[attr-defined]
+        del token
+        await mallory.close()
+    finally:
+        for c in (alice, bob, carol):
+            await c.close()

@@ -1,0 +1,218 @@
+"""UserStatusService contract (memory and Redis), create(), and RelationReader."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from conftest import connect_redis
+
+from common.config import Settings
+from common.db import Database, SQLiteDatabase
+from common.errors import BackendError
+from user_status import MemoryUserStatus, RedisUserStatus, UserStatusService, create
+from user_status.relations import RelationReader
+
+
+@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def status(request: pytest.FixtureRequest) -> AsyncIterator[UserStatusService]:
+    if request.param == "memory":
+        service: UserStatusService = MemoryUserStatus()
+        yield service
+        await service.close()
+        return
+    client = await connect_redis(request.getfixturevalue("redis_url"))
+    prefix = f"imtest:{uuid.uuid4().hex}:"
+    try:
+        yield RedisUserStatus(client, prefix=prefix)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+# --- the contract -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_online_then_lookup(status: UserStatusService) -> None:
+    assert await status.lookup("alice") == {}
+    await status.online("alice", "phone", "c1")
+    assert await status.lookup("alice") == {"phone": "c1"}
+    assert await status.lookup("bob") == {}
+
+
+@pytest.mark.asyncio
+async def test_several_devices(status: UserStatusService) -> None:
+    await status.online("alice", "phone", "c1")
+    await status.online("alice", "laptop", "c2")
+    await status.online("bob", "phone", "c1")
+    assert await status.lookup("alice") == {"phone": "c1", "laptop": "c2"}
+    assert await status.lookup("bob") == {"phone": "c1"}
+
+
+@pytest.mark.asyncio
+async def test_device_moves_to_newest_connector(status: UserStatusService) -> None:
+    await status.online("alice", "phone", "c1")
+    await status.online("alice", "phone", "c2")
+    assert await status.lookup("alice") == {"phone": "c2"}
+
+
+@pytest.mark.asyncio
+async def test_stale_offline_does_not_remove_newer_session(status: UserStatusService) -> None:
+    await status.online("alice", "phone", "c1")
+    await status.online("alice", "phone", "c2")
+    await status.offline("alice", "phone", "c1")  # late offline of the dead session
+    assert await status.lookup("alice") == {"phone": "c2"}
+    await status.offline("alice", "tablet", "c2")  # unknown device: no-op
+    await status.offline("nobody", "phone", "c2")  # unknown user: no-op
+    assert await status.lookup("alice") == {"phone": "c2"}
+
+
+@pytest.mark.asyncio
+async def test_offline_of_devices(status: UserStatusService) -> None:
+    await status.online("alice", "phone", "c1")
+    await status.online("alice", "laptop", "c2")
+    await status.offline("alice", "phone", "c1")
+    assert await status.lookup("alice") == {"laptop": "c2"}
+    await status.offline("alice", "laptop", "c2")
+    assert await status.lookup("alice") == {}
+
+
+@pytest.mark.asyncio
+async def test_concurrent_calls(status: UserStatusService) -> None:
+    await asyncio.gather(*(status.online("alice", f"d{i}", f"c{i % 3}") for i in range(50)))
+    assert await status.lookup("alice") == {f"d{i}": f"c{i % 3}" for i in range(50)}
+    await asyncio.gather(*(status.offline("alice", f"d{i}", f"c{i % 3}") for i in range(50)))
+    assert await status.lookup("alice") == {}
+
+
+# --- Redis specifics and create() -------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_redis_layout_and_empty_hash_removed(redis_client: aioredis.Redis) -> None:
+    prefix = f"imtest:{uuid.uuid4().hex}:"
+    service = RedisUserStatus(redis_client, prefix=prefix)
+    try:
+        await service.online("alice", "phone", "c1")
+        assert await redis_client.hgetall(f"{prefix}u:alice") == {b"phone": b"c1"}
+        await service.offline("alice", "phone", "c1")
+        assert await redis_client.exists(f"{prefix}u:alice") == 0
+    finally:
+        await redis_client.delete(f"{prefix}u:alice")
+
+
+@pytest.mark.asyncio
+async def test_redis_errors_become_backend_error() -> None:
+    client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    service = RedisUserStatus(client)
+    for call in (
+        service.online("a", "d", "c"),
+        service.offline("a", "d", "c"),
+        service.lookup("a"),
+    ):
+        with pytest.raises(BackendError) as info:
+            await call
+        assert info.value.service == "redis"
+    await service.close()
+
+
+@pytest.mark.asyncio
+async def test_create_without_redis_url_is_memory() -> None:
+    service = await create(Settings(redis_url=""))
+    assert isinstance(service, MemoryUserStatus)
+    await service.close()
+
+
+@pytest.mark.asyncio
+async def test_create_unreachable_redis_names_it() -> None:
+    url = "redis://:hunter2secret@127.0.0.1:1/0?socket_connect_timeout=0.5"
+    with pytest.raises(BackendError) as info:
+        await create(Settings(redis_url=url))
+    assert info.value.service == "redis"
+    assert "127.0.0.1:1" in str(info.value)
+    assert "hunter2secret" not in str(info.value)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_create_with_redis_url(redis_client: aioredis.Redis, redis_url: str) -> None:
+    service = await create(Settings(redis_url=redis_url))
+    try:
+        assert isinstance(service, RedisUserStatus)
+        assert await service.lookup(f"nobody-{uuid.uuid4().hex}") == {}
+    finally:
+        await service.close()
+
+
+# --- RelationReader -----------------------------------------------------------------------------
+
+RELATION_DDL = (
+    "CREATE TABLE im_relation (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id1 VARCHAR(64),"
+    " user_id2 VARCHAR(64), encrypt_key CHAR(43), UNIQUE(user_id1,user_id2))"
+)
+
+
+@pytest_asyncio.fixture
+async def relation_db(tmp_path: Path) -> AsyncIterator[Database]:
+    db = await SQLiteDatabase.open(tmp_path / "im.db")
+    await db.script([RELATION_DDL])
+    yield db
+    await db.close()
+
+
+async def befriend(db: Database, a: str, b: str) -> None:
+    lo, hi = sorted((a, b))
+    await db.execute(
+        "INSERT INTO im_relation (user_id1, user_id2, encrypt_key) VALUES (?, ?, ?)",
+        (lo, hi, "k" * 43),
+    )
+
+
+@pytest.mark.asyncio
+async def test_friends_in_either_order(relation_db: Database) -> None:
+    await befriend(relation_db, "bob", "alice")
+    reader = RelationReader(relation_db)
+    assert await reader.are_friends("alice", "bob")
+    assert await reader.are_friends("bob", "alice")
+    assert not await reader.are_friends("alice", "carol")
+    assert not await reader.are_friends("carol", "bob")
+
+
+@pytest.mark.asyncio
+async def test_new_friendship_seen_at_once(relation_db: Database) -> None:
+    reader = RelationReader(relation_db, ttl=60)
+    assert not await reader.are_friends("alice", "bob")
+    await befriend(relation_db, "alice", "bob")
+    assert await reader.are_friends("alice", "bob")  # negatives are not cached
+
+
+@pytest.mark.asyncio
+async def test_removed_friendship_seen_after_ttl(relation_db: Database) -> None:
+    await befriend(relation_db, "alice", "bob")
+    reader = RelationReader(relation_db, ttl=0.05)
+    assert await reader.are_friends("alice", "bob")
+    await relation_db.execute("DELETE FROM im_relation")
+    assert await reader.are_friends("bob", "alice")  # cached, within ttl
+    await asyncio.sleep(0.08)
+    assert not await reader.are_friends("alice", "bob")
+
+
+@pytest.mark.asyncio
+async def test_cache_is_bounded(relation_db: Database) -> None:
+    for i in range(5):
+        await befriend(relation_db, "alice", f"u{i}")
+    reader = RelationReader(relation_db, ttl=60, max_entries=2)
+    for i in range(5):
+        assert await reader.are_friends("alice", f"u{i}")
+    await relation_db.execute("DELETE FROM im_relation WHERE user_id2 IN ('u0', 'u4')")
+    assert not await reader.are_friends("alice", "u0")  # evicted: read again
+    assert await reader.are_friends("alice", "u4")  # youngest: still cached
