@@ -295,3 +295,42 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
     finally:
         for c in (alice, bob, carol):
             await c.close()
+
+
+@pytest.mark.asyncio
+async def test_device_that_never_acks_is_closed_and_its_message_stored(tmp_path: Path) -> None:
+    """Seed §8.1 option 2: after the retry limit the connector closes the device and stores what
+    it held offline; the message then arrives when the user comes back."""
+    settings = Settings(
+        data_dir=tmp_path, connector_port=0, transfer_port=0, rest_port=free_port(),
+        retry_timeout=0.2, max_retries=2, secret="test-secret-0123456789",
+    )
+    st = Stack(settings)
+    await st.start()
+    alice, bob = await make_users(st, "alice", "bob", connect=False)
+    try:
+        await alice.connect()
+        login = await bob.login()
+        reader, writer = await asyncio.open_connection(*conn_addr(st))
+        writer.write(greet(login.token))
+        mid = await alice.send_text("bob", "are you there?")
+        dec = FrameDecoder()
+        frames: list[im_pb2.Envelope] = []
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(65536):  # never ack: read until the server closes
+                frames.extend(dec.feed(chunk))
+        writer.close()
+        chats = [f for f in frames if f.WhichOneof("body") == "chat"]
+        assert len(chats) == 1 + 2  # first push and two retransmits, same link seq
+        assert {f.seq for f in chats} == {chats[0].seq}
+        assert "RETRY_LIMIT" in codes(frames)
+        # stored, so alice hears SENT; then bob comes back with a real client and gets it
+        assert await receipts(alice, 1) == {("SENT", mid)}
+        await bob.connect()
+        msg = await expect(bob, Message)
+        assert msg.msg_id == mid  # type: ignore[attr-defined]
+        assert await receipts(alice, 1) == {("DELIVERED", mid)}
+    finally:
+        await alice.close()
+        await bob.close()
+        await st.stop()
