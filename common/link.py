@@ -41,6 +41,10 @@ HIGH_WATER = 256 * 1024
 HARD_LIMIT = 16 * 1024 * 1024
 
 
+# Bodies that travel in the window (numbered, acked, retransmitted); all others are control frames.
+WINDOWED = frozenset({"chat", "ack", "drain", "bounce"})
+
+
 class LinkClosed(IMError):
     """The link is closed; nothing more can be sent on it."""
 
@@ -235,6 +239,18 @@ class Link:
             for env in envs:
                 if self._closing:
                     return
+                kind = env.WhichOneof("body")
+                if kind is None:
+                    raise ProtocolError(
+                        "envelope without a body", code=im_pb2.UNKNOWN_TYPE, fatal=True
+                    )
+                if (env.seq != 0) != (kind in WINDOWED):
+                    raise ProtocolError(
+                        f"{kind} with link seq {env.seq}: chat, ack, drain "
+                        "and bounce are windowed (seq > 0), every other body has seq 0",
+                        code=im_pb2.BAD_MESSAGE,
+                        fatal=True,
+                    )
                 if env.seq == 0:
                     await self._control(env)
                     continue

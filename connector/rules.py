@@ -13,6 +13,11 @@ from enum import IntEnum
 from common.errors import ProtocolError
 from proto import im_pb2
 
+# A chat grows on its way (longer link sequence, wrapped in a Bounce): bodies leave this much of
+# the frame limit for the envelope, so a maximal client frame still fits on every later hop. Two
+# 64-char ids, five varints and the wrappers' tags and lengths take under 250 bytes.
+ENVELOPE_HEADROOM = 512
+
 
 class State(IntEnum):
     CONNECTED = 0

@@ -17,7 +17,6 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import zlib
 from collections.abc import Awaitable
@@ -87,6 +86,8 @@ class ClientSession:
         self.link: Link | None = None
         self._inbox: asyncio.Queue[object] = asyncio.Queue(connector.settings.session_queue)
         self._pump: asyncio.Task[None] | None = None
+        self._pump_idle = False
+        self._held: im_pb2.Envelope | None = None
         self._drained_seqs: set[int] = set()
         loop = asyncio.get_running_loop()
         self._bucket = TokenBucket(
@@ -109,7 +110,8 @@ class ClientSession:
             elif kind == "ack":
                 await self._receipt(env)
         except ProtocolError as err:
-            self.c.counters.error(err.code_name)
+            if not err.fatal:  # fatal ones end the link and are counted in on_closed
+                self.c.counters.error(err.code_name)
             raise
 
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
@@ -135,14 +137,20 @@ class ClientSession:
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
         if self._pump is not None:
-            self._pump.cancel()
+            if self._pump_idle:
+                self._pump.cancel()
+            # a busy pump finds the link closed at its next send and hands back what it holds
+            await asyncio.gather(self._pump, return_exceptions=True)
         leftovers = list(unacked)
+        if self._held is not None:
+            leftovers.append(self._held)
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if isinstance(item, im_pb2.Envelope):
                 leftovers.append(item)
-        if self.user_id:
-            self.c.unregister(self)
+        # Only the session still registered for this device may take it offline: a reconnect
+        # to this same connector has already replaced us, and its entry must stay.
+        if self.user_id and self.c.unregister(self):
             try:
                 await self.c.status.offline(self.user_id, self.device_id, self.c.node_id)
             except IMError as exc:
@@ -150,6 +158,7 @@ class ClientSession:
         for env in leftovers:
             await self.c.bounce(env)
         if link.close_error is not None:
+            self.c.counters.error(link.close_error.code_name)
             log.info("%s: closed (%s)", self, link.close_error.code_name)
 
     # -- inbound -----------------------------------------------------------------------------
@@ -190,7 +199,7 @@ class ClientSession:
 
     async def _chat(self, env: im_pb2.Envelope) -> None:
         chat = env.chat
-        rules.check_chat(self.user_id, chat, self.c.settings.max_frame)
+        rules.check_chat(self.user_id, chat, self.c.settings.max_frame - rules.ENVELOPE_HEADROOM)
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
@@ -209,40 +218,46 @@ class ClientSession:
 
     # -- outbound ----------------------------------------------------------------------------
 
-    def push(self, env: im_pb2.Envelope) -> bool:
-        """Queue a chat or receipt for the device; False (and the session closes) when full."""
+    def push(self, env: object) -> bool:
+        """Queue a chat, receipt or drain for the device; False (and the session closes) when
+        the device is too far behind."""
         if self.state is not State.AUTHENTICATED or self.link is None or self.link.closing:
             return False
         try:
             self._inbox.put_nowait(env)
         except asyncio.QueueFull:
             log.warning("%s: device is too slow (%d queued): closing", self, self._inbox.qsize())
-            self.c.counters.error("SLOW_CONSUMER")
             self.link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
             return False
         return True
 
     def queue_drain(self) -> None:
-        if self.state is State.AUTHENTICATED:
-            # a full inbox means the pump is far behind: it drains after what it holds anyway
-            with contextlib.suppress(asyncio.QueueFull):
-                self._inbox.put_nowait(_DRAIN)
+        """Drain the offline store in line with live pushes (a ``Drain`` or a login)."""
+        self.push(_DRAIN)
 
     async def _run_pump(self, link: Link) -> None:
         store = self.c.store
         try:
             while True:
+                self._pump_idle = True
                 item = await self._inbox.get()
+                self._pump_idle = False
                 if isinstance(item, im_pb2.Envelope):
-                    await link.send(item)
+                    try:
+                        await link.send(item)
+                    except LinkClosed:
+                        self._held = item  # on_closed hands it back, in order
+                        raise
                     continue
                 while True:
                     rows = await store.drain(self.user_id, DRAIN_BATCH)
-                    for row in rows:
+                    for i, row in enumerate(rows):
                         try:
                             seq = await link.send(row.envelope())
                         except LinkClosed:
-                            await self.c.bounce(row.envelope())
+                            # claimed but not pushed: back to the store, armed again
+                            for rest in rows[i:]:
+                                await self.c.bounce(rest.envelope())
                             raise
                         self._drained_seqs.add(seq)
                     if len(rows) < DRAIN_BATCH:
@@ -346,12 +361,15 @@ class Connector:
                 ProtocolError("signed in again elsewhere", code=im_pb2.SHUTTING_DOWN, fatal=True)
             )
 
-    def unregister(self, s: ClientSession) -> None:
+    def unregister(self, s: ClientSession) -> bool:
+        """Remove ``s`` if it is still the device's session; False if a newer one replaced it."""
         devices = self._sessions.get(s.user_id)
-        if devices is not None and devices.get(s.device_id) is s:
-            del devices[s.device_id]
-            if not devices:
-                del self._sessions[s.user_id]
+        if devices is None or devices.get(s.device_id) is not s:
+            return False
+        del devices[s.device_id]
+        if not devices:
+            del self._sessions[s.user_id]
+        return True
 
     def sessions_of(self, user_id: str) -> list[ClientSession]:
         return list(self._sessions.get(user_id, {}).values())
@@ -429,8 +447,7 @@ class Connector:
             self.counters.error("BOUNCE_LOST")
 
     async def _keep_transfer_link(self, index: int, addr: tuple[str, int]) -> None:
-        handler = TransferLinkHandler(self, addr)
-        self._links[index] = (handler, None)
+        handler = self._links[index][0]
         delay = 0.1
         token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
         while not self._stopping:
@@ -467,10 +484,6 @@ class Connector:
 
     async def start(self, *, wait_transfers: float = 5.0) -> None:
         s = self.settings
-        addrs = s.transfers()
-        self._links = [(TransferLinkHandler(self, a), None) for a in addrs]
-        for i, addr in enumerate(addrs):
-            self._spawn(self._keep_transfer_link(i, addr))
         self._server = await asyncio.start_server(
             self._on_client, s.bind_host, s.connector_port, limit=64 * 1024
         )
@@ -478,6 +491,10 @@ class Connector:
         self.port = sock[1]
         if not s.node_id and s.connector_port == 0:
             self.node_id = f"{s.bind_host}:{self.port}"
+        addrs = s.transfers()
+        self._links = [(TransferLinkHandler(self, a), None) for a in addrs]
+        for i, addr in enumerate(addrs):
+            self._spawn(self._keep_transfer_link(i, addr))
         if self._links:
             waits = [asyncio.ensure_future(h.ready.wait()) for h, _ in self._links]
             done, pending = await asyncio.wait(
@@ -506,7 +523,6 @@ class Connector:
 
     def _greet_deadline(self, session: ClientSession) -> None:
         if session.state is State.CONNECTED and session.link is not None:
-            self.counters.error("GREET_TIMEOUT")
             session.link.close(
                 ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True)
             )

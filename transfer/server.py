@@ -26,6 +26,7 @@ from common.ids import MessageIdGen, conversation_key
 from common.link import Link, LinkClosed, LinkConfig
 from common.tokens import TokenSigner
 from offline.base import OfflineItem, OfflineQueue
+from offline.errors import RejectedError
 from proto import im_pb2
 from user_status.base import UserStatusService
 
@@ -70,7 +71,10 @@ class KeyedSerial:
             if self._queues.get(key) is q:
                 del self._queues[key]
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Let queued jobs finish for up to ``grace`` seconds, then cancel the rest."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -94,7 +98,11 @@ class ConnectorLink:
                 claims = self.t.signer.verify(env.greet.token, role="node")
             except AuthError as exc:
                 raise ProtocolError(str(exc), code=im_pb2.BAD_TOKEN, fatal=True) from None
-            self.node_id = env.greet.node_id or claims.user_id
+            if env.greet.node_id and env.greet.node_id != claims.user_id:
+                raise ProtocolError(
+                    "node id does not match the node token", code=im_pb2.BAD_TOKEN, fatal=True
+                )
+            self.node_id = claims.user_id
             link.name = f"connector {self.node_id}"
             self.t.attach(self.node_id, link)
             link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
@@ -146,6 +154,11 @@ class ConnectorLink:
                 conversation_key(item.from_id, item.to_user_id),
                 functools.partial(self.t.store_offline, item),
             )
+
+
+def _greet_deadline(handler: ConnectorLink, link: Link) -> None:
+    if not handler.node_id:
+        link.close(ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True))
 
 
 def _copy(env: im_pb2.Envelope) -> im_pb2.Envelope:
@@ -246,6 +259,11 @@ class Transfer:
             try:
                 await self.queue.publish([item])
                 break
+            except RejectedError as exc:
+                log.error(
+                    "offline store refused %s/%d for good: %s", item.from_id, item.msg_id, exc
+                )
+                return
             except IMError as exc:
                 if attempt == BACKEND_RETRIES - 1:
                     log.error(
@@ -283,19 +301,30 @@ class Transfer:
             self.node_id = f"{s.bind_host}:{self.port}"
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(reader, writer, ConnectorLink(self), self.link_config)
+        handler = ConnectorLink(self)
+        link = Link(reader, writer, handler, self.link_config)
         self._conns.add(link)
+        deadline = asyncio.get_running_loop().call_later(
+            self.settings.greet_timeout, _greet_deadline, handler, link
+        )
         try:
             await link.run()
         finally:
+            deadline.cancel()
             self._conns.discard(link)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; give connectors that are leaving a moment to finish sending (their
+        last frames may be bounces to store); close the rest; finish queued routing jobs."""
         if self._server is not None:
             self._server.close()
+        if self._conns:
+            await asyncio.wait(
+                [asyncio.ensure_future(link.wait_closed()) for link in self._conns],
+                timeout=min(grace, 1.0),
+            )
         for link in list(self._conns):
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
-        await asyncio.sleep(0)
-        await self.serial.close()
+        await self.serial.close(grace)
         if self._server is not None:
             await self._server.wait_closed()
