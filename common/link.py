@@ -312,6 +312,21 @@ class Link:
                 self.send_control(im_pb2.Envelope(ping=im_pb2.Ping(nonce=int(time.time()))))
 
 
+def fresh(env: im_pb2.Envelope) -> im_pb2.Envelope:
+    """A copy of ``env`` to send on another link (link sequences are per link)."""
+    out = im_pb2.Envelope()
+    out.CopyFrom(env)
+    out.seq = 0
+    return out
+
+
+def log_peer_error(logger: logging.Logger, link: Link, env: im_pb2.Envelope) -> None:
+    """An ERROR from a server peer: nothing to answer, but worth a warning."""
+    logger.warning(
+        "%s sent error %s: %s", link.name, im_pb2.ErrorCode.Name(env.error.code), env.error.detail
+    )
+
+
 def _msg_id(env: im_pb2.Envelope) -> int:
     kind = env.WhichOneof("body")
     if kind == "chat":

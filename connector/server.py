@@ -26,7 +26,7 @@ from typing import Protocol
 from common.config import Settings
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
-from common.link import Link, LinkClosed, LinkConfig, open_link
+from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, open_link
 from common.tokens import TokenSigner
 from connector import rules
 from connector.rules import State
@@ -203,14 +203,14 @@ class ClientSession:
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
-        await self.c.forward(_fresh(env))
+        await self.c.forward(fresh(env))
 
     async def _receipt(self, env: im_pb2.Envelope) -> None:
         rules.check_receipt(self.user_id, env.ack)
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, env.ack.dest_id):
             raise ProtocolError(f"{env.ack.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
-        await self.c.forward(_fresh(env))
+        await self.c.forward(fresh(env))
 
     def _rate(self) -> None:
         if not self._bucket.take(asyncio.get_running_loop().time()):
@@ -273,14 +273,6 @@ def _msg_key(env: im_pb2.Envelope) -> int:
     return env.chat.id if env.WhichOneof("body") == "chat" else env.ack.ack_msg_id
 
 
-def _fresh(env: im_pb2.Envelope) -> im_pb2.Envelope:
-    """The body of ``env`` in a new envelope (link sequences are per link)."""
-    out = im_pb2.Envelope()
-    out.CopyFrom(env)
-    out.seq = 0
-    return out
-
-
 class TransferLinkHandler:
     """The connector's side of its link to one transfer."""
 
@@ -299,12 +291,7 @@ class TransferLinkHandler:
         elif kind == "welcome":
             self.ready.set()
         elif kind == "error":
-            log.warning(
-                "transfer %s: error %s: %s",
-                link.name,
-                im_pb2.ErrorCode.Name(env.error.code),
-                env.error.detail,
-            )
+            log_peer_error(log, link, env)
         else:
             raise ProtocolError(f"unexpected {kind} from a transfer", code=im_pb2.UNKNOWN_TYPE)
 
@@ -382,7 +369,7 @@ class Connector:
         body = env.chat if env.WhichOneof("body") == "chat" else env.ack
         pushed = False
         for s in self.sessions_of(body.dest_id):
-            pushed = s.push(_fresh(env)) or pushed
+            pushed = s.push(fresh(env)) or pushed
         if not pushed:
             # spawned, not awaited: this runs on the transfer link's reader, which must keep
             # reading (and acking) even when the link back to the transfer is full

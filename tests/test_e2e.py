@@ -195,6 +195,20 @@ def codes(envs: list[im_pb2.Envelope]) -> list[str]:
     return [im_pb2.ErrorCode.Name(e.error.code) for e in envs if e.WhichOneof("body") == "error"]
 
 
+def raw_chat(msg_id: int, from_id: str, dest_id: str, body: bytes = b"x") -> im_pb2.Envelope:
+    """A chat built by hand, bypassing the client library's checks and sealing."""
+    return im_pb2.Envelope(
+        chat=im_pb2.ChatMsg(
+            id=msg_id,
+            from_id=from_id,
+            dest_id=dest_id,
+            dest_type=im_pb2.SINGLE,
+            msg_type=im_pb2.TEXT,
+            body=body,
+        )
+    )
+
+
 def greet(token: str) -> bytes:
     return encode(im_pb2.Envelope(greet=im_pb2.Greet(token=token, device_id="d1")))
 
@@ -253,41 +267,15 @@ async def test_expired_token_is_refused(stack: Stack) -> None:
 async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: Stack) -> None:
     alice, bob, carol = await make_users(stack, "alice", "bob", "carol")
     try:
-        assert alice._link is not None
-        token = TokenSigner(stack.settings.signing_secret()).issue("mallory", 60)
         mallory = IMClient(rest_url(stack), "mallory", PW)
         await mallory.register()
         await mallory.login()
         await mallory.connect()
-        # spoofed: mallory claims to be alice
         assert mallory._link is not None
-        await mallory._link.send(
-            im_pb2.Envelope(
-                chat=im_pb2.ChatMsg(
-                    id=99,
-                    from_id="alice",
-                    dest_id="bob",
-                    dest_type=im_pb2.SINGLE,
-                    msg_type=im_pb2.TEXT,
-                    body=b"x",
-                )
-            )
-        )
+        await mallory._link.send(raw_chat(99, "alice", "bob"))  # claims to be alice
         err = await expect(mallory, ServerError)
         assert err.code == "SPOOFED_SENDER" and err.msg_id == 99  # type: ignore[attr-defined]
-        # not a friend of bob
-        await mallory._link.send(
-            im_pb2.Envelope(
-                chat=im_pb2.ChatMsg(
-                    id=100,
-                    from_id="mallory",
-                    dest_id="bob",
-                    dest_type=im_pb2.SINGLE,
-                    msg_type=im_pb2.TEXT,
-                    body=b"x",
-                )
-            )
-        )
+        await mallory._link.send(raw_chat(100, "mallory", "bob"))  # not a friend of bob
         err = await expect(mallory, ServerError)
         assert err.code == "NOT_FRIEND" and err.msg_id == 100  # type: ignore[attr-defined]
         assert mallory.connected  # refused, not disconnected
@@ -295,7 +283,6 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
         mid = await carol.send_text("bob", "real")
         msg = await expect(bob, Message)
         assert (msg.from_id, msg.msg_id) == ("carol", mid)  # type: ignore[attr-defined]
-        del token
         await mallory.close()
     finally:
         for c in (alice, bob, carol):
@@ -352,18 +339,7 @@ async def test_oversize_body_is_refused_without_closing(stack: Stack) -> None:
     try:
         assert alice._link is not None
         big = b"x" * (stack.settings.max_frame - 200)  # fits a frame, not the body limit
-        await alice._link.send(
-            im_pb2.Envelope(
-                chat=im_pb2.ChatMsg(
-                    id=7,
-                    from_id="alice",
-                    dest_id="bob",
-                    dest_type=im_pb2.SINGLE,
-                    msg_type=im_pb2.TEXT,
-                    body=big,
-                )
-            )
-        )
+        await alice._link.send(raw_chat(7, "alice", "bob", big))
         err = await expect(alice, ServerError)
         assert (err.code, err.msg_id) == ("BAD_MESSAGE", 7)  # type: ignore[attr-defined]
         mid = await alice.send_text("bob", "small")

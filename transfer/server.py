@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from common.config import Settings
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
-from common.link import Link, LinkClosed, LinkConfig
+from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error
 from common.tokens import TokenSigner
 from offline.base import OfflineItem, OfflineQueue
 from offline.errors import RejectedError
@@ -111,12 +111,12 @@ class ConnectorLink:
         if kind == "chat":
             c = env.chat
             await self.t.serial.submit(
-                conversation_key(c.from_id, c.dest_id), lambda: self.t.route(_copy(env))
+                conversation_key(c.from_id, c.dest_id), lambda: self.t.route(fresh(env))
             )
         elif kind == "ack":
             a = env.ack
             await self.t.serial.submit(
-                conversation_key(a.from_id, a.dest_id), lambda: self.t.route(_copy(env))
+                conversation_key(a.from_id, a.dest_id), lambda: self.t.route(fresh(env))
             )
         elif kind == "bounce":
             item = _bounced_item(env.bounce)
@@ -126,12 +126,7 @@ class ConnectorLink:
                 conversation_key(item.from_id, item.to_user_id), lambda: self.t.store_offline(item)
             )
         elif kind == "error":
-            log.warning(
-                "%s sent error %s: %s",
-                link.name,
-                im_pb2.ErrorCode.Name(env.error.code),
-                env.error.detail,
-            )
+            log_peer_error(log, link, env)
         else:
             raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
 
@@ -159,13 +154,6 @@ class ConnectorLink:
 def _greet_deadline(handler: ConnectorLink, link: Link) -> None:
     if not handler.node_id:
         link.close(ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True))
-
-
-def _copy(env: im_pb2.Envelope) -> im_pb2.Envelope:
-    out = im_pb2.Envelope()
-    out.CopyFrom(env)
-    out.seq = 0
-    return out
 
 
 def _bounced_item(b: im_pb2.Bounce) -> OfflineItem | None:
@@ -240,7 +228,7 @@ class Transfer:
             if link is None:
                 continue
             try:
-                await link.send(_copy(env))
+                await link.send(fresh(env))
                 sent = True
             except LinkClosed:
                 continue
