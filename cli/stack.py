@@ -58,6 +58,7 @@ class Stack:
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
+    _rest_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -104,7 +105,7 @@ class Stack:
                 server_header=False,
             )
             self._rest = _GuestServer(config)
-            task = asyncio.create_task(self._rest.serve(), name="rest")
+            task = self._rest_task = asyncio.create_task(self._rest.serve(), name="rest")
             self._tasks.append(task)
             while not self._rest.started:
                 if task.done():
@@ -133,9 +134,9 @@ class Stack:
             await self.connector.stop()
         if self.transfer is not None:
             await self.transfer.stop()
-        if self._rest is not None:
+        if self._rest_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._tasks[-1]), 5)
+                await asyncio.wait_for(asyncio.shield(self._rest_task), 5)
         if self.queue is not None:
             await self.queue.close()
         for t in self._tasks:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from common.codec import DEFAULT_MAX_FRAME, FrameDecoder, encode
+from common.config import Settings
 from common.errors import FrameError, IMError, ProtocolError
 from common.window import (
     DEFAULT_MAX_RETRIES,
@@ -57,6 +58,17 @@ class LinkConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     heartbeat: float = 15.0  # send a PING when nothing was sent for this long
     idle_timeout: float = 60.0  # close when nothing was received for this long
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> LinkConfig:
+        return cls(
+            max_frame=s.max_frame,
+            window=s.window,
+            retry_timeout=s.retry_timeout,
+            max_retries=s.max_retries,
+            heartbeat=s.heartbeat,
+            idle_timeout=s.idle_timeout,
+        )
 
 
 class LinkHandler(Protocol):

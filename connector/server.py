@@ -322,14 +322,7 @@ class Connector:
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         self.counters = Counters()
-        self.link_config = LinkConfig(
-            max_frame=settings.max_frame,
-            window=settings.window,
-            retry_timeout=settings.retry_timeout,
-            max_retries=settings.max_retries,
-            heartbeat=settings.heartbeat,
-            idle_timeout=settings.idle_timeout,
-        )
+        self.link_config = LinkConfig.from_settings(settings)
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self._links: list[tuple[TransferLinkHandler, Link | None]] = []
         self._server: asyncio.Server | None = None

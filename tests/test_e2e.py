@@ -8,13 +8,14 @@ whether the connection was closed, and that a normal conversation beside it is u
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from conftest import free_port
 
 from cli.stack import Stack
 from client import IMClient, Message, Receipt, ServerError
@@ -26,23 +27,21 @@ from proto import im_pb2
 PW = "password-123"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest_asyncio.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    settings = Settings(
+def stack_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """``im up``'s settings on free ports in ``tmp_path``."""
+    base: dict[str, Any] = dict(
         data_dir=tmp_path,
         connector_port=0,
         transfer_port=0,
         rest_port=free_port(),
-        greet_timeout=1.0,
         secret="test-secret-0123456789",
     )
-    st = Stack(settings)
+    return Settings(**{**base, **overrides})
+
+
+@pytest_asyncio.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    st = Stack(stack_settings(tmp_path, greet_timeout=1.0))
     await st.start()
     try:
         yield st
@@ -293,16 +292,7 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
 async def test_device_that_never_acks_is_closed_and_its_message_stored(tmp_path: Path) -> None:
     """Seed §8.1 option 2: after the retry limit the connector closes the device and stores what
     it held offline; the message then arrives when the user comes back."""
-    settings = Settings(
-        data_dir=tmp_path,
-        connector_port=0,
-        transfer_port=0,
-        rest_port=free_port(),
-        retry_timeout=0.2,
-        max_retries=2,
-        secret="test-secret-0123456789",
-    )
-    st = Stack(settings)
+    st = Stack(stack_settings(tmp_path, retry_timeout=0.2, max_retries=2))
     await st.start()
     alice, bob = await make_users(st, "alice", "bob", connect=False)
     try:

@@ -18,16 +18,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import REDIS_URL, require_service
+from conftest import REDIS_URL, free_port, require_service
 
 pytestmark = pytest.mark.slow
 MP_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/14"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -181,14 +181,7 @@ class Transfer:
         self.ids = MessageIdGen()
         self.serial = KeyedSerial()
         self.links: dict[str, Link] = {}
-        self.link_config = LinkConfig(
-            max_frame=settings.max_frame,
-            window=settings.window,
-            retry_timeout=settings.retry_timeout,
-            max_retries=settings.max_retries,
-            heartbeat=settings.heartbeat,
-            idle_timeout=settings.idle_timeout,
-        )
+        self.link_config = LinkConfig.from_settings(settings)
         self.routed = 0
         self.stored = 0
         self._server: asyncio.Server | None = None
