@@ -1,30 +1,65 @@
 """Relational database seam: one small async interface, an engine per URL scheme.
 
 Stores write portable SQL with ``?`` placeholders; the engine adapts it. ``sqlite:///path`` is
-the embedded engine (aiosqlite, WAL mode so readers don't block the writer). Driver exceptions are
-translated to :class:`BackendError` here, at the boundary; ``CancelledError`` passes through.
+the embedded engine (aiosqlite, WAL mode so readers don't block the writer);
+``mysql://user:pass@host:port/db`` is MySQL/MariaDB through a bounded pool of aiomysql
+connections. Driver exceptions are translated to :class:`BackendError` here, at the boundary;
+``CancelledError`` passes through.
+
+Both engines count affected rows the same way for the statements the stores use: an INSERT that
+was ignored (``INSERT OR IGNORE`` / ``INSERT IGNORE`` / ``ON DUPLICATE KEY UPDATE id = id``)
+counts 0, an UPDATE counts the rows it changed. SQLite counts an UPDATE's matched rows even when
+the value was already there and MySQL does not, so conditional updates name the old value in
+their WHERE clause (``SET has_read = 1 ... AND has_read = 0``), where the two agree.
+
+Schema versions: each owning package keeps its own list of migration steps and calls
+:func:`apply_migrations` with its component name; :func:`schema_version` and
+:func:`require_schema` tell a process whether the database is recent enough for its code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiosqlite
+import pymysql  # type: ignore[import-untyped]
 
 from common.errors import BackendError, ConfigError
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
+
+DEFAULT_POOL_SIZE = 10
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds; a server that is down should fail a start quickly
+DEFAULT_QUERY_TIMEOUT = 30.0  # seconds; a server that stops answering must not hang callers
+LOCK_WAIT = 120.0  # seconds a migration waits for another process's migration to finish
+_PING_AFTER = 30.0  # a connection idle this long is pinged before it is handed out
+
+
+class Session(Protocol):
+    """Statements on one connection held by :meth:`Database.exclusive`."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
 
 class Database(Protocol):
-    """What stores need from a database; every call is one transaction unless inside ``tx()``."""
+    """What stores need from a database; every call is one transaction of its own."""
 
     dialect: str
+    label: str  # engine and location for messages, never a password: "mysql root@host:3306/im"
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement and commit; return the affected row count."""
@@ -40,7 +75,33 @@ class Database(Protocol):
         """Run DDL statements in order (schema migration)."""
         ...
 
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[Session]:
+        """One connection, held while no other process of this database holds ``name``.
+
+        For schema migration: SQLite runs the whole block as one write transaction (its write
+        lock is the database's); MySQL holds the named lock ``GET_LOCK`` across statements,
+        which it commits one by one (DDL commits implicitly anyway).
+        """
+        ...
+
     async def close(self) -> None: ...
+
+
+# --- SQLite -------------------------------------------------------------------------------------
+
+
+class _SQLiteSession:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = await self._conn.execute(sql, tuple(params))
+        return cur.rowcount
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        cur = await self._conn.execute(sql, tuple(params))
+        row = await cur.fetchone()
+        return None if row is None else tuple(row)
 
 
 class SQLiteDatabase:
@@ -48,9 +109,10 @@ class SQLiteDatabase:
 
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, label: str = "sqlite") -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+        self.label = label
 
     @classmethod
     async def open(cls, path: str | Path) -> SQLiteDatabase:
@@ -63,7 +125,7 @@ class SQLiteDatabase:
             await conn.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             raise BackendError("sqlite", f"cannot open {path}: {exc}") from exc
-        return cls(conn)
+        return cls(conn, f"sqlite {path}")
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -87,7 +149,7 @@ class SQLiteDatabase:
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
         async with self._tx() as conn:
             cur = await conn.executemany(sql, [tuple(r) for r in rows])
-            return cur.rowcount
+            return max(cur.rowcount, 0)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self._lock:
@@ -106,12 +168,381 @@ class SQLiteDatabase:
             for stmt in statements:
                 await conn.execute(stmt)
 
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[Session]:
+        async with self._tx() as conn:
+            yield _SQLiteSession(conn)
+
     async def close(self) -> None:
         await self._conn.close()
 
 
-async def open_database(url: str) -> Database:
-    """The engine for ``url``: ``sqlite:///relative/or/absolute/path`` or ``sqlite://:memory:``."""
+# --- MySQL / MariaDB ----------------------------------------------------------------------------
+
+_DB_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
+# Server errors after which the connection is gone: 1053 shutdown in progress, 1927 connection
+# killed (MariaDB), 4031 disconnected for inactivity (MySQL 8). 2000-2999 are client-side errors
+# (lost connection, server gone away, commands out of sync): all of them end the connection.
+_LOST_CODES = frozenset({1053, 1927, 4031})
+
+
+@dataclass(frozen=True)
+class MySQLParams:
+    """Where and how to connect, from a ``mysql://`` URL."""
+
+    host: str
+    port: int
+    user: str | None
+    password: str
+    database: str
+    pool_size: int = DEFAULT_POOL_SIZE
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def label(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        return f"mysql {who}{self.address}/{self.database}"
+
+    @classmethod
+    def from_url(cls, url: str) -> MySQLParams:
+        """Parse ``mysql://user:pass@host:port/db?pool_size=N&connect_timeout=S&query_timeout=S``."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 3306
+        except ValueError as exc:
+            raise ConfigError(f"database URL is not a valid mysql:// URL: {exc}") from None
+        if parts.scheme != "mysql":
+            raise ConfigError(f"not a mysql:// URL: scheme {parts.scheme!r}")
+        database = unquote(parts.path.lstrip("/"))
+        if not _DB_NAME.fullmatch(database):
+            raise ConfigError(
+                f"mysql URL needs a database name of 1-64 letters, digits, '_' or '$', "
+                f"got {database!r}"
+            )
+        options: dict[str, float] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key not in ("pool_size", "connect_timeout", "query_timeout"):
+                raise ConfigError(f"mysql URL: unknown option {key!r}")
+            try:
+                number = int(value) if key == "pool_size" else float(value)
+            except ValueError:
+                raise ConfigError(f"mysql URL: {key}={value!r} is not a number") from None
+            if number <= 0:
+                raise ConfigError(f"mysql URL: {key} must be positive")
+            options[key] = number
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password or ""),
+            database=database,
+            pool_size=int(options.get("pool_size", DEFAULT_POOL_SIZE)),
+            connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            query_timeout=options.get("query_timeout", DEFAULT_QUERY_TIMEOUT),
+        )
+
+
+class _LostConnection(BackendError):
+    """The connection died under a statement; the server may or may not have run it."""
+
+
+def _aiomysql() -> Any:
+    """The driver, imported on first use so the embedded engine does not depend on it loading."""
+    try:
+        import aiomysql  # type: ignore[import-untyped]
+    except ImportError as exc:  # e.g. a PyMySQL release aiomysql cannot import from
+        raise ConfigError(f"mysql: the aiomysql driver does not load: {exc}") from exc
+    return aiomysql
+
+
+@functools.cache
+def _cursor_class() -> Any:
+    class QuietCursor(_aiomysql().Cursor):  # type: ignore[misc]
+        """A cursor that does not run SHOW WARNINGS after a statement with warnings.
+
+        aiomysql's does, to turn them into Python warnings: one more round trip for every
+        ``IF NOT EXISTS`` or duplicate ``INSERT IGNORE``, and noise nobody acts on. Strict SQL
+        mode makes the warnings that matter (bad data) errors instead.
+        """
+
+        async def _show_warnings(self, conn: Any) -> None:
+            return None
+
+    return QuietCursor
+
+
+@functools.lru_cache(maxsize=512)
+def _format_sql(sql: str) -> str:
+    """``?`` placeholders to the driver's ``%s``; a literal ``%`` must survive its ``%``
+    formatting. A ``?`` inside a string literal is not supported: pass it as a parameter."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def _mysql_params(params: Sequence[Any]) -> tuple[Any, ...]:
+    # the driver escapes only ``bytes`` as binary; sqlite3 takes any buffer
+    return tuple(bytes(p) if isinstance(p, bytearray | memoryview) else p for p in params)
+
+
+def _lost(exc: BaseException, conn: Any) -> bool:
+    if conn.closed or isinstance(exc, pymysql.err.InterfaceError | OSError):
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return code in _LOST_CODES or 2000 <= code < 3000
+
+
+async def _connect_mysql(params: MySQLParams, *, database: bool = True) -> Any:
+    """One new connection: autocommit off, utf8mb4, strict SQL mode, bounded connect time."""
+    driver = _aiomysql()
+    try:
+        async with asyncio.timeout(params.connect_timeout):
+            return await driver.connect(
+                host=params.host,
+                port=params.port,
+                user=params.user,
+                password=params.password,
+                db=params.database if database else None,
+                charset="utf8mb4",
+                autocommit=False,
+                connect_timeout=params.connect_timeout,
+                # strict: an over-long value is an error, not a silently truncated row
+                init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+            )
+    except TimeoutError as exc:
+        raise BackendError(
+            "mysql",
+            f"cannot connect to {params.address}: no answer within {params.connect_timeout:g} s",
+        ) from exc
+    except (pymysql.err.Error, OSError) as exc:
+        detail = str(exc) or type(exc).__name__
+        hint = ""
+        if isinstance(exc, pymysql.err.Error) and exc.args and exc.args[0] == 1049:
+            hint = " (run `im migrate` to create it)"
+        raise BackendError("mysql", f"cannot connect to {params.address}: {detail}{hint}") from exc
+
+
+class _MySQLSession:
+    """Statements on one pooled connection; each commits. Driver errors become BackendError."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            async with self._conn.cursor(_cursor_class()) as cur:
+                result = await work(cur)
+            await self._conn.commit()
+            return result
+        except (pymysql.err.Error, OSError) as exc:
+            kind = _LostConnection if _lost(exc, self._conn) else BackendError
+            raise kind("mysql", str(exc) or type(exc).__name__) from exc
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async def work(cur: Any) -> int:
+            return int(await cur.execute(_format_sql(sql), _mysql_params(params)))
+
+        return await self._run(work)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        async def work(cur: Any) -> int:
+            # INSERT ... VALUES becomes one multi-row statement (split near 1 MB)
+            await cur.executemany(_format_sql(sql), [_mysql_params(r) for r in rows])
+            return max(int(cur.rowcount), 0)
+
+        return await self._run(work) if rows else 0
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async def work(cur: Any) -> list[Row]:
+            await cur.execute(_format_sql(sql), _mysql_params(params))
+            return [tuple(r) for r in await cur.fetchall()]
+
+        return await self._run(work)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async def work(cur: Any) -> Row | None:
+            await cur.execute(_format_sql(sql), _mysql_params(params))
+            row = await cur.fetchone()
+            return None if row is None else tuple(row)
+
+        return await self._run(work)
+
+    async def script(self, statements: Sequence[str]) -> None:
+        async def work(cur: Any) -> None:
+            for stmt in statements:
+                await cur.execute(_format_sql(stmt), ())
+
+        await self._run(work)
+
+
+class MySQLDatabase:
+    """MySQL/MariaDB through aiomysql, on a pool of at most ``pool_size`` connections.
+
+    Every call takes a connection, runs its statement(s), commits and gives it back. A connection
+    that saw any error or a cancellation is closed, never reused: its state (open transaction,
+    half-read result) is unknown. When one is found dead the idle ones are dropped too (after a
+    server restart they all are), so the pool reconnects by itself once the server is back.
+    Reads are retried once on a fresh connection after a lost connection; writes are not, since
+    the lost statement may have committed: the caller decides (the offline writer retries, REST
+    answers 503).
+    """
+
+    dialect = "mysql"
+
+    def __init__(self, params: MySQLParams) -> None:
+        self.params = params
+        self.label = params.label
+        self.pool_size = params.pool_size
+        self._slots = asyncio.Semaphore(params.pool_size)
+        self._idle: deque[tuple[Any, float]] = deque()  # (connection, when it was given back)
+        self._open = 0
+        self._closed = False
+
+    @classmethod
+    async def open(cls, params: MySQLParams) -> MySQLDatabase:
+        """Connect once now, so a wrong address or a server that is down fails the start."""
+        db = cls(params)
+        conn = await _connect_mysql(params)
+        db._open += 1
+        db._idle.append((conn, asyncio.get_running_loop().time()))
+        return db
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or in use; never more than ``pool_size``."""
+        return self._open
+
+    def _discard(self, conn: Any) -> None:
+        conn.close()
+        self._open -= 1
+
+    def _drop_idle(self) -> None:
+        while self._idle:
+            self._discard(self._idle.pop()[0])
+
+    async def _take(self) -> Any:
+        if self._closed:
+            raise RuntimeError(f"{self.label}: database is closed")
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn, since = self._idle.pop()
+            reader = getattr(conn, "_reader", None)
+            if (
+                conn.closed
+                or reader is None
+                or reader.at_eof()
+                or getattr(reader, "eof_received", False)  # aiomysql's reader: EOF after data
+            ):
+                self._discard(conn)
+                continue
+            if now - since > _PING_AFTER:
+                try:
+                    await conn.ping(reconnect=False)
+                except (pymysql.err.Error, OSError):
+                    self._discard(conn)
+                    continue
+                except BaseException:
+                    self._discard(conn)
+                    raise
+            return conn
+        conn = await _connect_mysql(self.params)
+        self._open += 1
+        return conn
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[_MySQLSession]:
+        async with self._slots:
+            conn = await self._take()
+            try:
+                yield _MySQLSession(conn)
+            except BaseException as exc:
+                self._discard(conn)
+                if isinstance(exc, _LostConnection):
+                    self._drop_idle()
+                raise
+            if self._closed:
+                self._discard(conn)
+            else:
+                self._idle.append((conn, asyncio.get_running_loop().time()))
+
+    async def _once(self, op: Callable[[_MySQLSession], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self.params.query_timeout):
+                async with self._session() as session:
+                    return await op(session)
+        except TimeoutError as exc:
+            raise BackendError(
+                "mysql", f"{self.params.address}: no result within {self.params.query_timeout:g} s"
+            ) from exc
+
+    async def _call(self, op: Callable[[_MySQLSession], Awaitable[T]], *, read: bool) -> T:
+        try:
+            return await self._once(op)
+        except _LostConnection:
+            if not read:
+                raise
+        return await self._once(op)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._call(lambda s: s.execute(sql, params), read=False)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        batch = [tuple(r) for r in rows]
+        if not batch:
+            return 0
+        return await self._call(lambda s: s.executemany(sql, batch), read=False)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._call(lambda s: s.fetchall(sql, params), read=True)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self._call(lambda s: s.fetchone(sql, params), read=True)
+
+    async def script(self, statements: Sequence[str]) -> None:
+        await self._call(lambda s: s.script(statements), read=False)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[Session]:
+        # named locks are server-wide: qualify by database so two databases don't contend
+        lock = f"{self.params.database}.{name}"[:64]
+        async with self._session() as session:
+            row = await session.fetchone("SELECT GET_LOCK(?, ?)", (lock, LOCK_WAIT))
+            if row is None or row[0] != 1:
+                raise BackendError(
+                    "mysql", f"lock {lock!r} not granted within {LOCK_WAIT:g} s: another migration?"
+                )
+            yield session
+            # on an error the session's connection is closed instead, which frees the lock too
+            await session.fetchone("SELECT RELEASE_LOCK(?)", (lock,))
+
+    async def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            conn = self._idle.pop()[0]
+            with contextlib.suppress(Exception):
+                await conn.ensure_closed()  # a polite COM_QUIT, so the server logs no abort
+            self._discard(conn)
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+async def open_database(
+    url: str,
+    *,
+    pool_size: int | None = None,
+    connect_timeout: float | None = None,
+) -> Database:
+    """The engine for ``url``.
+
+    ``sqlite:///relative/or/absolute/path`` or ``sqlite://:memory:``; or
+    ``mysql://user:password@host:port/database`` with optional ``?pool_size=``,
+    ``connect_timeout=`` and ``query_timeout=`` (seconds). ``pool_size`` and ``connect_timeout``
+    given here win over the URL's.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(f"database URL {url!r} has no scheme")
@@ -119,4 +550,108 @@ async def open_database(url: str) -> Database:
         path = rest[1:] if rest.startswith("/") else rest
         # sqlite:////abs/path keeps its leading slash; sqlite:///rel/path is relative
         return await SQLiteDatabase.open(path or ":memory:")
-    raise ConfigError(f"unsupported database URL scheme {scheme!r} (supported: sqlite)")
+    if scheme == "mysql":
+        params = MySQLParams.from_url(url)
+        if pool_size is not None:
+            if pool_size < 1:
+                raise ConfigError("database pool size must be at least 1")
+            params = replace(params, pool_size=pool_size)
+        if connect_timeout is not None:
+            params = replace(params, connect_timeout=connect_timeout)
+        return await MySQLDatabase.open(params)
+    raise ConfigError(f"unsupported database URL scheme {scheme!r} (supported: sqlite, mysql)")
+
+
+async def create_database(url: str) -> None:
+    """Create the database ``url`` names if it is missing.
+
+    MySQL needs it before :func:`open_database` can connect, so this connects without one;
+    SQLite creates its file on open, so there is nothing to do.
+    """
+    if not url.startswith("mysql://"):
+        return
+    params = MySQLParams.from_url(url)
+    conn = await _connect_mysql(params, database=False)
+    try:
+        await _MySQLSession(conn).execute(
+            f"CREATE DATABASE IF NOT EXISTS `{params.database}`"
+            " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        )
+    finally:
+        conn.close()
+
+
+# --- schema migration ---------------------------------------------------------------------------
+
+_VERSION_TABLE = "im_schema_version"
+_VERSION_DDL = {
+    "sqlite": (
+        f"CREATE TABLE IF NOT EXISTS {_VERSION_TABLE} ("
+        " component VARCHAR(64) NOT NULL PRIMARY KEY, version INT NOT NULL)"
+    ),
+    "mysql": (
+        f"CREATE TABLE IF NOT EXISTS {_VERSION_TABLE} ("
+        " component VARCHAR(64) NOT NULL PRIMARY KEY, version INT NOT NULL)"
+        " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+    ),
+}
+_TABLE_EXISTS = {
+    "sqlite": "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    "mysql": (
+        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+    ),
+}
+_GET_VERSION = f"SELECT version FROM {_VERSION_TABLE} WHERE component = ?"
+
+
+async def apply_migrations(db: Database, component: str, steps: Sequence[Sequence[str]]) -> int:
+    """Bring ``component`` to version ``len(steps)``; return the version it is at afterwards.
+
+    Step ``i`` (1-based, a list of statements for ``db.dialect``) runs only when the stored
+    version is below ``i``, and the version is stored after each step, so a run that failed
+    resumes at the step that failed (write steps so that a half-done one can run again, e.g.
+    ``IF NOT EXISTS``). The run holds ``db.exclusive``: a second process running it at the same
+    time waits, then finds nothing to do. A version above ``len(steps)`` (a newer release
+    migrated) is left alone.
+    """
+    if db.dialect not in _VERSION_DDL:
+        raise ConfigError(f"schema migration: unsupported SQL dialect {db.dialect!r}")
+    async with db.exclusive("im_migrate") as session:
+        await session.execute(_VERSION_DDL[db.dialect])
+        row = await session.fetchone(_GET_VERSION, (component,))
+        version = 0 if row is None else int(row[0])
+        for number in range(version + 1, len(steps) + 1):
+            for statement in steps[number - 1]:
+                await session.execute(statement)
+            if number == 1 and row is None:
+                await session.execute(
+                    f"INSERT INTO {_VERSION_TABLE} (component, version) VALUES (?, ?)",
+                    (component, number),
+                )
+            else:
+                await session.execute(
+                    f"UPDATE {_VERSION_TABLE} SET version = ? WHERE component = ?",
+                    (number, component),
+                )
+            version = number
+        return version
+
+
+async def schema_version(db: Database, component: str) -> int:
+    """The stored version of ``component``; 0 when it was never migrated."""
+    if db.dialect not in _TABLE_EXISTS:
+        raise ConfigError(f"schema version: unsupported SQL dialect {db.dialect!r}")
+    if await db.fetchone(_TABLE_EXISTS[db.dialect], (_VERSION_TABLE,)) is None:
+        return 0
+    row = await db.fetchone(_GET_VERSION, (component,))
+    return 0 if row is None else int(row[0])
+
+
+async def require_schema(db: Database, component: str, version: int) -> None:
+    """Refuse to run code that needs ``version`` of ``component`` on an older schema."""
+    have = await schema_version(db, component)
+    if have < version:
+        raise ConfigError(
+            f"database {db.label}: schema {component!r} is at version {have}, this code needs "
+            f"{version}: run `im migrate`"
+        )

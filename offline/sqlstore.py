@@ -9,6 +9,10 @@ Rules (DESIGN §5, §7):
   and auditable; purging old read rows is an operator's job.
 - order is the autoincrement ``id``, i.e. the order rows were first stored.
 - ``msg_id`` is a uint64 on the wire; it is stored as the signed BIGINT with the same 64 bits.
+
+The schema is the component ``offline`` of :func:`common.db.apply_migrations`; version 1 is the
+first ``im_offline`` table, created ``IF NOT EXISTS`` so a database made before versions were
+kept just records version 1.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from common.db import Database, Row
+from common.db import Database, Row, apply_migrations, require_schema
 from common.errors import ConfigError
 from offline.base import OfflineItem
 
@@ -26,35 +30,53 @@ _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 _INT_MAX = (1 << 31) - 1
 
-_SQLITE_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS im_offline (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        to_user_id VARCHAR(64) NOT NULL,
-        from_id VARCHAR(64) NOT NULL,
-        msg_id BIGINT NOT NULL,
-        msg_type INTEGER NOT NULL,
-        content BLOB NOT NULL,
-        has_read TINYINT NOT NULL DEFAULT 0,
-        created BIGINT NOT NULL,
-        UNIQUE (to_user_id, from_id, msg_id, msg_type)
-    )""",
-    "CREATE INDEX IF NOT EXISTS idx_offline_unread ON im_offline (to_user_id, has_read, id)",
-]
+COMPONENT = "offline"
 
-_MYSQL_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS im_offline (
-        id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        to_user_id VARCHAR(64) NOT NULL,
-        from_id VARCHAR(64) NOT NULL,
-        msg_id BIGINT NOT NULL,
-        msg_type INT NOT NULL,
-        content MEDIUMBLOB NOT NULL,
-        has_read TINYINT NOT NULL DEFAULT 0,
-        created BIGINT NOT NULL,
-        UNIQUE KEY uk_offline_identity (to_user_id, from_id, msg_id, msg_type),
-        KEY idx_offline_unread (to_user_id, has_read, id)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
-]
+# one list of migration steps per dialect; step i takes the schema from version i - 1 to i
+_STEPS: dict[str, list[list[str]]] = {
+    "sqlite": [
+        [
+            """CREATE TABLE IF NOT EXISTS im_offline (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                to_user_id VARCHAR(64) NOT NULL,
+                from_id VARCHAR(64) NOT NULL,
+                msg_id BIGINT NOT NULL,
+                msg_type INTEGER NOT NULL,
+                content BLOB NOT NULL,
+                has_read TINYINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                UNIQUE (to_user_id, from_id, msg_id, msg_type)
+            )""",
+            "CREATE INDEX IF NOT EXISTS idx_offline_unread"
+            " ON im_offline (to_user_id, has_read, id)",
+        ],
+    ],
+    "mysql": [
+        [
+            """CREATE TABLE IF NOT EXISTS im_offline (
+                id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                to_user_id VARCHAR(64) NOT NULL,
+                from_id VARCHAR(64) NOT NULL,
+                msg_id BIGINT NOT NULL,
+                msg_type INT NOT NULL,
+                content MEDIUMBLOB NOT NULL,
+                has_read TINYINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL,
+                UNIQUE KEY uk_offline_identity (to_user_id, from_id, msg_id, msg_type),
+                KEY idx_offline_unread (to_user_id, has_read, id)
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+        ],
+    ],
+}
+
+
+def migrations(dialect: str) -> list[list[str]]:
+    """The migration steps of ``im_offline`` for ``dialect``, oldest first."""
+    try:
+        return _STEPS[dialect]
+    except KeyError:
+        raise ConfigError(f"offline store: unsupported SQL dialect {dialect!r}") from None
+
 
 _COLUMNS = "to_user_id, from_id, msg_id, msg_type, content, created"
 # MySQL: "ON DUPLICATE KEY UPDATE id = id" ignores only a duplicate key; INSERT IGNORE would also
@@ -107,12 +129,16 @@ class SQLOfflineStore:
     """:class:`offline.base.OfflineStore` on a :class:`common.db.Database`."""
 
     def __init__(self, db: Database) -> None:
-        if db.dialect not in _INSERT:
-            raise ConfigError(f"offline store: unsupported SQL dialect {db.dialect!r}")
+        self._steps = migrations(db.dialect)
         self._db = db
 
     async def migrate(self) -> None:
-        await self._db.script(_SQLITE_SCHEMA if self._db.dialect == "sqlite" else _MYSQL_SCHEMA)
+        """Create or upgrade ``im_offline``; safe to run twice, and from two processes at once."""
+        await apply_migrations(self._db, COMPONENT, self._steps)
+
+    async def check_schema(self) -> None:
+        """Raise :class:`common.errors.ConfigError` if the schema is older than this code."""
+        await require_schema(self._db, COMPONENT, len(self._steps))
 
     async def save(self, items: Sequence[OfflineItem]) -> None:
         """Insert new identities, re-arm existing rows of ``rearm`` items.

@@ -3,11 +3,16 @@
 Rules kept here, whatever the caller:
 - a relation is one row per unordered pair, stored with ``user_id1 < user_id2``; its key is made
   once, by whoever adds the pair first, and every later add returns that same key;
-- the SQL runs unchanged on SQLite and MySQL/MariaDB; only the DDL and ``INSERT ... IGNORE``
-  differ by dialect. MySQL tables use a binary collation so ids compare exactly as they do in
-  SQLite and Python (``Alice`` and ``alice`` are two users, token ids are case-sensitive);
+- the SQL runs unchanged on SQLite and MySQL/MariaDB; only the DDL and the insert-if-new
+  statement differ by dialect. MySQL tables use a binary collation so ids compare exactly as they
+  do in SQLite and Python (``Alice`` and ``alice`` are two users, token ids are case-sensitive);
 - the revoked-token table holds only tokens that could still be used: rows past their expiry are
   dropped on each revoke, so it does not grow without bound.
+
+The schema is the component ``users`` of :func:`common.db.apply_migrations`: step ``i`` of
+:func:`migrations` takes it from version ``i - 1`` to ``i``. Version 1 is the first schema, whose
+statements are all ``IF NOT EXISTS``, so a database created before versions were kept just
+records version 1.
 """
 
 from __future__ import annotations
@@ -15,15 +20,15 @@ from __future__ import annotations
 import time
 
 from common.crypto import new_pair_key
-from common.db import Database
+from common.db import Database, apply_migrations, require_schema
+
+COMPONENT = "users"
 
 _MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
-
-def ddl(dialect: str) -> list[str]:
-    """The schema for ``dialect`` ("sqlite" or "mysql"), every statement safe to run twice."""
-    if dialect == "sqlite":
-        return [
+_STEPS: dict[str, list[list[str]]] = {
+    "sqlite": [
+        [
             "CREATE TABLE IF NOT EXISTS im_user ("
             " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
             " display_name VARCHAR(128) NOT NULL DEFAULT '',"
@@ -41,10 +46,11 @@ def ddl(dialect: str) -> list[str]:
             " token_id VARCHAR(64) NOT NULL PRIMARY KEY,"
             " expires BIGINT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS idx_revoked_expires ON im_token_revoked (expires)",
-        ]
-    if dialect == "mysql":
-        # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB does): indexes go inline instead.
-        return [
+        ],
+    ],
+    # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB does): indexes go inline instead.
+    "mysql": [
+        [
             "CREATE TABLE IF NOT EXISTS im_user ("
             " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
             " display_name VARCHAR(128) NOT NULL DEFAULT '',"
@@ -62,8 +68,29 @@ def ddl(dialect: str) -> list[str]:
             " token_id VARCHAR(64) NOT NULL PRIMARY KEY,"
             " expires BIGINT NOT NULL,"
             " KEY idx_revoked_expires (expires))" + _MYSQL_TABLE,
-        ]
-    raise ValueError(f"no schema for database dialect {dialect!r}")
+        ],
+    ],
+}
+
+
+def migrations(dialect: str) -> list[list[str]]:
+    """The migration steps for ``dialect`` ("sqlite" or "mysql"), oldest first."""
+    try:
+        return _STEPS[dialect]
+    except KeyError:
+        raise ValueError(f"no schema for database dialect {dialect!r}") from None
+
+
+def _insert_new(dialect: str, table: str, columns: str, key: str) -> str:
+    """INSERT that does nothing (and counts 0) when the row's unique key is taken.
+
+    MySQL: ``ON DUPLICATE KEY UPDATE key = key`` rather than ``INSERT IGNORE``, which would also
+    turn data errors (an over-long id) into a silently truncated row.
+    """
+    marks = ", ".join("?" for _ in columns.split(","))
+    if dialect == "sqlite":
+        return f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})"
+    return f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {key} = {key}"
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:
@@ -75,10 +102,24 @@ class UserStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._insert_ignore = "INSERT OR IGNORE" if db.dialect == "sqlite" else "INSERT IGNORE"
+        self._steps = migrations(db.dialect)
+        self._insert_user = _insert_new(
+            db.dialect, "im_user", "user_id, display_name, password_hash, created", "user_id"
+        )
+        self._insert_relation = _insert_new(
+            db.dialect, "im_relation", "user_id1, user_id2, encrypt_key, created", "id"
+        )
+        self._insert_revoked = _insert_new(
+            db.dialect, "im_token_revoked", "token_id, expires", "token_id"
+        )
 
     async def migrate(self) -> None:
-        await self._db.script(ddl(self._db.dialect))
+        """Create or upgrade the schema; safe to run twice, and from two processes at once."""
+        await apply_migrations(self._db, COMPONENT, self._steps)
+
+    async def check_schema(self) -> None:
+        """Raise :class:`common.errors.ConfigError` if the schema is older than this code."""
+        await require_schema(self._db, COMPONENT, len(self._steps))
 
     async def ping(self) -> None:
         """Raise :class:`common.errors.BackendError` if the database does not answer."""
@@ -87,9 +128,7 @@ class UserStore:
     async def create_user(self, user_id: str, password_hash: str, display_name: str = "") -> bool:
         """Add a user; False (and nothing changed) if ``user_id`` is taken."""
         inserted = await self._db.execute(
-            f"{self._insert_ignore} INTO im_user (user_id, display_name, password_hash, created)"
-            " VALUES (?, ?, ?, ?)",
-            (user_id, display_name, password_hash, int(time.time())),
+            self._insert_user, (user_id, display_name, password_hash, int(time.time()))
         )
         return inserted == 1
 
@@ -109,11 +148,7 @@ class UserStore:
             raise ValueError("a user cannot be their own friend")
         u1, u2 = _pair(a, b)
         # Insert-or-ignore then read back: two concurrent adds both end with the winner's key.
-        await self._db.execute(
-            f"{self._insert_ignore} INTO im_relation (user_id1, user_id2, encrypt_key, created)"
-            " VALUES (?, ?, ?, ?)",
-            (u1, u2, new_pair_key(), int(time.time())),
-        )
+        await self._db.execute(self._insert_relation, (u1, u2, new_pair_key(), int(time.time())))
         key = await self.relation_key(u1, u2)
         if key is None:  # only if removed between the two statements
             return await self.add_relation(a, b)
@@ -147,10 +182,7 @@ class UserStore:
 
     async def revoke(self, token_id: str, expires: int) -> None:
         """Refuse ``token_id`` from now until ``expires`` (unix s), when it dies anyway."""
-        await self._db.execute(
-            f"{self._insert_ignore} INTO im_token_revoked (token_id, expires) VALUES (?, ?)",
-            (token_id, expires),
-        )
+        await self._db.execute(self._insert_revoked, (token_id, expires))
         await self._db.execute(
             "DELETE FROM im_token_revoked WHERE expires < ?", (int(time.time()),)
         )

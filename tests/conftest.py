@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -12,7 +14,11 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common.db import Database, MySQLParams, create_database, open_database
+from common.errors import BackendError, ConfigError
+
 REDIS_URL = os.environ.get("IM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+MYSQL_URL = os.environ.get("IM_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/im_test")
 
 
 def free_port() -> int:
@@ -56,3 +62,52 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """The test MySQL/MariaDB database (``IM_TEST_MYSQL_URL``, default ``im_test`` on localhost),
+    created if missing. Its ``im_*`` tables are dropped by :func:`db_url` before each test, so the
+    database name must contain "test"."""
+    if "test" not in MySQLParams.from_url(MYSQL_URL).database:
+        pytest.fail(f"IM_TEST_MYSQL_URL {MYSQL_URL!r}: tests drop tables, use a *test* database")
+    try:
+        asyncio.run(create_database(MYSQL_URL))
+    except (BackendError, ConfigError) as exc:
+        require_service("mysql", f"{exc}; set IM_TEST_MYSQL_URL")
+    return MYSQL_URL
+
+
+async def drop_im_tables(url: str) -> None:
+    """Drop every ``im_*`` table of the (test) database ``url``."""
+    db = await open_database(url, pool_size=1)
+    try:
+        rows = await db.fetchall(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+        )
+        for (name,) in rows:
+            if str(name).startswith("im_"):
+                await db.execute(f"DROP TABLE `{name}`")
+    finally:
+        await db.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL with no ``im_*`` tables, once per engine: a SQLite file in ``tmp_path``,
+    and the test MySQL database, cleaned first. Tests name their own tables ``im_test_*``."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'im.db'}"
+    url: str = request.getfixturevalue("mysql_url")
+    asyncio.run(drop_im_tables(url))
+    return url
+
+
+@pytest_asyncio.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """An open database on :func:`db_url`, once per engine."""
+    database = await open_database(db_url)
+    try:
+        yield database
+    finally:
+        await database.close()

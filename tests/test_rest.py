@@ -1,4 +1,6 @@
-"""REST API and user store: every endpoint's success and error paths, auth, limits, serving."""
+"""REST API and user store: every endpoint's success and error paths, auth, limits, serving.
+
+The HTTP tests run on SQLite; the store's own tests run on SQLite and MySQL (conftest ``db``)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from conftest import drop_im_tables
 from fastapi import FastAPI
 
 from common.config import Settings
-from common.db import Database, open_database
+from common.db import Database, open_database, schema_version
 from common.errors import BackendError, ConfigError
 from common.tokens import TokenSigner
 from rest_web.app import MAX_BODY, create_app, serve
-from rest_web.store import UserStore, ddl
+from rest_web.store import COMPONENT, UserStore, migrations
 
 SECRET = "test-secret-0123456789abcdef"
 PASSWORD = "s3cret-passw0rd"
@@ -39,14 +42,19 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
 
 
 @pytest_asyncio.fixture
-async def db() -> AsyncIterator[Database]:
+async def store() -> AsyncIterator[UserStore]:
+    """The store behind the HTTP tests: SQLite in memory (the store's own contract tests below run
+    on every engine)."""
     database = await open_database("sqlite://:memory:")
-    yield database
+    s = UserStore(database)
+    await s.migrate()
+    yield s
     await database.close()
 
 
 @pytest_asyncio.fixture
-async def store(db: Database) -> UserStore:
+async def users(db: Database) -> UserStore:
+    """A migrated store on each engine (``db`` from conftest: SQLite and MySQL)."""
     s = UserStore(db)
     await s.migrate()
     return s
@@ -463,9 +471,8 @@ async def test_streamed_body_within_limit_works(client: httpx.AsyncClient) -> No
 
 
 @pytest.mark.asyncio
-async def test_migrate_twice_keeps_data(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'im.db'}"
-    database = await open_database(url)
+async def test_migrate_twice_keeps_data(db_url: str) -> None:
+    database = await open_database(db_url)
     try:
         s = UserStore(database)
         await s.migrate()
@@ -478,70 +485,108 @@ async def test_migrate_twice_keeps_data(tmp_path: Path) -> None:
         assert await s.relation_key("bob", "alice") == key
     finally:
         await database.close()
-    database = await open_database(url)  # and on reopening the file
+    database = await open_database(db_url)  # and on reopening
     try:
         s = UserStore(database)
         await s.migrate()
+        await s.check_schema()
         assert await s.relations_of("bob") == [("alice", key)]
+        assert await schema_version(database, COMPONENT) == 1
     finally:
         await database.close()
 
 
 @pytest.mark.asyncio
-async def test_store_users(store: UserStore) -> None:
-    assert await store.create_user("alice", "hash-1", "Alice")
-    assert not await store.create_user("alice", "hash-2")
-    assert await store.get_password_hash("alice") == "hash-1"
-    assert await store.get_password_hash("nobody") is None
-    assert await store.user_exists("alice")
-    assert not await store.user_exists("nobody")
+async def test_tables_from_before_schema_versions_migrate(db: Database) -> None:
+    # what migrate() ran before versions were kept: the first step's statements, by themselves
+    await db.script(migrations(db.dialect)[0])
+    legacy = UserStore(db)
+    assert await legacy.create_user("alice", "h1")
+    with pytest.raises(ConfigError, match=r"schema 'users' is at version 0, .*: run `im migrate`"):
+        await legacy.check_schema()
+    await legacy.migrate()
+    await legacy.check_schema()
+    assert await schema_version(db, COMPONENT) == 1
+    assert await legacy.get_password_hash("alice") == "h1"
 
 
 @pytest.mark.asyncio
-async def test_store_relations_ordered_pair(store: UserStore, db: Database) -> None:
-    key = await store.add_relation("zed", "amy")
-    assert await store.add_relation("amy", "zed") == key
+async def test_store_users(users: UserStore) -> None:
+    assert await users.create_user("alice", "hash-1", "Alice")
+    assert not await users.create_user("alice", "hash-2")
+    assert await users.get_password_hash("alice") == "hash-1"
+    assert await users.get_password_hash("nobody") is None
+    assert await users.user_exists("alice")
+    assert not await users.user_exists("nobody")
+    assert await users.create_user("Alice", "hash-3")  # ids are case-sensitive on every engine
+    assert await users.get_password_hash("Alice") == "hash-3"
+    await users.ping()
+
+
+@pytest.mark.asyncio
+async def test_store_rejects_overlong_ids_on_mysql(mysql_url: str) -> None:
+    # SQLite does not enforce VARCHAR lengths (the REST layer checks them); MySQL in strict mode
+    # must refuse, never store a truncated id
+    await drop_im_tables(mysql_url)
+    database = await open_database(mysql_url)
+    try:
+        s = UserStore(database)
+        await s.migrate()
+        with pytest.raises(BackendError):
+            await s.create_user("a" * 65, "hash")
+        assert not await s.user_exists("a" * 64)
+    finally:
+        await database.close()
+
+
+@pytest.mark.asyncio
+async def test_store_relations_ordered_pair(users: UserStore, db: Database) -> None:
+    key = await users.add_relation("zed", "amy")
+    assert await users.add_relation("amy", "zed") == key
     assert await db.fetchall("SELECT user_id1, user_id2, encrypt_key FROM im_relation") == [
         ("amy", "zed", key)
     ]
-    assert await store.relations_of("amy") == [("zed", key)]
-    assert await store.relations_of("zed") == [("amy", key)]
-    assert await store.relation_key("zed", "amy") == key
+    assert await users.relations_of("amy") == [("zed", key)]
+    assert await users.relations_of("zed") == [("amy", key)]
+    assert await users.relation_key("zed", "amy") == key
     with pytest.raises(ValueError):
-        await store.add_relation("amy", "amy")
-    assert await store.remove_relation("zed", "amy")
-    assert not await store.remove_relation("amy", "zed")
-    assert await store.relation_key("amy", "zed") is None
-    assert await store.relations_of("amy") == []
+        await users.add_relation("amy", "amy")
+    assert await users.remove_relation("zed", "amy")
+    assert not await users.remove_relation("amy", "zed")
+    assert await users.relation_key("amy", "zed") is None
+    assert await users.relations_of("amy") == []
 
 
 @pytest.mark.asyncio
-async def test_concurrent_adds_agree_on_one_key(store: UserStore) -> None:
-    keys = await asyncio.gather(*(store.add_relation("a", "b") for _ in range(10)))
+async def test_concurrent_adds_agree_on_one_key(users: UserStore) -> None:
+    keys = await asyncio.gather(*(users.add_relation("a", "b") for _ in range(10)))
     assert len(set(keys)) == 1
 
 
 @pytest.mark.asyncio
-async def test_store_revocation_purges_expired(store: UserStore, db: Database) -> None:
+async def test_store_revocation_purges_expired(users: UserStore, db: Database) -> None:
     now = int(time.time())
-    await store.revoke("old", now - 10)
-    await store.revoke("live", now + 3600)
-    await store.revoke("live", now + 3600)  # twice is fine
-    assert await store.is_revoked("live")
-    assert not await store.is_revoked("old")  # expired anyway; row dropped
-    assert not await store.is_revoked("other")
+    await users.revoke("old", now - 10)
+    await users.revoke("live", now + 3600)
+    await users.revoke("live", now + 3600)  # twice is fine
+    assert await users.is_revoked("live")
+    assert not await users.is_revoked("old")  # expired anyway; row dropped
+    assert not await users.is_revoked("other")
     assert await db.fetchall("SELECT token_id FROM im_token_revoked") == [("live",)]
 
 
-def test_mysql_ddl_shape() -> None:
-    statements = ddl("mysql")
-    text = " ".join(statements)
+def test_migration_steps_shape() -> None:
+    assert len(migrations("sqlite")) == len(migrations("mysql"))  # one version numbering
+    first = migrations("mysql")[0]
+    text = " ".join(first)
     assert "AUTO_INCREMENT" in text and "AUTOINCREMENT" not in text
     assert "CREATE INDEX" not in text  # MySQL has no CREATE INDEX IF NOT EXISTS
-    assert all(s.startswith("CREATE TABLE IF NOT EXISTS") for s in statements)
-    assert all("utf8mb4_bin" in s for s in statements)
+    # version 1 must be safe on tables made before versions were kept
+    assert all(s.startswith("CREATE TABLE IF NOT EXISTS") for s in first)
+    assert all("utf8mb4_bin" in s for s in first)
+    assert all(" IF NOT EXISTS " in s for s in migrations("sqlite")[0])
     with pytest.raises(ValueError):
-        ddl("oracle")
+        migrations("oracle")
 
 
 # --- serving ----------------------------------------------------------------------------------

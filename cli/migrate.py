@@ -1,0 +1,43 @@
+"""``im migrate``: create or upgrade the database schema of every component, then stop.
+
+Each package owns its tables and their migration steps (``rest_web.store`` the users,
+``offline.sqlstore`` the offline rows); this only runs them, in one place an operator can call
+before starting a new release. Safe to run again, and from several hosts at once.
+"""
+
+from __future__ import annotations
+
+from common.config import Settings
+from common.db import create_database, open_database, schema_version
+from offline import sqlstore
+from offline.sqlstore import SQLOfflineStore
+from rest_web import store as userstore
+from rest_web.store import UserStore
+
+
+async def run_migrate(settings: Settings) -> list[str]:
+    """Migrate the configured database; one line per component, e.g. ``users: version 0 -> 1``.
+
+    On MySQL the database itself is created first if missing (utf8mb4, binary collation, so ids
+    compare as they do in Python).
+    """
+    url = settings.db_url()
+    await create_database(url)
+    db = await open_database(url, pool_size=1)
+    try:
+        lines: list[str] = []
+        components: list[tuple[str, UserStore | SQLOfflineStore]] = [
+            (userstore.COMPONENT, UserStore(db)),
+            (sqlstore.COMPONENT, SQLOfflineStore(db)),
+        ]
+        for name, store in components:
+            before = await schema_version(db, name)
+            await store.migrate()
+            after = await schema_version(db, name)
+            if after == before:
+                lines.append(f"{name}: version {after} (up to date)")
+            else:
+                lines.append(f"{name}: version {before} -> {after}")
+        return lines
+    finally:
+        await db.close()
