@@ -15,26 +15,43 @@ from conftest import connect_redis
 from common.config import Settings
 from common.db import Database, SQLiteDatabase
 from common.errors import BackendError
-from user_status import MemoryUserStatus, RedisUserStatus, UserStatusService, create
+from user_status import (
+    MemoryUserStatus,
+    RedisUserStatus,
+    StatusBackend,
+    UserStatusService,
+    create,
+)
 from user_status.relations import RelationReader
+
+SWEEP = 0.5  # seconds a silent node stays in the registry, in these tests
 
 
 @pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def status(request: pytest.FixtureRequest) -> AsyncIterator[UserStatusService]:
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[StatusBackend]:
+    """A fresh backend with nothing registered."""
     if request.param == "memory":
-        service: UserStatusService = MemoryUserStatus()
+        service: StatusBackend = MemoryUserStatus(sweep_after=SWEEP)
         yield service
         await service.close()
         return
     client = await connect_redis(request.getfixturevalue("redis_url"))
     prefix = f"imtest:{uuid.uuid4().hex}:"
     try:
-        yield RedisUserStatus(client, prefix=prefix)
+        yield RedisUserStatus(client, prefix=prefix, sweep_after=SWEEP)
         keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
         if keys:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def status(backend: StatusBackend) -> StatusBackend:
+    """A backend on which connectors c0, c1 and c2 are live for a minute."""
+    for node in ("c0", "c1", "c2"):
+        assert await backend.beat("connector", node, f"{node}.example:9081", 60.0)
+    return backend
 
 
 # --- the contract -----------------------------------------------------------------------------
@@ -91,6 +108,72 @@ async def test_concurrent_calls(status: UserStatusService) -> None:
     assert await status.lookup("alice") == {f"d{i}": f"c{i % 3}" for i in range(50)}
     await asyncio.gather(*(status.offline("alice", f"d{i}", f"c{i % 3}") for i in range(50)))
     assert await status.lookup("alice") == {}
+
+
+# --- liveness, registry, drain requests --------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_device_on_lapsed_connector_is_not_routed(backend: StatusBackend) -> None:
+    assert await backend.beat("connector", "c1", "h:1", 0.3)
+    assert await backend.beat("connector", "c2", "h:2", 60.0)
+    await backend.online("alice", "phone", "c1")
+    await backend.online("alice", "laptop", "c2")
+    assert await backend.lookup("alice") == {"phone": "c1", "laptop": "c2"}
+    assert not await backend.beat("connector", "c1", "h:1", 0.3)  # still live: not fresh
+    await asyncio.sleep(0.4)
+    assert await backend.lookup("alice") == {"laptop": "c2"}
+    assert await backend.live("connector") == {"c2": "h:2"}
+    # back within the sweep time: its device is routed again, and the beat says it had lapsed
+    assert await backend.beat("connector", "c1", "h:1", 60.0)
+    assert await backend.lookup("alice") == {"phone": "c1", "laptop": "c2"}
+
+
+@pytest.mark.asyncio
+async def test_device_on_unregistered_connector_is_forgotten(backend: StatusBackend) -> None:
+    await backend.online("alice", "phone", "ghost")
+    assert await backend.lookup("alice") == {}
+    assert await backend.beat("connector", "ghost", "h:1", 60.0)
+    assert await backend.lookup("alice") == {}  # forgotten, not just hidden
+
+
+@pytest.mark.asyncio
+async def test_long_silent_node_is_swept(backend: StatusBackend) -> None:
+    assert await backend.beat("connector", "old", "h:1", 0.1)
+    await backend.online("alice", "phone", "old")
+    await asyncio.sleep(0.1 + SWEEP + 0.1)
+    assert await backend.beat("connector", "other", "h:2", 60.0)  # sweeps "old"
+    assert await backend.lookup("alice") == {}
+    assert await backend.beat("connector", "old", "h:1", 60.0)  # fresh again: must re-announce
+    assert await backend.lookup("alice") == {}
+
+
+@pytest.mark.asyncio
+async def test_registry_live_and_leave(backend: StatusBackend) -> None:
+    assert await backend.live("transfer") == {}
+    assert await backend.beat("transfer", "t1", "10.0.0.1:9082", 60.0)
+    assert await backend.beat("transfer", "t2", "10.0.0.2:9082", 60.0)
+    assert await backend.beat("connector", "c1", "10.0.0.3:9081", 60.0)
+    assert await backend.live("transfer") == {"t1": "10.0.0.1:9082", "t2": "10.0.0.2:9082"}
+    assert not await backend.beat("transfer", "t1", "10.0.0.9:9082", 60.0)  # address moves
+    await backend.leave("transfer", "t2")
+    assert await backend.live("transfer") == {"t1": "10.0.0.9:9082"}
+    assert await backend.live("connector") == {"c1": "10.0.0.3:9081"}
+
+
+@pytest.mark.asyncio
+async def test_drain_requests_reach_the_subscribed_connector(backend: StatusBackend) -> None:
+    stream = backend.drain_requests("c1")
+    assert await asyncio.wait_for(anext(stream), 5) is None  # subscribed: drain everyone
+    other = backend.drain_requests("c2")
+    assert await asyncio.wait_for(anext(other), 5) is None
+    await backend.request_drain("c1", ["bob", "alice", "bob"])
+    await backend.request_drain("c1", [])
+    await backend.request_drain("c2", ["carol"])
+    assert await asyncio.wait_for(anext(stream), 5) == ["alice", "bob"]
+    assert await asyncio.wait_for(anext(other), 5) == ["carol"]
+    await stream.aclose()
+    await other.aclose()
 
 
 # --- Redis specifics and create() -------------------------------------------------------------

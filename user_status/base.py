@@ -1,7 +1,8 @@
-"""The user status seam."""
+"""The user status seams: where devices are online, which nodes are alive, drain requests."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Iterable
 from typing import Protocol
 
 
@@ -24,7 +25,46 @@ class UserStatusService(Protocol):
         ...
 
     async def lookup(self, user_id: str) -> dict[str, str]:
-        """The user's online devices: ``{device_id: connector_id}``, empty when offline."""
+        """The user's devices on live connectors: ``{device_id: connector_id}``.
+
+        A device on a connector whose heartbeat lapsed is left out; one on a connector that is
+        no longer registered at all is forgotten.
+        """
         ...
 
     async def close(self) -> None: ...
+
+
+class NodeRegistry(Protocol):
+    """Connectors and transfers announce themselves with a TTL heartbeat (DESIGN §8)."""
+
+    async def beat(self, kind: str, node_id: str, addr: str, ttl: float) -> bool:
+        """Keep ``node_id`` of ``kind`` ("connector", "transfer") live for ``ttl`` seconds more.
+
+        True when it was not live before this beat (first beat, lapsed, or forgotten): a
+        connector then announces its sessions again.
+        """
+        ...
+
+    async def leave(self, kind: str, node_id: str) -> None:
+        """Stop being live at once (clean shutdown)."""
+        ...
+
+    async def live(self, kind: str) -> dict[str, str]:
+        """``{node_id: address}`` of the live nodes of ``kind``."""
+        ...
+
+
+class DrainBus(Protocol):
+    """Offline writers ask connectors to drain users whose rows they just committed."""
+
+    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None: ...
+
+    def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
+        """Batches of user ids to drain; ``None`` means "drain every session" (requests may
+        have been missed, e.g. after a reconnect)."""
+        ...
+
+
+class StatusBackend(UserStatusService, NodeRegistry, DrainBus, Protocol):
+    """What one backend provides: all three, sharing one store."""

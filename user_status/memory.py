@@ -1,17 +1,29 @@
-"""In-memory user status for the embedded mode (one process) and tests.
+"""In-memory user status, node registry and drain requests for the embedded mode and tests.
 
 Rules: plain dicts touched only from the event loop, so every method is atomic without a lock;
-a user with no device left is removed, so the table holds only online users.
+a user with no device left is removed, so the table holds only online users. Liveness follows
+the Redis backend exactly (same contract tests), with the event loop's clock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Iterable
+
+SWEEP_AFTER = 600.0
+DRAIN_QUEUE = 10_000  # pending drain requests per subscriber; beyond that, "drain everyone"
+
 
 class MemoryUserStatus:
-    """:class:`user_status.base.UserStatusService` kept in this process."""
+    """:class:`user_status.base.StatusBackend` kept in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, sweep_after: float = SWEEP_AFTER) -> None:
         self._users: dict[str, dict[str, str]] = {}
+        self._expiry: dict[str, dict[str, float]] = {}
+        self._addrs: dict[str, dict[str, str]] = {}
+        self._sweep_after = sweep_after
+        self._subscribers: dict[str, set[asyncio.Queue[list[str] | None]]] = {}
 
     async def online(self, user_id: str, device_id: str, connector_id: str) -> None:
         self._users.setdefault(user_id, {})[device_id] = connector_id
@@ -25,7 +37,71 @@ class MemoryUserStatus:
             del self._users[user_id]
 
     async def lookup(self, user_id: str) -> dict[str, str]:
-        return dict(self._users.get(user_id, {}))
+        devices = self._users.get(user_id)
+        if not devices:
+            return {}
+        now = time.monotonic()
+        registry = self._expiry.get("connector", {})
+        out: dict[str, str] = {}
+        for device, connector in list(devices.items()):
+            expiry = registry.get(connector)
+            if expiry is None:
+                del devices[device]
+            elif expiry >= now:
+                out[device] = connector
+        if not devices:
+            del self._users[user_id]
+        return out
+
+    async def beat(self, kind: str, node_id: str, addr: str, ttl: float) -> bool:
+        now = time.monotonic()
+        nodes = self._expiry.setdefault(kind, {})
+        addrs = self._addrs.setdefault(kind, {})
+        prev = nodes.get(node_id)
+        nodes[node_id] = now + ttl
+        addrs[node_id] = addr
+        for node, expiry in list(nodes.items()):
+            if expiry < now - self._sweep_after:
+                del nodes[node]
+                addrs.pop(node, None)
+        return prev is None or prev < now
+
+    async def leave(self, kind: str, node_id: str) -> None:
+        self._expiry.get(kind, {}).pop(node_id, None)
+        self._addrs.get(kind, {}).pop(node_id, None)
+
+    async def live(self, kind: str) -> dict[str, str]:
+        now = time.monotonic()
+        addrs = self._addrs.get(kind, {})
+        return {
+            node: addrs[node]
+            for node, expiry in self._expiry.get(kind, {}).items()
+            if expiry >= now and node in addrs
+        }
+
+    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None:
+        users = sorted(set(user_ids))
+        if not users:
+            return
+        for q in self._subscribers.get(connector_id, ()):
+            if q.full():
+                q.get_nowait()
+                q.put_nowait(None)  # dropped some: the subscriber drains everyone
+            else:
+                q.put_nowait(users)
+
+    async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
+        q: asyncio.Queue[list[str] | None] = asyncio.Queue(DRAIN_QUEUE)
+        subs = self._subscribers.setdefault(connector_id, set())
+        subs.add(q)
+        try:
+            yield None
+            while True:
+                yield await q.get()
+        finally:
+            subs.discard(q)
+            if not subs:
+                self._subscribers.pop(connector_id, None)
 
     async def close(self) -> None:
         self._users.clear()

@@ -1,19 +1,47 @@
-"""User status in Redis, shared by every connector and transfer of a cluster.
+"""User status, node registry and drain requests in Redis, shared by a whole cluster.
 
-One hash per user, ``{prefix}u:{user_id}``, field device_id -> connector_id. ``online`` is a plain
-HSET (the newest session wins); ``offline`` is a Lua compare-and-delete, so a late offline from a
-dead session never erases the device's newer session elsewhere. Redis drops a hash with no field
-left, so an offline user has no key. Driver errors become ``BackendError("redis", ...)`` here.
+Keys (all under one prefix, default ``im:``):
+- ``u:{user_id}``: hash device_id -> connector_id. ``online`` is a plain HSET (the newest session
+  wins); ``offline`` is a Lua compare-and-delete, so a late offline from a dead session never
+  erases the device's newer session elsewhere. Redis drops a hash with no field left.
+- ``nodes:{kind}``: sorted set node_id -> expiry (ms, Redis clock), refreshed by each node's
+  heartbeat; ``addr:{kind}``: hash node_id -> address. A node whose expiry passed is not live.
+  Using the server's clock (``TIME`` inside the scripts) keeps hosts' clock skew out of it.
+- ``drain:{connector_id}``: pub/sub channel on which offline writers ask a connector to drain
+  users whose rows they just committed.
+
+``lookup`` returns only devices on live connectors, so a connector that dies stops receiving
+traffic once its TTL lapses (seconds). Its entries are not deleted then, in case it was only cut
+from Redis for a moment; a node silent for ``SWEEP_AFTER`` is removed from the registry, and only
+then are its users' entries dropped, lazily, by the lookups that meet them. A node that finds
+itself missing at a heartbeat (``beat`` returns True: new, lapsed, swept, or Redis restarted
+empty) announces its sessions again.
+
+Driver errors become ``BackendError("redis", ...)``; the client reconnects by itself.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
 
-# delete the field only if it still names the connector that is going offline
+log = logging.getLogger(__name__)
+
+SWEEP_AFTER = 600.0  # seconds a node may be silent before it is removed for good
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1] user hash; ARGV: device, connector
 _OFFLINE_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
     return redis.call('HDEL', KEYS[1], ARGV[1])
@@ -21,24 +49,95 @@ end
 return 0
 """
 
+# KEYS[1] user hash, KEYS[2] connector registry zset -> flat device, connector list (live only)
+_LOOKUP_LUA = (
+    _NOW_MS
+    + """
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+    local expiry = redis.call('ZSCORE', KEYS[2], all[i + 1])
+    if expiry then
+        if tonumber(expiry) >= now then
+            out[#out + 1] = all[i]
+            out[#out + 1] = all[i + 1]
+        end
+    else
+        redis.call('HDEL', KEYS[1], all[i])
+    end
+end
+return out
+"""
+)
+
+# KEYS[1] zset, KEYS[2] addr hash; ARGV: node, addr, ttl ms, sweep ms -> 1 if it was not live
+_BEAT_LUA = (
+    _NOW_MS
+    + """
+local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 100)
+for _, node in ipairs(dead) do
+    redis.call('ZREM', KEYS[1], node)
+    redis.call('HDEL', KEYS[2], node)
+end
+if (not prev) or tonumber(prev) < now then return 1 end
+return 0
+"""
+)
+
+# KEYS[1] zset, KEYS[2] addr hash -> flat node, addr list of live nodes
+_LIVE_LUA = (
+    _NOW_MS
+    + """
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local out = {}
+for _, node in ipairs(nodes) do
+    local addr = redis.call('HGET', KEYS[2], node)
+    if addr then
+        out[#out + 1] = node
+        out[#out + 1] = addr
+    end
+end
+return out
+"""
+)
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _pairs(flat: list[bytes | str]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
 class RedisUserStatus:
-    """:class:`user_status.base.UserStatusService` on Redis. Owns ``client``: ``close`` closes it.
+    """:class:`user_status.base.UserStatusService`, :class:`user_status.base.NodeRegistry` and
+    :class:`user_status.base.DrainBus` on Redis. Owns ``client``: ``close`` closes it."""
 
-    Works with or without ``decode_responses`` on the client.
-    """
-
-    def __init__(self, client: aioredis.Redis, prefix: str = "im:") -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str = "im:", sweep_after: float = SWEEP_AFTER
+    ) -> None:
         self._client = client
         self._prefix = prefix
+        self._sweep_ms = int(sweep_after * 1000)
         self._offline_script = client.register_script(_OFFLINE_LUA)
+        self._lookup_script = client.register_script(_LOOKUP_LUA)
+        self._beat_script = client.register_script(_BEAT_LUA)
+        self._live_script = client.register_script(_LIVE_LUA)
 
     def _key(self, user_id: str) -> str:
         return f"{self._prefix}u:{user_id}"
+
+    def _nodes(self, kind: str) -> list[str]:
+        return [f"{self._prefix}nodes:{kind}", f"{self._prefix}addr:{kind}"]
+
+    def _channel(self, connector_id: str) -> str:
+        return f"{self._prefix}drain:{connector_id}"
+
+    # -- user status -------------------------------------------------------------------------
 
     async def online(self, user_id: str, device_id: str, connector_id: str) -> None:
         try:
@@ -54,10 +153,70 @@ class RedisUserStatus:
 
     async def lookup(self, user_id: str) -> dict[str, str]:
         try:
-            raw = await self._client.hgetall(self._key(user_id))
+            flat = await self._lookup_script(keys=[self._key(user_id), self._nodes("connector")[0]])
         except (RedisError, OSError) as exc:
             raise BackendError("redis", f"lookup {user_id}: {exc}") from exc
-        return {_text(device): _text(connector) for device, connector in raw.items()}
+        return _pairs(flat)
+
+    # -- node registry -----------------------------------------------------------------------
+
+    async def beat(self, kind: str, node_id: str, addr: str, ttl: float) -> bool:
+        try:
+            fresh = await self._beat_script(
+                keys=self._nodes(kind), args=[node_id, addr, int(ttl * 1000), self._sweep_ms]
+            )
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"heartbeat of {kind} {node_id}: {exc}") from exc
+        return bool(fresh)
+
+    async def leave(self, kind: str, node_id: str) -> None:
+        zset, addrs = self._nodes(kind)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zrem(zset, node_id)
+                pipe.hdel(addrs, node_id)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"leave of {kind} {node_id}: {exc}") from exc
+
+    async def live(self, kind: str) -> dict[str, str]:
+        try:
+            return _pairs(await self._live_script(keys=self._nodes(kind)))
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"live {kind} nodes: {exc}") from exc
+
+    # -- drain requests ----------------------------------------------------------------------
+
+    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None:
+        users = sorted(set(user_ids))
+        if not users:
+            return
+        try:
+            await self._client.publish(self._channel(connector_id), "\n".join(users))
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"drain request to {connector_id}: {exc}") from exc
+
+    async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
+        """Users to drain, as published; ``None`` after every (re)subscription, because
+        requests published while unsubscribed were lost: the connector then drains everyone."""
+        delay = 0.1
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel(connector_id))
+                delay = 0.1
+                yield None
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is not None and msg.get("type") == "message":
+                        yield [u for u in _text(msg["data"]).split("\n") if u]
+            except (RedisError, OSError) as exc:
+                log.warning("drain channel of %s lost (%s); resubscribing", connector_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         try:

@@ -4,7 +4,8 @@
 Rows store each pair once with ``user_id1 < user_id2``, so the pair is ordered before the query.
 Positive answers are cached for ``ttl`` seconds in a bounded dict (oldest evicted first), so a
 removed friendship is refused again within ``ttl``; negative answers are never cached, so a new
-friendship works at once.
+friendship works at once. When the database is down, a pair that was known as friends stays
+friends (the stale entry is used and kept), so chats between them go on through an outage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 
 from common.db import Database
+from common.errors import BackendError
 
 DEFAULT_MAX_ENTRIES = 100_000
 
@@ -32,14 +34,18 @@ class RelationReader:
         """True when ``a`` and ``b`` have a relation row (in either order)."""
         pair = (a, b) if a < b else (b, a)
         expiry = self._friends.get(pair)
-        if expiry is not None:
-            if time.monotonic() < expiry:
-                return True
-            del self._friends[pair]
-        row = await self._db.fetchone(
-            "SELECT 1 FROM im_relation WHERE user_id1 = ? AND user_id2 = ? LIMIT 1", pair
-        )
+        if expiry is not None and time.monotonic() < expiry:
+            return True
+        try:
+            row = await self._db.fetchone(
+                "SELECT 1 FROM im_relation WHERE user_id1 = ? AND user_id2 = ? LIMIT 1", pair
+            )
+        except BackendError:
+            if expiry is not None:
+                return True  # stale but known: better than refusing every chat in an outage
+            raise
         if row is None:
+            self._friends.pop(pair, None)
             return False
         self._remember(pair)
         return True
