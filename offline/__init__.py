@@ -8,7 +8,7 @@ that carries messages for offline users to the writer that stores them.
 from __future__ import annotations
 
 from common.config import Settings
-from common.errors import ConfigError
+from offline.amqpqueue import AmqpOfflineQueue
 from offline.base import KIND_CHAT, Delivery, OfflineItem, OfflineQueue, OfflineStore
 from offline.errors import RejectedError
 from offline.memqueue import MemoryOfflineQueue
@@ -17,6 +17,7 @@ from offline.writer import OfflineWriter
 
 __all__ = [
     "KIND_CHAT",
+    "AmqpOfflineQueue",
     "Delivery",
     "MemoryOfflineQueue",
     "OfflineItem",
@@ -30,7 +31,13 @@ __all__ = [
 
 
 async def create_queue(settings: Settings) -> OfflineQueue:
-    """The in-process queue; RabbitMQ (``settings.amqp_url``) is not implemented yet."""
+    """RabbitMQ when ``settings.amqp_url`` is set (connected and declared here, so a dead broker
+    fails the start with a clear error), else the in-process queue."""
     if settings.amqp_url:
-        raise ConfigError("RabbitMQ queue not available yet")
+        return await AmqpOfflineQueue.connect(
+            settings.amqp_url,
+            name=settings.amqp_queue,
+            shards=settings.amqp_shards,
+            prefetch=settings.amqp_prefetch,
+        )
     return MemoryOfflineQueue()

@@ -5,12 +5,17 @@ commit, so a crash at any point leaves the messages in the queue (G1). A failing
 (``BackendError``) is retried with the same batch and exponential back-off, forever: a batch is
 never dropped. Only items that can never be stored are rejected, so one bad message can't wedge
 the queue. ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
+
+After a commit, ``notify`` (when given) is told whose rows were stored: with a durable broker the
+transfer's SENT came before this commit, so a recipient who came online meanwhile must be asked
+to drain again, or its rows would wait for its next login.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Collection
 
 from common.errors import BackendError
 from offline.base import Delivery, OfflineQueue, OfflineStore
@@ -28,12 +33,15 @@ class OfflineWriter:
         *,
         backoff_start: float = 0.1,
         backoff_max: float = 5.0,
+        notify: Callable[[Collection[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._queue = queue
         self._store = store
         self._max_batch = max_batch
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
+        self._notify = notify
+        self.stored = 0
 
     async def run(self) -> None:
         """Store batches until the queue is closed."""
@@ -73,3 +81,10 @@ class OfflineWriter:
             except BackendError as exc:
                 # the rows are committed: a redelivery is stored once (unique identity)
                 log.warning("offline ack failed after commit: %s", exc)
+        self.stored += len(items)
+        if self._notify is not None and items:
+            try:
+                await self._notify({it.to_user_id for it in items})
+            except Exception:
+                # a missed drain request costs latency (the next login drains), never a message
+                log.exception("drain notification failed")

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -169,6 +170,22 @@ class Bounce(_message.Message):
     chat: ChatMsg
     ack: AckMsg
     def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ...) -> None: ...
+
+class OfflineRecord(_message.Message):
+    __slots__ = ("chat", "ack", "rearm")
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    REARM_FIELD_NUMBER: _ClassVar[int]
+    chat: ChatMsg
+    ack: AckMsg
+    rearm: bool
+    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., rearm: _Optional[bool] = ...) -> None: ...
+
+class OfflineBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[OfflineRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[OfflineRecord, _Mapping]]] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("seq", "greet", "welcome", "chat", "ack", "link_ack", "error", "ping", "pong", "drain", "bounce")

@@ -1,16 +1,15 @@
-"""Offline store on SQLite, the in-process queue and the writer."""
+"""Offline store on SQLite and MySQL (conftest ``db``), the in-process queue and the writer."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import pytest_asyncio
 
 from common.config import Settings
-from common.db import SQLiteDatabase
+from common.db import Database, open_database, schema_version
 from common.errors import BackendError, ConfigError
 from offline import (
     MemoryOfflineQueue,
@@ -20,7 +19,7 @@ from offline import (
     SQLOfflineStore,
     create_queue,
 )
-from offline.sqlstore import item_problem
+from offline.sqlstore import COMPONENT, item_problem, migrations
 from proto import im_pb2
 
 
@@ -36,19 +35,11 @@ def ids(items: Sequence[OfflineItem]) -> list[int]:
 
 
 @pytest_asyncio.fixture
-async def db_path(tmp_path: Path) -> Path:
-    path = tmp_path / "im.db"
-    db = await SQLiteDatabase.open(path)
-    await SQLOfflineStore(db).migrate()
-    await db.close()
-    return path
-
-
-@pytest_asyncio.fixture
-async def store(db_path: Path) -> AsyncIterator[SQLOfflineStore]:
-    db = await SQLiteDatabase.open(db_path)
-    yield SQLOfflineStore(db)
-    await db.close()
+async def store(db: Database) -> SQLOfflineStore:
+    """A migrated store on each engine."""
+    s = SQLOfflineStore(db)
+    await s.migrate()
+    return s
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -115,8 +106,21 @@ async def test_uint64_msg_id_round_trips(store: SQLOfflineStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_concurrent_drains_never_share_a_row(db_path: Path) -> None:
-    dbs = [await SQLiteDatabase.open(db_path) for _ in range(2)]
+async def test_content_bytes_round_trip(store: SQLOfflineStore) -> None:
+    every = bytes(range(256))  # sealed bodies are arbitrary bytes (aio-libs/aiomysql issue 1080)
+    items = [
+        OfflineItem("bob", "alice", 1, 0, every),
+        OfflineItem("bob", "alice", 2, 0, every[::-1] * 200),  # 51 KiB
+        OfflineItem("bob", "alice", 3, 0, b""),
+    ]
+    await store.save(items)
+    assert await store.drain("bob") == items
+
+
+@pytest.mark.asyncio
+async def test_concurrent_drains_never_share_a_row(store: SQLOfflineStore, db_url: str) -> None:
+    # two processes' worth of connections on the same database, each draining the same user
+    dbs = [await open_database(db_url) for _ in range(2)]
     try:
         one, two = (SQLOfflineStore(db) for db in dbs)
         total = 300
@@ -132,7 +136,7 @@ async def test_concurrent_drains_never_share_a_row(db_path: Path) -> None:
                     return got
 
         results = await asyncio.gather(
-            device(one, 7), device(two, 5), device(one, 11), device(two, 3)
+            device(one, 7), device(two, 5), device(one, 11), device(two, 3), device(store, 4)
         )
         seen = [msg_id for got in results for msg_id in got]
         assert sorted(seen) == list(range(1, total + 1))  # each row exactly once, none left
@@ -142,6 +146,29 @@ async def test_concurrent_drains_never_share_a_row(db_path: Path) -> None:
     finally:
         for db in dbs:
             await db.close()
+
+
+@pytest.mark.asyncio
+async def test_table_from_before_schema_versions_migrates(db: Database) -> None:
+    await db.script(migrations(db.dialect)[0])  # what migrate() ran before versions were kept
+    legacy = SQLOfflineStore(db)
+    await legacy.save([chat("bob", "alice", 1)])
+    with pytest.raises(ConfigError, match=r"schema 'offline' is at version 0, .*`im migrate`"):
+        await legacy.check_schema()
+    await legacy.migrate()
+    await legacy.migrate()
+    await legacy.check_schema()
+    assert await schema_version(db, COMPONENT) == 1
+    assert ids(await legacy.drain("bob")) == [1]
+
+
+def test_migration_steps_shape() -> None:
+    assert len(migrations("sqlite")) == len(migrations("mysql"))  # one version numbering
+    for dialect in ("sqlite", "mysql"):
+        assert all(" IF NOT EXISTS " in s for s in migrations(dialect)[0])
+    assert "MEDIUMBLOB" in migrations("mysql")[0][0]
+    with pytest.raises(ConfigError):
+        migrations("oracle")
 
 
 def test_item_problem() -> None:
@@ -278,6 +305,5 @@ async def test_close_fails_waiting_publishers() -> None:
 
 @pytest.mark.asyncio
 async def test_create_queue() -> None:
+    """No URL: the in-process queue (RabbitMQ's is tested in test_amqp.py)."""
     assert isinstance(await create_queue(Settings(amqp_url="")), MemoryOfflineQueue)
-    with pytest.raises(ConfigError):
-        await create_queue(Settings(amqp_url="amqp://guest:guest@localhost/"))
