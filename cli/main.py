@@ -52,6 +52,54 @@ def cmd_serve(args: argparse.Namespace, roles: frozenset[str]) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """A transfer; with the in-process queue it must also write what it queues."""
+    roles = {"transfer"} if _settings(args).amqp_url else {"transfer", "writer"}
+    return cmd_serve(args, frozenset(roles))
+
+
+def cmd_writer(args: argparse.Namespace) -> int:
+    if not _settings(args).amqp_url:
+        print(
+            "im: the offline writer consumes the RabbitMQ queue: set IM_AMQP_URL"
+            " (with the in-process queue, the transfer writes itself)",
+            file=sys.stderr,
+        )
+        return 2
+    return cmd_serve(args, frozenset({"writer"}))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cli.migrate import run_migrate
+
+    settings = _settings(args)
+    logsetup.setup(settings.log_level)
+    try:
+        lines = asyncio.run(run_migrate(settings))
+    except (IMError, OSError) as exc:
+        print(f"im: migrate failed: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from cli.cluster import run_cluster
+
+    settings = _settings(args)
+    logsetup.setup(settings.log_level)
+    for name in ("connectors", "transfers", "writers"):
+        if getattr(args, name) < 1:
+            print(f"im: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        return asyncio.run(run_cluster(settings, args.connectors, args.transfers, args.writers))
+    except (IMError, OSError) as exc:
+        print(f"im: cannot start the cluster: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from client import demo
 
@@ -70,17 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, roles, helptext in (
         ("connector", {"connector"}, "client-facing connector only"),
-        (
-            "transfer",
-            {"transfer", "writer"},
-            "transfer only (+ the writer if the queue is in-process)",
-        ),
         ("rest", {"rest"}, "REST API only"),
-        ("offline-writer", {"writer"}, "offline writer only (needs IM_AMQP_URL)"),
     ):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--data-dir")
         sp.set_defaults(func=lambda a, r=frozenset(roles): cmd_serve(a, r))
+    ow = sub.add_parser("offline-writer", help="offline writer only (needs IM_AMQP_URL)")
+    ow.add_argument("--data-dir")
+    ow.set_defaults(func=cmd_writer)
+    tr = sub.add_parser("transfer", help="transfer only (+ the writer if the queue is in-process)")
+    tr.add_argument("--data-dir")
+    tr.set_defaults(func=cmd_transfer)
+
+    mg = sub.add_parser("migrate", help="create or upgrade the database schema (IM_DATABASE_URL)")
+    mg.add_argument("--data-dir")
+    mg.set_defaults(func=cmd_migrate)
+
+    cl = sub.add_parser(
+        "cluster", help="REST, transfers, connectors, writers as processes on MySQL/Redis/RabbitMQ"
+    )
+    cl.add_argument("--connectors", type=int, default=2)
+    cl.add_argument("--transfers", type=int, default=2)
+    cl.add_argument("--writers", type=int, default=1)
+    cl.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("demo", help="simulated users chat; checks every receipt")
     d.add_argument("--users", type=int, default=20)

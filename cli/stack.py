@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -19,6 +21,7 @@ import offline
 import user_status
 from common.config import Settings
 from common.db import Database, open_database
+from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
 from offline.base import OfflineQueue
@@ -27,7 +30,8 @@ from offline.writer import OfflineWriter
 from rest_web.app import create_app
 from rest_web.store import UserStore
 from transfer.server import Transfer
-from user_status.base import UserStatusService
+from user_status.base import StatusBackend
+from user_status.heartbeat import LiveNodes
 from user_status.relations import RelationReader
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ class Stack:
     settings: Settings
     roles: frozenset[str] = ALL_ROLES
     db: Database | None = None
-    status: UserStatusService | None = None
+    status: StatusBackend | None = None
     queue: OfflineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
@@ -63,18 +67,30 @@ class Stack:
     async def start(self) -> None:
         s = self.settings
         signer = TokenSigner(s.signing_secret())
-        self.db = await open_database(s.db_url())
+        self.db = await open_database(s.db_url(), pool_size=s.db_pool)
         users = UserStore(self.db)
-        await users.migrate()
         store = SQLOfflineStore(self.db)
-        await store.migrate()
-        needs_status = bool(self.roles & {"transfer", "connector"})
+        if self.db.dialect == "sqlite":
+            # the embedded file is this deployment's own: bring it up to date
+            await users.migrate()
+            await store.migrate()
+        else:
+            # a shared server is migrated by the operator (`im migrate`), once per release
+            await users.check_schema()
+            await store.check_schema()
+        # REST only needs the registry when it hands out live connectors
+        needs_status = bool(self.roles & {"transfer", "connector", "writer"}) or (
+            bool(s.redis_url) and not s.connector_addrs
+        )
         if needs_status:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
             self.queue = await offline.create_queue(s)
         if "writer" in self.roles and self.queue is not None:
-            writer = OfflineWriter(self.queue, store)
+            notify = None
+            if s.amqp_url and self.status is not None:
+                notify = functools.partial(_request_drains, self.status)
+            writer = OfflineWriter(self.queue, store, notify=notify)
             self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
         if "transfer" in self.roles:
             assert self.status is not None and self.queue is not None
@@ -82,19 +98,20 @@ class Stack:
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
-            cs = s
-            if self.transfer is not None:
-                # in one process the connector links to the transfer it runs beside
-                cs = s.model_copy(update={"transfer_addrs": f"{s.bind_host}:{self.transfer.port}"})
-            self.connector = Connector(cs, self.status, store, RelationReader(self.db), signer)
+            source = None
+            if s.redis_url or self.transfer is not None:
+                # transfers found in the registry (shared Redis, or this process's own)
+                source = functools.partial(self.status.live, "transfer")
+            self.connector = Connector(
+                s, self.status, store, RelationReader(self.db), signer, source
+            )
             await self.connector.start()
         if "rest" in self.roles:
-            rs = s
-            if self.connector is not None and not s.connector_addrs:
-                rs = s.model_copy(
-                    update={"connector_addrs": f"{s.bind_host}:{self.connector.port}"}
-                )
-            app = create_app(rs, users, signer)
+            connectors = None
+            if not s.connector_addrs and self.status is not None:
+                live = LiveNodes(self.status, "connector")
+                connectors = functools.partial(_addresses, live)
+            app = create_app(s, users, signer, connectors)
             config = uvicorn.Config(
                 app,
                 host=s.bind_host,
@@ -124,7 +141,7 @@ class Stack:
         if self._rest is not None:
             lines.append(f"rest       http://{s.bind_host}:{self.rest_port}  (docs at /docs)")
         if "writer" in self.roles:
-            lines.append("writer     offline queue -> " + _redact(s.db_url()))
+            lines.append("writer     offline queue -> " + redact_url(s.db_url()))
         return lines
 
     async def stop(self) -> None:
@@ -148,8 +165,15 @@ class Stack:
             await self.db.close()
 
 
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+async def _addresses(live: LiveNodes) -> list[str]:
+    return list((await live.get()).values())
+
+
+async def _request_drains(status: StatusBackend, users: Collection[str]) -> None:
+    """Ask the connectors of ``users`` to drain them (rows were just committed for them)."""
+    by_connector: dict[str, list[str]] = {}
+    for user in users:
+        for connector in set((await status.lookup(user)).values()):
+            by_connector.setdefault(connector, []).append(user)
+    for connector, its_users in by_connector.items():
+        await status.request_drain(connector, its_users)

@@ -23,6 +23,7 @@ class LoginAnswer:
     token: str
     connector: tuple[str, int]
     friends: dict[str, str]  # friend id -> pair key
+    connectors: list[tuple[str, int]]  # every live connector, to fall back on
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -73,6 +74,7 @@ class RestClient:
             token=data["token"],
             connector=_addr(data["connector"]),
             friends={f["user_id"]: f["key"] for f in data["friends"]},
+            connectors=[_addr(c) for c in data.get("connectors", [])],
         )
 
     async def add_friend(self, friend_id: str) -> str:

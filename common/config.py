@@ -47,13 +47,24 @@ class Settings(BaseSettings):
 
     node_id: str = Field("", description="this process's name in routing; default host:port")
     bind_host: str = "127.0.0.1"
+    advertise_host: str = Field(
+        "", description="host other processes reach this one at; default bind_host or hostname"
+    )
     connector_port: int = 9081
     transfer_port: int = 9082
     rest_port: int = 8082
-    transfer_addrs: str = Field("127.0.0.1:9082", description="transfers a connector links to")
-    connector_addrs: str = Field(
-        "", description="connector addresses handed out by REST login; default bind_host:port"
+    transfer_addrs: str = Field(
+        "127.0.0.1:9082", description="transfers a connector links to when there is no Redis"
     )
+    connector_addrs: str = Field(
+        "", description="client addresses REST login hands out; default: the live connectors"
+    )
+    redis_prefix: str = Field("im:", description="key prefix of every Redis key")
+    node_ttl: float = Field(6.0, description="a node silent this long is out of routing")
+    amqp_queue: str = Field("im.offline", description="offline queue name (and its shards)")
+    amqp_shards: int = Field(4, ge=1, le=256, description="offline queue shards, by recipient")
+    amqp_prefetch: int = Field(64, ge=1, description="unacked queue messages per writer shard")
+    db_pool: int = Field(10, ge=1, description="database connections per process")
 
     max_frame: int = 64 * KIB
     window: int = 1024
@@ -81,7 +92,16 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.sqlite_path()}"
 
     def name(self, port: int) -> str:
-        return self.node_id or f"{socket.gethostname()}:{port}"
+        return self.node_id or f"{self.advertised_host()}:{port}"
+
+    def advertised_host(self) -> str:
+        """Where peers reach this process: ``advertise_host``, else ``bind_host`` unless that is
+        a wildcard, else the host name."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.bind_host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.bind_host
 
     def signing_secret(self) -> bytes:
         """The token secret: from IM_SECRET, else a random one kept in ``data_dir/secret``.

@@ -299,6 +299,14 @@ class Link:
             self.send_error(err, ref_seq=env.seq, ref_msg_id=ref)
         except (LinkClosed, asyncio.CancelledError):
             raise
+        except IMError as exc:
+            # a backend that is down (BackendError, ...): the peer may retry, the link stays
+            log.warning("%s: frame %d not handled: %s", self.name, env.seq, exc)
+            self.send_error(
+                ProtocolError("temporarily unavailable, retry", code=im_pb2.INTERNAL),
+                ref_seq=env.seq,
+                ref_msg_id=_msg_id(env),
+            )
         except Exception:
             log.exception("%s: handler failed on frame %d", self.name, env.seq)
             self.send_error(

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.config import Settings
-from common.errors import AuthError, IMError, ProtocolError
+from common.errors import AuthError, ConfigError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
 from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, open_link
 from common.tokens import TokenSigner
@@ -32,7 +32,8 @@ from connector import rules
 from connector.rules import State
 from offline.base import OfflineStore
 from proto import im_pb2
-from user_status.base import UserStatusService
+from user_status.base import StatusBackend
+from user_status.heartbeat import keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ClientSession:
         self._inbox: asyncio.Queue[object] = asyncio.Queue(connector.settings.session_queue)
         self._pump: asyncio.Task[None] | None = None
         self._pump_idle = False
+        self._drain_queued = False
         self._held: im_pb2.Envelope | None = None
         self._drained_seqs: set[int] = set()
         loop = asyncio.get_running_loop()
@@ -232,8 +234,10 @@ class ClientSession:
         return True
 
     def queue_drain(self) -> None:
-        """Drain the offline store in line with live pushes (a ``Drain`` or a login)."""
-        self.push(_DRAIN)
+        """Drain the offline store in line with live pushes (a ``Drain`` or a login). One drain
+        waiting in the inbox covers any number of requests made before it starts."""
+        if not self._drain_queued and self.push(_DRAIN):
+            self._drain_queued = True
 
     async def _run_pump(self, link: Link) -> None:
         store = self.c.store
@@ -249,6 +253,7 @@ class ClientSession:
                         self._held = item  # on_closed hands it back, in order
                         raise
                     continue
+                self._drain_queued = False
                 while True:
                     rows = await store.drain(self.user_id, DRAIN_BATCH)
                     for i, row in enumerate(rows):
@@ -276,10 +281,14 @@ def _msg_key(env: im_pb2.Envelope) -> int:
 class TransferLinkHandler:
     """The connector's side of its link to one transfer."""
 
-    def __init__(self, connector: Connector, addr: tuple[str, int]) -> None:
+    def __init__(self, connector: Connector, node_id: str, addr: tuple[str, int]) -> None:
         self.c = connector
+        self.node_id = node_id
         self.addr = addr
         self.ready = asyncio.Event()
+        self.link: Link | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.rank = b""
 
     async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
         kind = env.WhichOneof("body")
@@ -305,14 +314,35 @@ class TransferLinkHandler:
             self.c.counters.error("TRANSFER_LOST")
 
 
+TransferSource = Callable[[], Awaitable[dict[str, str]]]
+
+
+def _addr(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"address {value!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _static_transfers(settings: Settings) -> TransferSource:
+    """Without a shared registry: the configured transfer addresses, named by address."""
+    fixed = {f"{h}:{p}": f"{h}:{p}" for h, p in settings.transfers()}
+
+    async def source() -> dict[str, str]:
+        return fixed
+
+    return source
+
+
 class Connector:
     def __init__(
         self,
         settings: Settings,
-        status: UserStatusService,
+        status: StatusBackend,
         store: OfflineStore,
         friends: FriendCheck,
         signer: TokenSigner,
+        transfer_source: TransferSource | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -324,11 +354,14 @@ class Connector:
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings)
         self._sessions: dict[str, dict[str, ClientSession]] = {}
-        self._links: list[tuple[TransferLinkHandler, Link | None]] = []
+        self._transfers: dict[str, TransferLinkHandler] = {}
+        self._transfer_source = transfer_source or _static_transfers(settings)
+        self._transfers_seen = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.port = settings.connector_port
+        self.address = ""
 
     # -- routing table -----------------------------------------------------------------------
 
@@ -371,17 +404,19 @@ class Connector:
     # -- transfer links ----------------------------------------------------------------------
 
     def _pick(self, key: str) -> Link | None:
-        """The transfer for a conversation: a stable hash over the configured transfers, so one
-        conversation keeps one path while its transfer lives; the next live one otherwise."""
-        n = len(self._links)
-        if not n:
-            return None
-        start = zlib.crc32(key.encode()) % n
-        for i in range(n):
-            handler, link = self._links[(start + i) % n]
-            if link is not None and not link.closing and handler.ready.is_set():
-                return link
-        return None
+        """The transfer for a conversation, by rendezvous hashing over the linked transfers: one
+        conversation keeps one path while its transfer lives, and a transfer joining or leaving
+        moves only the conversations it wins or held."""
+        best: tuple[int, str] | None = None
+        link: Link | None = None
+        for node, handler in self._transfers.items():
+            cand = handler.link
+            if cand is None or cand.closing or not handler.ready.is_set():
+                continue
+            score = (zlib.crc32(handler.rank + key.encode()), node)
+            if best is None or score > best:
+                best, link = score, cand
+        return link
 
     async def forward(self, env: im_pb2.Envelope) -> None:
         body = env.chat if env.WhichOneof("body") == "chat" else env.ack
@@ -426,34 +461,90 @@ class Connector:
             log.error("could not hand back %s %d: no transfer", kind, _msg_key(env))
             self.counters.error("BOUNCE_LOST")
 
-    async def _keep_transfer_link(self, index: int, addr: tuple[str, int]) -> None:
-        handler = self._links[index][0]
+    async def _keep_transfer_link(self, handler: TransferLinkHandler) -> None:
         delay = 0.1
         token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
+        host, port = handler.addr
         while not self._stopping:
             try:
                 link = await open_link(
-                    addr[0],
-                    addr[1],
-                    handler,
-                    self.link_config,
-                    name=f"transfer {addr[0]}:{addr[1]}",
+                    host, port, handler, self.link_config, name=f"transfer {handler.node_id}"
                 )
             except (OSError, TimeoutError) as exc:
-                log.debug("transfer %s:%d not reachable: %s", *addr, exc)
+                log.debug(
+                    "transfer %s at %s:%d not reachable: %s", handler.node_id, host, port, exc
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             delay = 0.1
-            self._links[index] = (handler, link)
+            handler.link = link
             link.send_control(
                 im_pb2.Envelope(greet=im_pb2.Greet(token=token, node_id=self.node_id))
             )
-            log.info("linked to transfer %s:%d", *addr)
-            await link.run()
-            self._links[index] = (handler, None)
+            log.info("linked to transfer %s at %s:%d", handler.node_id, host, port)
+            try:
+                await link.run()
+            finally:
+                handler.link = None
             if not self._stopping:
-                log.warning("link to transfer %s:%d lost; reconnecting", *addr)
+                log.warning("link to transfer %s lost; reconnecting", handler.node_id)
+
+    async def _watch_transfers(self) -> None:
+        """Link to every live transfer, and drop the links of those that left the registry."""
+        interval = max(0.2, self.settings.node_ttl / 3)
+        while not self._stopping:
+            try:
+                live = await self._transfer_source()
+            except IMError as exc:
+                log.warning("transfer list unavailable, keeping the current links: %s", exc)
+            else:
+                self._reconcile(live)
+            await asyncio.sleep(interval)
+
+    def _reconcile(self, live: dict[str, str]) -> None:
+        for node, handler in list(self._transfers.items()):
+            addr = live.get(node)
+            if addr is None or _addr(addr) != handler.addr:
+                log.info("transfer %s left the registry; unlinking", node)
+                del self._transfers[node]
+                if handler.task is not None:
+                    handler.task.cancel()
+                if handler.link is not None:
+                    handler.link.close()
+        for node, addr in live.items():
+            if node in self._transfers:
+                continue
+            try:
+                handler = TransferLinkHandler(self, node, _addr(addr))
+            except ConfigError as exc:
+                log.warning("transfer %s has a bad address: %s", node, exc)
+                continue
+            handler.rank = node.encode()
+            self._transfers[node] = handler
+            handler.task = asyncio.create_task(
+                self._keep_transfer_link(handler), name=f"link {node}"
+            )
+        self._transfers_seen.set()
+
+    async def _announce(self) -> None:
+        """The registry had lost this connector (first beat, lapse, Redis restarted empty):
+        record every session again, then drain them, for rows stored while they were unseen."""
+        for sessions in list(self._sessions.values()):
+            for session in list(sessions.values()):
+                await self.status.online(session.user_id, session.device_id, self.node_id)
+                session.queue_drain()
+
+    async def _follow_drain_requests(self) -> None:
+        async for users in self.status.drain_requests(self.node_id):
+            if users is None:
+                for sessions in list(self._sessions.values()):
+                    for session in list(sessions.values()):
+                        session.queue_drain()
+                continue
+            for user in users:
+                for session in self.sessions_of(user):
+                    session.queue_drain()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -465,25 +556,37 @@ class Connector:
     async def start(self, *, wait_transfers: float = 5.0) -> None:
         s = self.settings
         self._server = await asyncio.start_server(
-            self._on_client, s.bind_host, s.connector_port, limit=64 * 1024
+            self._on_client, s.bind_host, s.connector_port, limit=64 * 1024, start_serving=False
         )
         sock = self._server.sockets[0].getsockname()
         self.port = sock[1]
         if not s.node_id and s.connector_port == 0:
-            self.node_id = f"{s.bind_host}:{self.port}"
-        addrs = s.transfers()
-        self._links = [(TransferLinkHandler(self, a), None) for a in addrs]
-        for i, addr in enumerate(addrs):
-            self._spawn(self._keep_transfer_link(i, addr))
-        if self._links:
-            waits = [asyncio.ensure_future(h.ready.wait()) for h, _ in self._links]
-            done, pending = await asyncio.wait(
-                waits, timeout=wait_transfers, return_when=asyncio.FIRST_COMPLETED
+            self.node_id = s.name(self.port)
+        self.address = f"{s.advertised_host()}:{self.port}"
+        # live in the registry before the first client registers: lookups forget devices on
+        # connectors they don't know
+        await self.status.beat("connector", self.node_id, self.address, s.node_ttl)
+        self._spawn(
+            keep_alive(
+                self.status, "connector", self.node_id, self.address, s.node_ttl, self._announce
             )
-            for w in pending:
-                w.cancel()
-            if not done:
-                log.warning("no transfer reachable yet; clients will get errors until one is")
+        )
+        self._spawn(self._follow_drain_requests())
+        self._spawn(self._watch_transfers())
+        waits = [asyncio.ensure_future(self._transfers_seen.wait())]
+        await asyncio.wait(waits, timeout=wait_transfers)
+        ready = [asyncio.ensure_future(h.ready.wait()) for h in self._transfers.values()]
+        if ready:
+            done, _ = await asyncio.wait(
+                ready, timeout=wait_transfers, return_when=asyncio.FIRST_COMPLETED
+            )
+        else:
+            done = set()
+        for w in (*waits, *ready):
+            w.cancel()
+        if not done:
+            log.warning("no transfer reachable yet; clients will get errors until one is")
+        await self._server.start_serving()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._stopping:
@@ -508,7 +611,8 @@ class Connector:
             )
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, close sessions (their leftovers bounce), then drop transfer links."""
+        """Stop accepting, close sessions (their leftovers bounce), leave the registry, then drop
+        transfer links."""
         self._stopping = True
         if self._server is not None:
             self._server.close()
@@ -521,9 +625,15 @@ class Connector:
         waits = [s.link.wait_closed() for s in sessions if s.link is not None]
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=grace)
-        for _, link in self._links:
-            if link is not None:
-                link.close()
+        try:
+            await self.status.leave("connector", self.node_id)
+        except IMError as exc:
+            log.warning("could not leave the registry: %s", exc)
+        for handler in self._transfers.values():
+            if handler.link is not None:
+                handler.link.close()
+            if handler.task is not None:
+                self._tasks.add(handler.task)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

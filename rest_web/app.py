@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import uvicorn
@@ -150,8 +150,29 @@ async def _no_receive() -> Message:  # pragma: no cover - JSONResponse never rea
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> FastAPI:
-    """The API over ``store``; tokens issued and checked with ``signer``."""
+ConnectorSource = Callable[[], Awaitable[list[str]]]
+
+
+def static_connectors(settings: Settings) -> ConnectorSource:
+    """The configured client addresses (``IM_CONNECTOR_ADDRS``, e.g. a load balancer's)."""
+    fixed = [f"{host}:{port}" for host, port in settings.connectors()]
+    if not fixed:
+        raise ConfigError("no connector addresses to hand out at login")
+
+    async def source() -> list[str]:
+        return fixed
+
+    return source
+
+
+def create_app(
+    settings: Settings,
+    store: UserStore,
+    signer: TokenSigner,
+    connector_source: ConnectorSource | None = None,
+) -> FastAPI:
+    """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
+    addresses ``connector_source`` gives (default: the configured ones), spread round-robin."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -159,10 +180,8 @@ def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> Fas
     )
     app.add_middleware(BodyLimit, max_body=MAX_BODY)
 
-    connectors = [f"{host}:{port}" for host, port in settings.connectors()]
-    if not connectors:
-        raise ConfigError("no connector addresses to hand out at login")
-    next_connector: Iterator[str] = itertools.cycle(connectors)
+    connectors_of = connector_source or static_connectors(settings)
+    logins = itertools.count()
     bearer = HTTPBearer(auto_error=False, description="token from POST /login")
 
     @app.exception_handler(BackendError)
@@ -205,12 +224,18 @@ def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> Fas
     @app.post(
         "/login",
         tags=["users"],
-        responses={401: {"model": ErrorOut, "description": "unknown user or wrong password"}},
+        responses={
+            401: {"model": ErrorOut, "description": "unknown user or wrong password"},
+            503: {"model": ErrorOut, "description": "storage down or no connector up"},
+        },
     )
     async def login(body: LoginIn) -> LoginOut:
         encoded = await store.get_password_hash(body.user_id)
         if not await verify_password(body.password, encoded):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
+        connectors = sorted(await connectors_of())
+        if not connectors:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no connector is up")
         token = signer.issue(body.user_id, settings.token_ttl, device_id=body.device_id)
         claims = signer.verify(token)
         friends = await store.relations_of(body.user_id)
@@ -218,7 +243,7 @@ def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> Fas
             user_id=body.user_id,
             token=token,
             expires_at=claims.expires,
-            connector=next(next_connector),
+            connector=connectors[next(logins) % len(connectors)],
             connectors=connectors,
             friends=[FriendOut(user_id=f, key=k) for f, k in friends],
         )
@@ -285,10 +310,13 @@ def _unauthorized(detail: str) -> HTTPException:
 
 async def build(settings: Settings) -> tuple[FastAPI, Database]:
     """The app on the configured database, schema migrated; the caller closes the database."""
-    db = await open_database(settings.db_url())
+    db = await open_database(settings.db_url(), pool_size=settings.db_pool)
     try:
         store = UserStore(db)
-        await store.migrate()
+        if db.dialect == "sqlite":
+            await store.migrate()
+        else:
+            await store.check_schema()
         app = create_app(settings, store, TokenSigner(settings.signing_secret()))
     except BaseException:
         await db.close()

@@ -28,7 +28,8 @@ from common.tokens import TokenSigner
 from offline.base import OfflineItem, OfflineQueue
 from offline.errors import RejectedError
 from proto import im_pb2
-from user_status.base import UserStatusService
+from user_status.base import StatusBackend
+from user_status.heartbeat import keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class KeyedSerial:
                     await job()
                 except asyncio.CancelledError:
                     raise
+                except IMError as exc:
+                    # not SENT: the sender's client still holds the message and resends it
+                    log.error("routing in %r given up: %s", key, exc)
                 except Exception:
                     log.exception("routing job for %r failed", key)
                 finally:
@@ -169,7 +173,7 @@ class Transfer:
     def __init__(
         self,
         settings: Settings,
-        status: UserStatusService,
+        status: StatusBackend,
         queue: OfflineQueue,
         signer: TokenSigner,
     ) -> None:
@@ -186,7 +190,9 @@ class Transfer:
         self.stored = 0
         self._server: asyncio.Server | None = None
         self._conns: set[Link] = set()
+        self._beat: asyncio.Task[None] | None = None
         self.port = settings.transfer_port
+        self.address = ""
 
     def attach(self, node_id: str, link: Link) -> None:
         old = self.links.get(node_id)
@@ -279,7 +285,13 @@ class Transfer:
         self._server = await asyncio.start_server(self._on_conn, s.bind_host, s.transfer_port)
         self.port = self._server.sockets[0].getsockname()[1]
         if not s.node_id and s.transfer_port == 0:
-            self.node_id = f"{s.bind_host}:{self.port}"
+            self.node_id = s.name(self.port)
+        self.address = f"{s.advertised_host()}:{self.port}"
+        await self.status.beat("transfer", self.node_id, self.address, s.node_ttl)
+        self._beat = asyncio.create_task(
+            keep_alive(self.status, "transfer", self.node_id, self.address, s.node_ttl),
+            name="transfer heartbeat",
+        )
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handler = ConnectorLink(self)
@@ -297,6 +309,14 @@ class Transfer:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give connectors that are leaving a moment to finish sending (their
         last frames may be bounces to store); close the rest; finish queued routing jobs."""
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+        try:
+            await self.status.leave("transfer", self.node_id)
+        except IMError as exc:
+            log.warning("could not leave the registry: %s", exc)
         if self._server is not None:
             self._server.close()
         if self._conns:

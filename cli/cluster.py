@@ -1,0 +1,235 @@
+"""``im cluster``: the production topology as local OS processes on the real services.
+
+REST, M transfers, N connectors and K offline writers, each its own ``im`` process, sharing
+Redis (user status, registry), RabbitMQ (offline queue) and MySQL (users, relations, offline
+rows). Every child's output is prefixed with its name; Ctrl-C (or SIGTERM) stops them all,
+politely first, then with SIGKILL after a grace period.
+
+Unset service URLs default to this machine's services, so ``im cluster`` alone works where
+MariaDB, Redis and RabbitMQ run on 127.0.0.1 with their stock settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from common.config import Settings
+from common.redact import redact_url
+
+LOCAL_DATABASE = "mysql://root@127.0.0.1:3306/im"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+STOP_GRACE = 10.0
+PORT_STEP = 10  # connector i listens on connector_port + 10 * i, transfer j likewise
+
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def cluster_settings(settings: Settings) -> tuple[Settings, list[str]]:
+    """``settings`` with every unset service URL pointed at the local default; and what was
+    defaulted, to tell the user."""
+    notes: list[str] = []
+    update: dict[str, str] = {}
+    for key, default, env in (
+        ("database_url", LOCAL_DATABASE, "IM_DATABASE_URL"),
+        ("redis_url", LOCAL_REDIS, "IM_REDIS_URL"),
+        ("amqp_url", LOCAL_AMQP, "IM_AMQP_URL"),
+    ):
+        if not getattr(settings, key):
+            update[key] = default
+            notes.append(f"{env} not set: using {default}")
+    if not settings.secret:
+        update["secret"] = secrets.token_urlsafe(32)
+        notes.append("IM_SECRET not set: a random one for this run (tokens die with it)")
+    return settings.model_copy(update=update), notes
+
+
+def plan(settings: Settings, connectors: int, transfers: int, writers: int) -> list[Child]:
+    """The children to start, with the environment that makes each one what it is."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
+    base.update(
+        {
+            "IM_DATABASE_URL": settings.database_url,
+            "IM_REDIS_URL": settings.redis_url,
+            "IM_AMQP_URL": settings.amqp_url,
+            "IM_SECRET": settings.secret,
+            "IM_BIND_HOST": settings.bind_host,
+            "IM_LOG_LEVEL": settings.log_level,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # the rest of the user's IM_* settings (limits, TTLs, ...) reach every child unchanged
+    for key, value in os.environ.items():
+        if key.startswith("IM_") and key not in base and key != "IM_NODE_ID":
+            base[key] = value
+    children = [Child("rest", "rest", {**base, "IM_REST_PORT": str(settings.rest_port)})]
+    for j in range(transfers):
+        port = settings.transfer_port + PORT_STEP * j
+        env = {**base, "IM_NODE_ID": f"transfer-{j + 1}", "IM_TRANSFER_PORT": str(port)}
+        children.append(Child(f"transfer-{j + 1}", "transfer", env))
+    for i in range(connectors):
+        port = settings.connector_port + PORT_STEP * i
+        env = {**base, "IM_NODE_ID": f"connector-{i + 1}", "IM_CONNECTOR_PORT": str(port)}
+        children.append(Child(f"connector-{i + 1}", "connector", env))
+    for k in range(writers):
+        env = {**base, "IM_NODE_ID": f"writer-{k + 1}"}
+        children.append(Child(f"writer-{k + 1}", "offline-writer", env))
+    return children
+
+
+async def _pump(name: str, stream: asyncio.StreamReader | None, width: int) -> None:
+    if stream is None:
+        return
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip("\n")
+        print(f"{name:<{width}} | {text}", flush=True)
+
+
+async def _start(child: Child, width: int) -> None:
+    child.proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        child.role,
+        env=child.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+    )
+    child.pumps = [asyncio.create_task(_pump(child.name, child.proc.stdout, width))]
+
+
+async def _stop(children: list[Child]) -> None:
+    """SIGTERM in reverse start order (connectors hand leftovers to transfers), then SIGKILL."""
+    for child in reversed(children):
+        if child.proc is not None and child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+    procs = [c.proc for c in children if c.proc is not None]
+    waits = [asyncio.ensure_future(p.wait()) for p in procs]
+    if waits:
+        _, pending = await asyncio.wait(waits, timeout=STOP_GRACE)
+        if pending:
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+            await asyncio.gather(*pending, return_exceptions=True)
+    for child in children:
+        for t in child.pumps:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(t, 2)
+
+
+async def _wait_port(
+    host: str, port: int, proc: asyncio.subprocess.Process, timeout: float
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if proc.returncode is not None:
+            return False
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
+    return False
+
+
+async def check_services(settings: Settings) -> None:
+    """Fail fast, naming the service, when MySQL, Redis or RabbitMQ does not answer."""
+    import user_status
+    from cli.migrate import run_migrate
+    from offline.amqpqueue import AmqpOfflineQueue
+
+    status = await user_status.create(settings)
+    await status.close()
+    queue = await AmqpOfflineQueue.connect(
+        settings.amqp_url, name=settings.amqp_queue, shards=settings.amqp_shards
+    )
+    await queue.close()
+    for line in await run_migrate(settings):
+        print(f"{'cluster':<12} | schema {line}", flush=True)
+
+
+async def run_cluster(settings: Settings, connectors: int, transfers: int, writers: int) -> int:
+    settings, notes = cluster_settings(settings)
+    for note in notes:
+        print(f"{'cluster':<12} | {note}", flush=True)
+    await check_services(settings)
+    children = plan(settings, connectors, transfers, writers)
+    width = max(12, *(len(c.name) for c in children))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    host = settings.advertised_host()
+    code = 0
+    try:
+        # transfers first, so connectors find them; REST last, so logins find connectors
+        order = sorted(
+            children,
+            key=lambda c: ["transfer", "offline-writer", "connector", "rest"].index(c.role),
+        )
+        for child in order:
+            await _start(child, width)
+        for child in order:
+            assert child.proc is not None
+            port = _port_of(child, settings)
+            if port and not await _wait_port(host, port, child.proc, 30.0):
+                print(f"{'cluster':<12} | {child.name} did not come up", file=sys.stderr)
+                code = 1
+                return code
+        print(f"{'cluster':<12} | up:", flush=True)
+        for child in order:
+            port = _port_of(child, settings)
+            where = f"{host}:{port}" if port else "(queue consumer)"
+            if child.role == "rest":
+                where = f"http://{host}:{port}"
+            print(f"{'cluster':<12} |   {child.name:<12} {where}", flush=True)
+        print(f"{'cluster':<12} |   database {redact_url(settings.database_url)}", flush=True)
+        print(f"{'cluster':<12} |   redis    {redact_url(settings.redis_url)}", flush=True)
+        print(f"{'cluster':<12} |   rabbitmq {redact_url(settings.amqp_url)}", flush=True)
+        print(f"{'cluster':<12} | Ctrl-C stops them all.", flush=True)
+        pending = {asyncio.ensure_future(c.proc.wait()) for c in children if c.proc}
+        stopper = asyncio.ensure_future(stop.wait())
+        reported: set[str] = set()
+        while not stop.is_set() and pending:
+            await asyncio.wait({*pending, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for child in children:
+                p = child.proc
+                if p is not None and p.returncode is not None and child.name not in reported:
+                    reported.add(child.name)
+                    print(f"{'cluster':<12} | {child.name} exited with {p.returncode}", flush=True)
+            pending = {w for w in pending if not w.done()}
+        stopper.cancel()
+    finally:
+        print(f"{'cluster':<12} | stopping...", flush=True)
+        await _stop(children)
+    return code
+
+
+def _port_of(child: Child, settings: Settings) -> int:
+    if child.role == "rest":
+        return settings.rest_port
+    if child.role == "transfer":
+        return int(child.env["IM_TRANSFER_PORT"])
+    if child.role == "connector":
+        return int(child.env["IM_CONNECTOR_PORT"])
+    return 0
