@@ -19,12 +19,14 @@ import offline
 import user_status
 from common.config import Settings
 from common.db import Database, open_database
+from common.files import FileStore
 from common.tokens import TokenSigner
 from connector.server import Connector
 from offline.base import OfflineQueue
 from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
 from rest_web.app import create_app
+from rest_web.files import FileService
 from rest_web.store import UserStore
 from transfer.server import Transfer
 from user_status.base import UserStatusService
@@ -68,6 +70,8 @@ class Stack:
         await users.migrate()
         store = SQLOfflineStore(self.db)
         await store.migrate()
+        files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
+        await files.migrate()
         needs_status = bool(self.roles & {"transfer", "connector"})
         if needs_status:
             self.status = await user_status.create(s)
@@ -86,7 +90,9 @@ class Stack:
             if self.transfer is not None:
                 # in one process the connector links to the transfer it runs beside
                 cs = s.model_copy(update={"transfer_addrs": f"{s.bind_host}:{self.transfer.port}"})
-            self.connector = Connector(cs, self.status, store, RelationReader(self.db), signer)
+            self.connector = Connector(
+                cs, self.status, store, RelationReader(self.db), signer, files=files
+            )
             await self.connector.start()
         if "rest" in self.roles:
             rs = s
@@ -94,7 +100,9 @@ class Stack:
                 rs = s.model_copy(
                     update={"connector_addrs": f"{s.bind_host}:{self.connector.port}"}
                 )
-            app = create_app(rs, users, signer)
+            file_service = FileService.from_settings(s, self.db)
+            app = create_app(rs, users, signer, files=file_service)
+            self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
                 host=s.bind_host,

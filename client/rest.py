@@ -1,7 +1,9 @@
-"""The REST half of the client: register, login, friends, logout."""
+"""The REST half of the client: register, login, friends, logout, file upload and download."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,13 @@ class LoginAnswer:
     token: str
     connector: tuple[str, int]
     friends: dict[str, str]  # friend id -> pair key
+
+
+@dataclass(frozen=True, slots=True)
+class UploadAnswer:
+    file_id: str
+    size: int
+    checksum: str
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -91,3 +100,32 @@ class RestClient:
         resp = await self._http.post("/logout", headers=self._auth())
         self._check(resp, 204)
         self.token = ""
+
+    async def upload(self, body: AsyncIterable[bytes], length: int) -> UploadAnswer:
+        """Stream ``length`` bytes to ``POST /files``; the server's id, size and checksum."""
+        headers = {
+            **self._auth(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+        }
+        # an upload may take long; only a stalled connection should time out
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        resp = await self._http.post("/files", content=body, headers=headers, timeout=timeout)
+        data = self._check(resp, 201)
+        return UploadAnswer(str(data["file_id"]), int(data["size"]), str(data["checksum"]))
+
+    @asynccontextmanager
+    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[httpx.Response]:
+        """``GET /files/{id}`` from byte ``offset`` on (a Range request if not 0); the response
+        is open for streaming inside the block and has been checked for success."""
+        headers = self._auth()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with self._http.stream(
+            "GET", f"/files/{file_id}", headers=headers, timeout=timeout
+        ) as resp:
+            if resp.status_code not in (200, 206):
+                await resp.aread()
+                self._check(resp, 200, 206)
+            yield resp

@@ -19,6 +19,7 @@ from common.errors import ConfigError
 
 SECONDS = 1.0
 KIB = 1024
+MIB = 1024 * KIB
 
 
 def _addr_list(value: str) -> list[tuple[str, int]]:
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     token_ttl: int = 24 * 3600
     log_level: str = "INFO"
 
+    # files (REST upload/download; README "Files")
+    file_dir: str = Field("", description="where uploaded files live; empty: data_dir/files")
+    max_file_size: int = Field(100 * MIB, description="largest upload, bytes")
+    file_orphan_ttl: float = Field(24 * 3600 * SECONDS, description="unsent uploads kept this long")
+    file_sweep_interval: float = Field(5 * 60 * SECONDS, description="orphan sweep period")
+
     def transfers(self) -> list[tuple[str, int]]:
         return _addr_list(self.transfer_addrs)
 
@@ -76,6 +83,9 @@ class Settings(BaseSettings):
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "im.db"
+
+    def file_root(self) -> Path:
+        return Path(self.file_dir) if self.file_dir else self.data_dir / "files"
 
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path()}"

@@ -6,6 +6,7 @@ Rules:
   ever reaches its own user's data;
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
 - request bodies are capped (:data:`MAX_BODY`, 413 beyond), with or without Content-Length;
+  file uploads have their own, larger limit and stream to storage (rest_web/files.py);
 - a failing database answers 503, never a stack trace.
 """
 
@@ -29,6 +30,8 @@ from common.config import Settings
 from common.db import Database, open_database
 from common.errors import AuthError, BackendError, ConfigError
 from common.tokens import Claims, TokenSigner
+from rest_web import files as file_routes
+from rest_web.files import FileService
 from rest_web.passwords import hash_password, verify_password
 from rest_web.store import UserStore
 
@@ -94,14 +97,18 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_body`` bytes, declared or streamed."""
+    """ASGI middleware: 413 for a request body over ``max_body`` bytes, declared or streamed.
+    Paths in ``exempt`` (file uploads) stream on and enforce their own limit."""
 
-    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int = MAX_BODY, exempt: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -150,14 +157,21 @@ async def _no_receive() -> Message:  # pragma: no cover - JSONResponse never rea
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> FastAPI:
-    """The API over ``store``; tokens issued and checked with ``signer``."""
+def create_app(
+    settings: Settings,
+    store: UserStore,
+    signer: TokenSigner,
+    *,
+    files: FileService | None = None,
+) -> FastAPI:
+    """The API over ``store``; tokens issued and checked with ``signer``. ``files`` adds the
+    file endpoints."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
         version="0.1.0",
     )
-    app.add_middleware(BodyLimit, max_body=MAX_BODY)
+    app.add_middleware(BodyLimit, max_body=MAX_BODY, exempt=frozenset({"/files"}))
 
     connectors = [f"{host}:{port}" for host, port in settings.connectors()]
     if not connectors:
@@ -211,11 +225,12 @@ def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> Fas
         encoded = await store.get_password_hash(body.user_id)
         if not await verify_password(body.password, encoded):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
-        token = signer.issue(body.user_id, settings.token_ttl, device_id=body.device_id)
+        user_id = body.user_id
+        token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id)
         claims = signer.verify(token)
-        friends = await store.relations_of(body.user_id)
+        friends = await store.relations_of(user_id)
         return LoginOut(
-            user_id=body.user_id,
+            user_id=user_id,
             token=token,
             expires_at=claims.expires,
             connector=next(next_connector),
@@ -274,6 +289,8 @@ def create_app(settings: Settings, store: UserStore, signer: TokenSigner) -> Fas
         if not await store.remove_relation(me.user_id, friend_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
 
+    if files is not None:
+        file_routes.add_routes(app, caller, files)
     return app
 
 
@@ -283,17 +300,21 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-async def build(settings: Settings) -> tuple[FastAPI, Database]:
-    """The app on the configured database, schema migrated; the caller closes the database."""
+async def build(settings: Settings) -> tuple[FastAPI, Database, FileService]:
+    """The app on the configured database, schema migrated; the caller runs the file janitor
+    if it wants one, and closes the database."""
     db = await open_database(settings.db_url())
     try:
         store = UserStore(db)
         await store.migrate()
-        app = create_app(settings, store, TokenSigner(settings.signing_secret()))
+        files = FileService.from_settings(settings, db)
+        await files.migrate()
+        signer = TokenSigner(settings.signing_secret())
+        app = create_app(settings, store, signer, files=files)
     except BaseException:
         await db.close()
         raise
-    return app, db
+    return app, db, files
 
 
 class _GuestServer(uvicorn.Server):
@@ -311,7 +332,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     handles them and this returns after the first one. A port that cannot be bound raises
     :class:`ConfigError` instead of uvicorn's ``SystemExit``.
     """
-    app, db = await build(settings)
+    app, db, files = await build(settings)
+    janitor = asyncio.create_task(files.janitor(), name="file-janitor")
     config = uvicorn.Config(
         app,
         host=settings.bind_host,
@@ -341,6 +363,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        janitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await janitor
         await db.close()
 
 
