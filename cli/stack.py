@@ -27,6 +27,7 @@ from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
 from rest_web.app import create_app
 from rest_web.files import FileService
+from rest_web.login import Login, open_login
 from rest_web.store import UserStore
 from transfer.server import Transfer
 from user_status.base import UserStatusService
@@ -61,6 +62,7 @@ class Stack:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
     _rest_task: asyncio.Task[None] | None = None
+    _login: Login | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -101,7 +103,8 @@ class Stack:
                     update={"connector_addrs": f"{s.bind_host}:{self.connector.port}"}
                 )
             file_service = FileService.from_settings(s, self.db)
-            app = create_app(rs, users, signer, files=file_service)
+            self._login = await open_login(s, users, self.db)
+            app = create_app(rs, users, signer, files=file_service, logins=self._login)
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
@@ -150,6 +153,8 @@ class Stack:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._login is not None:
+            await self._login.close()
         if self.status is not None:
             await self.status.close()
         if self.db is not None:

@@ -75,6 +75,21 @@ class Settings(BaseSettings):
     file_orphan_ttl: float = Field(24 * 3600 * SECONDS, description="unsent uploads kept this long")
     file_sweep_interval: float = Field(5 * 60 * SECONDS, description="orphan sweep period")
 
+    # login (README "Login providers")
+    login_provider: str = Field(
+        "builtin", description="builtin, ldap, or a dotted path to a provider class"
+    )
+    ldap_url: str = Field("", description="ldap://host:port or ldaps://host:port")
+    ldap_bind_dn: str = Field("", description="service account that searches; empty: anonymous")
+    ldap_bind_password: str = ""
+    ldap_search_base: str = ""
+    ldap_filter: str = Field("(objectClass=inetOrgPerson)", description="ANDed with the login")
+    ldap_login_attr: str = "uid"
+    ldap_name_attr: str = "cn"
+    ldap_email_attr: str = "mail"
+    ldap_timeout: float = Field(5 * SECONDS, description="connect and answer timeout per call")
+    ldap_pool: int = Field(4, description="threads for the blocking LDAP calls")
+
     def transfers(self) -> list[tuple[str, int]]:
         return _addr_list(self.transfer_addrs)
 

@@ -7,6 +7,8 @@ Rules:
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
 - request bodies are capped (:data:`MAX_BODY`, 413 beyond), with or without Content-Length;
   file uploads have their own, larger limit and stream to storage (rest_web/files.py);
+- login goes through the configured provider (rest_web/login.py); a provider that cannot answer
+  makes login answer 503 and nothing else;
 - a failing database answers 503, never a stack trace.
 """
 
@@ -32,7 +34,8 @@ from common.errors import AuthError, BackendError, ConfigError
 from common.tokens import Claims, TokenSigner
 from rest_web import files as file_routes
 from rest_web.files import FileService
-from rest_web.passwords import hash_password, verify_password
+from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
+from rest_web.passwords import hash_password
 from rest_web.store import UserStore
 
 log = logging.getLogger(__name__)
@@ -163,15 +166,18 @@ def create_app(
     signer: TokenSigner,
     *,
     files: FileService | None = None,
+    logins: Login | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``. ``files`` adds the
-    file endpoints."""
+    file endpoints; ``logins`` is the login provider (default: the built-in password store)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
         version="0.1.0",
     )
     app.add_middleware(BodyLimit, max_body=MAX_BODY, exempt=frozenset({"/files"}))
+    if logins is None:
+        logins = Login(BuiltinLogin(store), store)
 
     connectors = [f"{host}:{port}" for host, port in settings.connectors()]
     if not connectors:
@@ -211,6 +217,10 @@ def create_app(
         responses={409: {"model": ErrorOut, "description": "user id taken"}},
     )
     async def register(body: RegisterIn) -> RegisterOut:
+        if not logins.allows_registration:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"accounts come from the {logins.name} login provider"
+            )
         encoded = await hash_password(body.password)
         if not await store.create_user(body.user_id, encoded, body.display_name or body.user_id):
             raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
@@ -219,13 +229,21 @@ def create_app(
     @app.post(
         "/login",
         tags=["users"],
-        responses={401: {"model": ErrorOut, "description": "unknown user or wrong password"}},
+        responses={
+            401: {"model": ErrorOut, "description": "unknown user or wrong password"},
+            503: {"model": ErrorOut, "description": "the login provider cannot answer"},
+        },
     )
     async def login(body: LoginIn) -> LoginOut:
-        encoded = await store.get_password_hash(body.user_id)
-        if not await verify_password(body.password, encoded):
+        try:
+            user_id = await logins.login(body.user_id, body.password)
+        except LoginUnavailable as exc:
+            log.error("login of %s: %s", body.user_id, exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "login service unavailable, try again later"
+            ) from None
+        if user_id is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
-        user_id = body.user_id
         token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id)
         claims = signer.verify(token)
         friends = await store.relations_of(user_id)
@@ -300,21 +318,22 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-async def build(settings: Settings) -> tuple[FastAPI, Database, FileService]:
+async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Login]:
     """The app on the configured database, schema migrated; the caller runs the file janitor
-    if it wants one, and closes the database."""
+    if it wants one, and closes the login and the database."""
     db = await open_database(settings.db_url())
     try:
         store = UserStore(db)
         await store.migrate()
         files = FileService.from_settings(settings, db)
         await files.migrate()
+        login = await open_login(settings, store, db)
         signer = TokenSigner(settings.signing_secret())
-        app = create_app(settings, store, signer, files=files)
+        app = create_app(settings, store, signer, files=files, logins=login)
     except BaseException:
         await db.close()
         raise
-    return app, db, files
+    return app, db, files, login
 
 
 class _GuestServer(uvicorn.Server):
@@ -332,7 +351,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     handles them and this returns after the first one. A port that cannot be bound raises
     :class:`ConfigError` instead of uvicorn's ``SystemExit``.
     """
-    app, db, files = await build(settings)
+    app, db, files, login = await build(settings)
     janitor = asyncio.create_task(files.janitor(), name="file-janitor")
     config = uvicorn.Config(
         app,
@@ -366,6 +385,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         janitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await janitor
+        await login.close()
         await db.close()
 
 
