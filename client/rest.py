@@ -110,7 +110,15 @@ class RestClient:
         }
         # an upload may take long; only a stalled connection should time out
         timeout = httpx.Timeout(60.0, connect=10.0)
-        resp = await self._http.post("/files", content=body, headers=headers, timeout=timeout)
+        try:
+            resp = await self._http.post("/files", content=body, headers=headers, timeout=timeout)
+        except httpx.TransportError as exc:
+            # the server refuses an oversize upload (413) before reading it and closes the
+            # connection, which httpx, still sending, only sees as a broken connection
+            raise IMError(
+                f"upload of {length} bytes failed ({type(exc).__name__}): the connection was"
+                " closed; the file may be over the server's size limit"
+            ) from exc
         data = self._check(resp, 201)
         return UploadAnswer(str(data["file_id"]), int(data["size"]), str(data["checksum"]))
 

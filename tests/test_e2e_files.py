@@ -270,3 +270,23 @@ async def test_send_file_refuses_a_non_friend_and_a_missing_path(
         await bob.close()
     finally:
         await alice.close()
+
+
+@pytest.mark.asyncio
+async def test_send_file_over_the_limit_fails_cleanly(tmp_path: Path) -> None:
+    st = Stack(stack_settings(tmp_path / "server", max_file_size=100_000))
+    await st.start()
+    alice, bob = await make_users(st, "alice", "bob")
+    try:
+        make_file(tmp_path / "big", 200_000)
+        with pytest.raises(IMError):
+            await alice.send_file("bob", tmp_path / "big")
+        root = st.settings.file_root()
+        assert [p for p in root.rglob("*") if p.is_file()] == []
+        make_file(tmp_path / "small", 50_000)  # under the limit, on the same client
+        mid = await alice.send_file("bob", tmp_path / "small")
+        assert (await file_message(bob)).msg_id == mid
+    finally:
+        await alice.close()
+        await bob.close()
+        await st.stop()
