@@ -291,19 +291,21 @@ class Login:
 
     async def _provision(self, who: Identity) -> None:
         assert self._db is not None
-        name = (who.display_name or who.user_id)[:128]
+        # the same rules as a registered display name: no control characters, 128 at most
+        name = "".join(ch for ch in who.display_name if ch.isprintable())[:128] or who.user_id
         if await self._store.create_user(who.user_id, EXTERNAL_PASSWORD, name):
             log.info("created account %s on first %s login", who.user_id, self.name)
         now = int(time.time())
         email = who.email[:255]
+        provider = self.name[:255]
         await self._db.execute(
             f"{self._insert_ignore} INTO im_user_profile (user_id, provider, email, updated)"
             " VALUES (?, ?, ?, ?)",
-            (who.user_id, self.name, email, now),
+            (who.user_id, provider, email, now),
         )
         await self._db.execute(
             "UPDATE im_user_profile SET provider = ?, email = ?, updated = ? WHERE user_id = ?",
-            (self.name, email, now, who.user_id),
+            (provider, email, now, who.user_id),
         )
 
     async def profile(self, user_id: str) -> tuple[str, str] | None:
