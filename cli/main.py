@@ -104,7 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from client import demo
 
     logsetup.setup("WARNING")
-    return demo.main(args.rest, args.users, args.messages, args.offline, args.json, args.timeout)
+    return demo.main(
+        args.rest, args.users, args.messages, args.offline, args.json, args.timeout, args.files
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--users", type=int, default=20)
     d.add_argument("--messages", type=int, default=1000)
     d.add_argument("--offline", type=int, default=5)
+    d.add_argument(
+        "--files", type=int, default=0, help="how many of the messages are files (up to 1 MiB)"
+    )
     d.add_argument("--rest", default="http://127.0.0.1:8082")
     d.add_argument("--timeout", type=float, default=120.0)
     d.add_argument("--json", action="store_true", help="last line: one JSON object")

@@ -7,8 +7,10 @@ before starting a new release. Safe to run again, and from several hosts at once
 
 from __future__ import annotations
 
+from common import files
 from common.config import Settings
 from common.db import create_database, open_database, schema_version
+from common.files import FileStore
 from offline import sqlstore
 from offline.sqlstore import SQLOfflineStore
 from rest_web import store as userstore
@@ -26,9 +28,10 @@ async def run_migrate(settings: Settings) -> list[str]:
     db = await open_database(url, pool_size=1)
     try:
         lines: list[str] = []
-        components: list[tuple[str, UserStore | SQLOfflineStore]] = [
+        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore]] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
+            (files.COMPONENT, FileStore(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

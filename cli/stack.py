@@ -21,6 +21,7 @@ import offline
 import user_status
 from common.config import Settings
 from common.db import Database, open_database
+from common.files import FileStore
 from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
@@ -28,6 +29,8 @@ from offline.base import OfflineQueue
 from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
 from rest_web.app import create_app
+from rest_web.files import FileService
+from rest_web.login import Login, open_login
 from rest_web.store import UserStore
 from transfer.server import Transfer
 from user_status.base import StatusBackend
@@ -63,6 +66,7 @@ class Stack:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
     _rest_task: asyncio.Task[None] | None = None
+    _login: Login | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -70,14 +74,15 @@ class Stack:
         self.db = await open_database(s.db_url(), pool_size=s.db_pool)
         users = UserStore(self.db)
         store = SQLOfflineStore(self.db)
+        files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            await users.migrate()
-            await store.migrate()
+            for component in (users, store, files):
+                await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            await users.check_schema()
-            await store.check_schema()
+            for component in (users, store, files):
+                await component.check_schema()
         # REST only needs the registry when it hands out live connectors
         needs_status = bool(self.roles & {"transfer", "connector", "writer"}) or (
             bool(s.redis_url) and not s.connector_addrs
@@ -103,7 +108,7 @@ class Stack:
                 # transfers found in the registry (shared Redis, or this process's own)
                 source = functools.partial(self.status.live, "transfer")
             self.connector = Connector(
-                s, self.status, store, RelationReader(self.db), signer, source
+                s, self.status, store, RelationReader(self.db), signer, source, files=files
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -111,7 +116,10 @@ class Stack:
             if not s.connector_addrs and self.status is not None:
                 live = LiveNodes(self.status, "connector")
                 connectors = functools.partial(_addresses, live)
-            app = create_app(s, users, signer, connectors)
+            file_service = FileService.from_settings(s, self.db)
+            self._login = await open_login(s, users, self.db)
+            app = create_app(s, users, signer, connectors, files=file_service, logins=self._login)
+            self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
                 host=s.bind_host,
@@ -159,6 +167,8 @@ class Stack:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._login is not None:
+            await self._login.close()
         if self.status is not None:
             await self.status.close()
         if self.db is not None:

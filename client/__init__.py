@@ -10,6 +10,16 @@ Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 """
 
 from client.core import IMClient, Message, Receipt, ServerError
+from client.files import FileCheckError, FileInfo
 from client.rest import RestClient, RestError
 
-__all__ = ["IMClient", "Message", "Receipt", "RestClient", "RestError", "ServerError"]
+__all__ = [
+    "FileCheckError",
+    "FileInfo",
+    "IMClient",
+    "Message",
+    "Receipt",
+    "RestClient",
+    "RestError",
+    "ServerError",
+]

@@ -3,6 +3,9 @@
 Rules it keeps:
 - bodies are sealed with the pair key before they leave (common.crypto); a body that fails to
   open is reported as a ServerError-like event with code ``UNREADABLE``, never shown;
+- files go over REST, encrypted with a key of their own that travels in the sealed body
+  (client/files.py); a FILE message whose sealed body names another file than the server-visible
+  reference is ``UNREADABLE`` too;
 - each message and each receipt is surfaced once: dedupe by (from_id, message id) and by
   (peer, message id, receipt type), in bounded memory;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
@@ -12,13 +15,18 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from client.files import FileInfo, download_file, upload_file
 from client.rest import LoginAnswer, RestClient
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
@@ -35,9 +43,10 @@ class Message:
     msg_id: int
     from_id: str
     dest_id: str
-    text: str
+    text: str  # a FILE message: the file's name
     msg_type: int
     create_time: int
+    file: FileInfo | None = None  # FILE messages only: pass the message to IMClient.download
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +101,7 @@ class IMClient:
         self.friends: dict[str, str] = {}
         self.node_id = ""  # the connector we are on, from its WELCOME
         self.duplicates_dropped = 0
+        self.bytes_downloaded = 0  # over the network, so a resumed download shows what it saved
         self._password = password
         self._connector_override = connector
         self._login: LoginAnswer | None = None
@@ -186,6 +196,47 @@ class IMClient:
         await self._send(im_pb2.Envelope(chat=chat))
         return msg_id
 
+    async def send_file(self, to: str, path: str | os.PathLike[str], name: str = "") -> int:
+        """Encrypt and upload ``path``, then send it as a FILE message; returns the message id.
+
+        The file's key and name travel only inside the sealed body; the server sees the file id,
+        the stored size and checksum. Receipts come as for text."""
+        key = self.friends.get(to)
+        if key is None:
+            raise IMError(f"{to!r} is not a friend (no pair key)")
+        src = Path(path)
+        up = await upload_file(self.rest, src)
+        msg_id = self._ids()
+        inner = im_pb2.FileBody(
+            file_id=up.ref.file_id,
+            checksum=up.ref.checksum,
+            size=up.plain_size,
+            name=name or src.name,
+            key=up.key,
+            sha256=up.sha256,
+        )
+        chat = im_pb2.ChatMsg(
+            id=msg_id,
+            from_id=self.user_id,
+            dest_id=to,
+            dest_type=im_pb2.SINGLE,
+            msg_type=im_pb2.FILE,
+            body=seal(key, msg_id, self.user_id, to, inner.SerializeToString()),
+            create_time=int(time.time() * 1000),
+            file=im_pb2.FileRef(id=up.ref.file_id, size=up.ref.size, checksum=up.ref.checksum),
+        )
+        await self._send(im_pb2.Envelope(chat=chat))
+        return msg_id
+
+    async def download(self, msg: Message, dest: str | os.PathLike[str]) -> Path:
+        """Download a FILE message's file to ``dest``, verified and decrypted; a download cut
+        short earlier resumes where it stopped (``dest`` + ``.part``)."""
+        if msg.file is None:
+            raise IMError("not a file message")
+        out = Path(dest)
+        self.bytes_downloaded += await download_file(self.rest, msg.file, out)
+        return out
+
     async def send_read(self, msg: Message) -> None:
         ack = im_pb2.AckMsg(
             id=self._ids(),
@@ -239,15 +290,23 @@ class IMClient:
         if key is None:
             await self.refresh_friends()
             key = self.friends.get(chat.from_id)
+        file: FileInfo | None = None
         try:
             if key is None:
                 raise SealError(f"no pair key for {chat.from_id}")
-            text = open_sealed(key, chat.id, chat.from_id, chat.dest_id, chat.body).decode()
+            plain = open_sealed(key, chat.id, chat.from_id, chat.dest_id, chat.body)
+            if chat.msg_type == im_pb2.FILE:
+                file = _file_info(chat, plain)
+                text = file.name
+            else:
+                text = plain.decode()
         except (SealError, UnicodeDecodeError) as exc:
             await self._events.put(ServerError("UNREADABLE", str(exc), chat.id))
             return
         await self._events.put(
-            Message(chat.id, chat.from_id, chat.dest_id, text, chat.msg_type, chat.create_time)
+            Message(
+                chat.id, chat.from_id, chat.dest_id, text, chat.msg_type, chat.create_time, file
+            )
         )
 
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
@@ -256,3 +315,33 @@ class IMClient:
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         if self._welcome is not None and not self._welcome.done():
             self._welcome.cancel()
+
+
+def _file_info(chat: im_pb2.ChatMsg, plain: bytes) -> FileInfo:
+    """The file of a FILE chat, from its opened body; the server-visible reference must name the
+    same upload, or the server (or a forger) swapped it."""
+    inner = im_pb2.FileBody()
+    try:
+        inner.ParseFromString(plain)
+    except DecodeError:
+        raise SealError("file message body is not a FileBody") from None
+    ref = chat.file
+    if (inner.file_id, inner.checksum) != (ref.id, ref.checksum) or len(inner.key) != 32:
+        raise SealError("file reference does not match the sealed file description")
+    return FileInfo(
+        file_id=ref.id,
+        size=ref.size,
+        checksum=ref.checksum,
+        name=_safe_name(inner.name),
+        plain_size=inner.size,
+        sha256=inner.sha256,
+        key=inner.key,
+    )
+
+
+def _safe_name(name: str) -> str:
+    """The sender's file name without directories or control characters: safe to show, or to
+    join to a download folder."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())
+    return base if base not in ("", ".", "..") else "file"

@@ -5,17 +5,24 @@ between random friends, brings those K online (their messages come from the offl
 has every recipient send READ, and waits until every sender holds SENT, DELIVERED and READ for
 every message. The check is strict: each message surfaced once, in per-conversation order (ids
 increase per sender), one receipt of each kind. Exit status 0 only when all of that holds.
+
+With ``files`` > 0, that many of the messages are files of random sizes up to 1 MiB: each is
+encrypted and uploaded by its sender, sent, received, downloaded and verified by its recipient
+(checksum and authentication by the client library, then byte for byte against the original).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from client.core import IMClient, Message, Receipt, ServerError
 from common.errors import IMError
@@ -24,6 +31,8 @@ PASSWORD = "demo-password-1"
 # Up to this many users everyone befriends everyone; above it, a ring of neighbours.
 FULL_MESH_MAX = 64
 RING_NEIGHBOURS = 8
+MAX_FILE = 1024 * 1024
+DOWNLOADS_AT_ONCE = 8
 
 
 @dataclass
@@ -36,6 +45,9 @@ class Tally:
     received: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
+    file_sums: dict[str, bytes] = field(default_factory=dict)  # file name -> SHA-256
+    files_ok: int = 0
+    files_failed: int = 0
 
     def expected(self) -> int:
         return sum(len(v) for v in self.sent_ids.values())
@@ -48,7 +60,35 @@ def _friends_of(i: int, n: int) -> list[int]:
     return sorted({(i + k) % n for k in ks} | {(i - k) % n for k in ks})
 
 
-async def _consume(c: IMClient, tally: Tally) -> None:
+async def _fetch(
+    c: IMClient, msg: Message, tally: Tally, into: Path, sem: asyncio.Semaphore
+) -> None:
+    """Download, verify and compare one received file."""
+    async with sem:
+        dest = into / f"{c.user_id}-{msg.msg_id}.bin"
+        try:
+            await c.download(msg, dest)
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(dest.read_bytes()).digest())
+        except (IMError, OSError) as exc:
+            tally.files_failed += 1
+            tally.errors.append(f"{c.user_id}: download of {msg.text}: {exc}")
+            return
+        finally:
+            dest.unlink(missing_ok=True)
+        if tally.file_sums.get(msg.text) == digest:
+            tally.files_ok += 1
+        else:
+            tally.files_failed += 1
+            tally.errors.append(f"{c.user_id}: {msg.text} differs from what was sent")
+
+
+async def _consume(
+    c: IMClient,
+    tally: Tally,
+    into: Path,
+    sem: asyncio.Semaphore,
+    downloads: list[asyncio.Task[None]],
+) -> None:
     async for ev in c.events():
         if isinstance(ev, Message):
             key = (ev.from_id, c.user_id)
@@ -56,6 +96,8 @@ async def _consume(c: IMClient, tally: Tally) -> None:
                 tally.duplicates += 1
                 continue
             tally.received[key].append(ev.msg_id)
+            if ev.file is not None:
+                downloads.append(asyncio.create_task(_fetch(c, ev, tally, into, sem)))
             await c.send_read(ev)
         elif isinstance(ev, Receipt):
             bucket = tally.receipts.get(ev.kind)
@@ -75,6 +117,7 @@ async def run_demo(
     messages: int,
     offline: int,
     *,
+    files: int = 0,
     prefix: str = "demo",
     timeout: float = 120.0,
     progress: bool = True,
@@ -82,6 +125,13 @@ async def run_demo(
     if users < 2:
         raise IMError("need at least 2 users")
     offline = max(0, min(offline, users - 2))
+    files = max(0, min(files, messages))
+    workdir = tempfile.TemporaryDirectory(prefix="im-demo-")
+    outbox, inbox = Path(workdir.name, "out"), Path(workdir.name, "in")
+    await asyncio.to_thread(outbox.mkdir)
+    await asyncio.to_thread(inbox.mkdir)
+    downloads: list[asyncio.Task[None]] = []
+    download_slots = asyncio.Semaphore(DOWNLOADS_AT_ONCE)
     started = time.monotonic()
     names = [f"{prefix}-{i:04d}" for i in range(users)]
     clients = [IMClient(rest, n, PASSWORD, device_id="demo") for n in names]
@@ -115,7 +165,8 @@ async def run_demo(
         async def connect(i: int) -> None:
             async with sem:
                 await clients[i].connect()
-                tasks.append(asyncio.create_task(_consume(clients[i], tally)))
+                consumer = _consume(clients[i], tally, inbox, download_slots, downloads)
+                tasks.append(asyncio.create_task(consumer))
 
         offline_set = set(range(offline))
         online = [i for i in range(users) if i not in offline_set]
@@ -123,15 +174,25 @@ async def run_demo(
         say(f"{len(online)} online, {offline} offline; sending {messages} messages")
 
         rng = random.Random(users * 7919 + messages)
-        plan: dict[int, list[str]] = defaultdict(list)
-        for _ in range(messages):
+        as_file = set(rng.sample(range(messages), files))
+        plan: dict[int, list[tuple[str, Path | None]]] = defaultdict(list)
+        for k in range(messages):
             i = rng.choice(online)
-            plan[i].append(names[rng.choice(_friends_of(i, users))])
+            attachment = None
+            if k in as_file:
+                attachment = outbox / f"{prefix}-{k:06d}.bin"
+                data = rng.randbytes(rng.randint(1, MAX_FILE))
+                await asyncio.to_thread(attachment.write_bytes, data)
+                tally.file_sums[attachment.name] = hashlib.sha256(data).digest()
+            plan[i].append((names[rng.choice(_friends_of(i, users))], attachment))
 
         async def send_all(i: int) -> None:
             c = clients[i]
-            for n, dest in enumerate(plan[i]):
-                msg_id = await c.send_text(dest, f"message {n} from {c.user_id}")
+            for n, (dest, attachment) in enumerate(plan[i]):
+                if attachment is None:
+                    msg_id = await c.send_text(dest, f"message {n} from {c.user_id}")
+                else:
+                    msg_id = await c.send_file(dest, attachment)
                 tally.sent_ids[(c.user_id, dest)].append(msg_id)
 
         await asyncio.gather(*(send_all(i) for i in plan))
@@ -154,15 +215,17 @@ async def run_demo(
                 and len(tally.receipts["DELIVERED"]) >= messages
             ),
         )
+        await wait_for("downloads", lambda: tally.files_ok + tally.files_failed >= files)
         await asyncio.sleep(0.2)  # let any stray duplicate arrive before counting
     except TimeoutError as exc:
         tally.errors.append(f"timed out waiting for {exc}")
     except (IMError, OSError) as exc:
         tally.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
-        for t in tasks:
+        for t in tasks + downloads:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *downloads, return_exceptions=True)
+        workdir.cleanup()
         connectors = {c.node_id for c in clients if c.node_id}
         dups_dropped = sum(c.duplicates_dropped for c in clients)
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -185,6 +248,8 @@ async def run_demo(
         "out_of_order": out_of_order,
         "errors": len(tally.errors),
         "error_samples": tally.errors[:5],
+        "files": files,
+        "files_ok": tally.files_ok,
         "seconds": round(time.monotonic() - started, 3),
         "connectors_used": len(connectors),
     }
@@ -197,14 +262,30 @@ def ok(report: dict[str, object]) -> bool:
         and report["duplicates"] == 0
         and report["out_of_order"] == 0
         and report["errors"] == 0
+        and report.get("files_ok", 0) == report.get("files", 0)
     )
 
 
-def main(rest: str, users: int, messages: int, offline: int, as_json: bool, timeout: float) -> int:
+def main(
+    rest: str,
+    users: int,
+    messages: int,
+    offline: int,
+    as_json: bool,
+    timeout: float,
+    files: int = 0,
+) -> int:
     prefix = f"demo{users}"
     report = asyncio.run(
         run_demo(
-            rest, users, messages, offline, prefix=prefix, timeout=timeout, progress=not as_json
+            rest,
+            users,
+            messages,
+            offline,
+            files=files,
+            prefix=prefix,
+            timeout=timeout,
+            progress=not as_json,
         )
     )
     good = ok(report)
@@ -216,6 +297,7 @@ def main(rest: str, users: int, messages: int, offline: int, as_json: bool, time
             f"({report['offline_users']} offline at first) in {report['seconds']} s\n"
             f"  sent {report['sent']}  delivered {report['delivered']}  read {report['read']}  "
             f"received {report['received']}\n"
+            f"  files {report['files']}  verified {report['files_ok']}\n"
             f"  duplicates {report['duplicates']}  out of order {report['out_of_order']}  "
             f"errors {report['errors']}  connectors used {report['connectors_used']}\n"
             f"  {'OK' if good else 'FAILED'}"

@@ -1,7 +1,9 @@
-"""The REST half of the client: register, login, friends, logout."""
+"""The REST half of the client: register, login, friends, logout, file upload and download."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,13 @@ class LoginAnswer:
     connector: tuple[str, int]
     friends: dict[str, str]  # friend id -> pair key
     connectors: list[tuple[str, int]]  # every live connector, to fall back on
+
+
+@dataclass(frozen=True, slots=True)
+class UploadAnswer:
+    file_id: str
+    size: int
+    checksum: str
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -93,3 +102,40 @@ class RestClient:
         resp = await self._http.post("/logout", headers=self._auth())
         self._check(resp, 204)
         self.token = ""
+
+    async def upload(self, body: AsyncIterable[bytes], length: int) -> UploadAnswer:
+        """Stream ``length`` bytes to ``POST /files``; the server's id, size and checksum."""
+        headers = {
+            **self._auth(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+        }
+        # an upload may take long; only a stalled connection should time out
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        try:
+            resp = await self._http.post("/files", content=body, headers=headers, timeout=timeout)
+        except httpx.TransportError as exc:
+            # the server refuses an oversize upload (413) before reading it and closes the
+            # connection, which httpx, still sending, only sees as a broken connection
+            raise IMError(
+                f"upload of {length} bytes failed ({type(exc).__name__}): the connection was"
+                " closed; the file may be over the server's size limit"
+            ) from exc
+        data = self._check(resp, 201)
+        return UploadAnswer(str(data["file_id"]), int(data["size"]), str(data["checksum"]))
+
+    @asynccontextmanager
+    async def download(self, file_id: str, offset: int = 0) -> AsyncIterator[httpx.Response]:
+        """``GET /files/{id}`` from byte ``offset`` on (a Range request if not 0); the response
+        is open for streaming inside the block and has been checked for success."""
+        headers = self._auth()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        timeout = httpx.Timeout(60.0, connect=10.0)
+        async with self._http.stream(
+            "GET", f"/files/{file_id}", headers=headers, timeout=timeout
+        ) as resp:
+            if resp.status_code not in (200, 206):
+                await resp.aread()
+                self._check(resp, 200, 206)
+            yield resp

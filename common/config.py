@@ -19,6 +19,7 @@ from common.errors import ConfigError
 
 SECONDS = 1.0
 KIB = 1024
+MIB = 1024 * KIB
 
 
 def _addr_list(value: str) -> list[tuple[str, int]]:
@@ -79,6 +80,27 @@ class Settings(BaseSettings):
     token_ttl: int = 24 * 3600
     log_level: str = "INFO"
 
+    # files (REST upload/download; README "Files")
+    file_dir: str = Field("", description="where uploaded files live; empty: data_dir/files")
+    max_file_size: int = Field(100 * MIB, description="largest upload, bytes")
+    file_orphan_ttl: float = Field(24 * 3600 * SECONDS, description="unsent uploads kept this long")
+    file_sweep_interval: float = Field(5 * 60 * SECONDS, description="orphan sweep period")
+
+    # login (README "Login providers")
+    login_provider: str = Field(
+        "builtin", description="builtin, ldap, or a dotted path to a provider class"
+    )
+    ldap_url: str = Field("", description="ldap://host:port or ldaps://host:port")
+    ldap_bind_dn: str = Field("", description="service account that searches; empty: anonymous")
+    ldap_bind_password: str = ""
+    ldap_search_base: str = ""
+    ldap_filter: str = Field("(objectClass=inetOrgPerson)", description="ANDed with the login")
+    ldap_login_attr: str = "uid"
+    ldap_name_attr: str = "cn"
+    ldap_email_attr: str = "mail"
+    ldap_timeout: float = Field(5 * SECONDS, description="connect and answer timeout per call")
+    ldap_pool: int = Field(4, description="threads for the blocking LDAP calls")
+
     def transfers(self) -> list[tuple[str, int]]:
         return _addr_list(self.transfer_addrs)
 
@@ -87,6 +109,9 @@ class Settings(BaseSettings):
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "im.db"
+
+    def file_root(self) -> Path:
+        return Path(self.file_dir) if self.file_dir else self.data_dir / "files"
 
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path()}"

@@ -11,11 +11,13 @@ from __future__ import annotations
 from enum import IntEnum
 
 from common.errors import ProtocolError
+from common.files import valid_checksum, valid_file_id
 from proto import im_pb2
 
 # A chat grows on its way (longer link sequence, wrapped in a Bounce): bodies leave this much of
 # the frame limit for the envelope, so a maximal client frame still fits on every later hop. Two
-# 64-char ids, five varints and the wrappers' tags and lengths take under 250 bytes.
+# 64-char ids, five varints and the wrappers' tags and lengths take under 250 bytes; a FILE
+# chat's FileRef (22-char id, 64-char checksum, a varint) about 100 more.
 ENVELOPE_HEADROOM = 512
 
 
@@ -66,6 +68,12 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
         raise ProtocolError("only SINGLE chat is supported")
     if chat.msg_type not in (im_pb2.TEXT, im_pb2.FILE):
         raise ProtocolError("unknown msg_type")
+    if chat.msg_type == im_pb2.FILE:
+        f = chat.file
+        if not chat.HasField("file") or not valid_file_id(f.id) or not valid_checksum(f.checksum):
+            raise ProtocolError("a FILE chat needs its file reference: id, size, checksum")
+    elif chat.HasField("file"):
+        raise ProtocolError("only a FILE chat carries a file reference")
     if len(chat.body) > max_body:
         raise ProtocolError(f"body over {max_body} bytes")
 

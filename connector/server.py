@@ -7,6 +7,9 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
   offline drain on login and live messages reach the device in one order: the drain is queued
   first, then the session is registered in ``user_status``, then drained once more (rows
   committed while it registered); a ``Drain`` from a transfer queues another drain in line;
+- a FILE chat is accepted only if its file is the sender's upload with the size and checksum the
+  message claims; accepting it records the recipient's right to download the file (the grant is
+  written before the chat is forwarded, so the recipient can always fetch what it receives);
 - a device's link ack of a pushed chat is what makes it DELIVERED (and SENT, the server having
   handed it over); drained chats were SENT when they were stored;
 - when a session ends, whatever it still holds (unacked or queued) goes back to a transfer as a
@@ -45,6 +48,14 @@ class FriendCheck(Protocol):
     """The relation lookup the connector needs (see user_status.relations)."""
 
     async def are_friends(self, a: str, b: str) -> bool: ...
+
+
+class FileGrants(Protocol):
+    """The file check the connector needs for FILE chats (see common.files.FileStore)."""
+
+    async def grant(
+        self, file_id: str, owner: str, size: int, checksum: str, recipient: str
+    ) -> bool: ...
 
 
 @dataclass
@@ -205,7 +216,28 @@ class ClientSession:
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
+        if chat.msg_type == im_pb2.FILE:
+            await self._grant_file(chat)
         await self.c.forward(fresh(env))
+
+    async def _grant_file(self, chat: im_pb2.ChatMsg) -> None:
+        f = chat.file
+        granted = False
+        if self.c.files is not None:
+            try:
+                granted = await self.c.files.grant(
+                    f.id, self.user_id, f.size, f.checksum, chat.dest_id
+                )
+            except IMError as exc:
+                log.error("%s: file grant failed: %s", self, exc)
+                raise ProtocolError(
+                    "file store unavailable, retry later", code=im_pb2.INTERNAL
+                ) from None
+        if not granted:
+            raise ProtocolError(
+                f"no upload {f.id!r} of yours with that size and checksum",
+                code=im_pb2.NO_SUCH_FILE,
+            )
 
     async def _receipt(self, env: im_pb2.Envelope) -> None:
         rules.check_receipt(self.user_id, env.ack)
@@ -343,12 +375,15 @@ class Connector:
         friends: FriendCheck,
         signer: TokenSigner,
         transfer_source: TransferSource | None = None,
+        *,
+        files: FileGrants | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
         self.store = store
         self.friends = friends
         self.signer = signer
+        self.files = files  # None: every FILE chat is refused with NO_SUCH_FILE
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         self.counters = Counters()

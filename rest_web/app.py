@@ -6,6 +6,9 @@ Rules:
   ever reaches its own user's data;
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
 - request bodies are capped (:data:`MAX_BODY`, 413 beyond), with or without Content-Length;
+  file uploads have their own, larger limit and stream to storage (rest_web/files.py);
+- login goes through the configured provider (rest_web/login.py); a provider that cannot answer
+  makes login answer 503 and nothing else;
 - a failing database answers 503, never a stack trace.
 """
 
@@ -29,7 +32,10 @@ from common.config import Settings
 from common.db import Database, open_database
 from common.errors import AuthError, BackendError, ConfigError
 from common.tokens import Claims, TokenSigner
-from rest_web.passwords import hash_password, verify_password
+from rest_web import files as file_routes
+from rest_web.files import FileService
+from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
+from rest_web.passwords import hash_password
 from rest_web.store import UserStore
 
 log = logging.getLogger(__name__)
@@ -94,14 +100,18 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a request body over ``max_body`` bytes, declared or streamed."""
+    """ASGI middleware: 413 for a request body over ``max_body`` bytes, declared or streamed.
+    Paths in ``exempt`` (file uploads) stream on and enforce their own limit."""
 
-    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int = MAX_BODY, exempt: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -170,18 +180,25 @@ def create_app(
     store: UserStore,
     signer: TokenSigner,
     connector_source: ConnectorSource | None = None,
+    *,
+    files: FileService | None = None,
+    logins: Login | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
-    addresses ``connector_source`` gives (default: the configured ones), spread round-robin."""
+    addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
+    ``files`` adds the file endpoints; ``logins`` is the login provider (default: the built-in
+    password store)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
         version="0.1.0",
     )
-    app.add_middleware(BodyLimit, max_body=MAX_BODY)
+    app.add_middleware(BodyLimit, max_body=MAX_BODY, exempt=frozenset({"/files"}))
+    if logins is None:
+        logins = Login(BuiltinLogin(store), store)
 
     connectors_of = connector_source or static_connectors(settings)
-    logins = itertools.count()
+    login_count = itertools.count()
     bearer = HTTPBearer(auto_error=False, description="token from POST /login")
 
     @app.exception_handler(BackendError)
@@ -216,6 +233,10 @@ def create_app(
         responses={409: {"model": ErrorOut, "description": "user id taken"}},
     )
     async def register(body: RegisterIn) -> RegisterOut:
+        if not logins.allows_registration:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"accounts come from the {logins.name} login provider"
+            )
         encoded = await hash_password(body.password)
         if not await store.create_user(body.user_id, encoded, body.display_name or body.user_id):
             raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
@@ -226,24 +247,30 @@ def create_app(
         tags=["users"],
         responses={
             401: {"model": ErrorOut, "description": "unknown user or wrong password"},
-            503: {"model": ErrorOut, "description": "storage down or no connector up"},
+            503: {"model": ErrorOut, "description": "login provider, storage or connectors down"},
         },
     )
     async def login(body: LoginIn) -> LoginOut:
-        encoded = await store.get_password_hash(body.user_id)
-        if not await verify_password(body.password, encoded):
+        try:
+            user_id = await logins.login(body.user_id, body.password)
+        except LoginUnavailable as exc:
+            log.error("login of %s: %s", body.user_id, exc)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "login service unavailable, try again later"
+            ) from None
+        if user_id is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
         connectors = sorted(await connectors_of())
         if not connectors:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no connector is up")
-        token = signer.issue(body.user_id, settings.token_ttl, device_id=body.device_id)
+        token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id)
         claims = signer.verify(token)
-        friends = await store.relations_of(body.user_id)
+        friends = await store.relations_of(user_id)
         return LoginOut(
-            user_id=body.user_id,
+            user_id=user_id,
             token=token,
             expires_at=claims.expires,
-            connector=connectors[next(logins) % len(connectors)],
+            connector=connectors[next(login_count) % len(connectors)],
             connectors=connectors,
             friends=[FriendOut(user_id=f, key=k) for f, k in friends],
         )
@@ -299,6 +326,8 @@ def create_app(
         if not await store.remove_relation(me.user_id, friend_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
 
+    if files is not None:
+        file_routes.add_routes(app, caller, files)
     return app
 
 
@@ -308,20 +337,26 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-async def build(settings: Settings) -> tuple[FastAPI, Database]:
-    """The app on the configured database, schema migrated; the caller closes the database."""
+async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Login]:
+    """The app on the configured database (an embedded one migrated, a shared one checked);
+    the caller runs the file janitor if it wants one, and closes the login and the database."""
     db = await open_database(settings.db_url(), pool_size=settings.db_pool)
     try:
         store = UserStore(db)
+        files = FileService.from_settings(settings, db)
         if db.dialect == "sqlite":
             await store.migrate()
+            await files.migrate()
         else:
             await store.check_schema()
-        app = create_app(settings, store, TokenSigner(settings.signing_secret()))
+            await files.check_schema()
+        login = await open_login(settings, store, db)
+        signer = TokenSigner(settings.signing_secret())
+        app = create_app(settings, store, signer, files=files, logins=login)
     except BaseException:
         await db.close()
         raise
-    return app, db
+    return app, db, files, login
 
 
 class _GuestServer(uvicorn.Server):
@@ -339,7 +374,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     handles them and this returns after the first one. A port that cannot be bound raises
     :class:`ConfigError` instead of uvicorn's ``SystemExit``.
     """
-    app, db = await build(settings)
+    app, db, files, login = await build(settings)
+    janitor = asyncio.create_task(files.janitor(), name="file-janitor")
     config = uvicorn.Config(
         app,
         host=settings.bind_host,
@@ -369,6 +405,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        janitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await janitor
+        await login.close()
         await db.close()
 
 

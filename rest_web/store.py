@@ -73,6 +73,18 @@ _STEPS: dict[str, list[list[str]]] = {
 }
 
 
+# step 2: where a directory login (LDAP, an operator's provider) records what it knows of a user
+_PROFILE = (
+    "CREATE TABLE IF NOT EXISTS im_user_profile ("
+    " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+    " provider VARCHAR(255) NOT NULL,"
+    " email VARCHAR(255) NOT NULL DEFAULT '',"
+    " updated BIGINT NOT NULL)"
+)
+_STEPS["sqlite"].append([_PROFILE])
+_STEPS["mysql"].append([_PROFILE + _MYSQL_TABLE])
+
+
 def migrations(dialect: str) -> list[list[str]]:
     """The migration steps for ``dialect`` ("sqlite" or "mysql"), oldest first."""
     try:

@@ -231,14 +231,19 @@ async def test_require_schema_refuses_an_older_schema(db: Database) -> None:
         await require_schema(db, "test", 2)
 
 
+MIGRATED = ["users: version 0 -> 2", "offline: version 0 -> 1", "files: version 0 -> 1"]
+UP_TO_DATE = [
+    "users: version 2 (up to date)",
+    "offline: version 1 (up to date)",
+    "files: version 1 (up to date)",
+]
+
+
 @pytest.mark.asyncio
 async def test_run_migrate_twice_on_sqlite(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url="")
-    assert await run_migrate(settings) == ["users: version 0 -> 1", "offline: version 0 -> 1"]
-    assert await run_migrate(settings) == [
-        "users: version 1 (up to date)",
-        "offline: version 1 (up to date)",
-    ]
+    assert await run_migrate(settings) == MIGRATED
+    assert await run_migrate(settings) == UP_TO_DATE
     db = await open_database(settings.db_url())
     try:
         await UserStore(db).check_schema()
@@ -270,11 +275,8 @@ async def test_run_migrate_twice_on_mysql_creates_the_database(
     with pytest.raises(BackendError, match="im migrate"):
         await open_database(fresh_mysql_url)
     settings = Settings(data_dir=tmp_path, database_url=fresh_mysql_url)
-    assert await run_migrate(settings) == ["users: version 0 -> 1", "offline: version 0 -> 1"]
-    assert await run_migrate(settings) == [
-        "users: version 1 (up to date)",
-        "offline: version 1 (up to date)",
-    ]
+    assert await run_migrate(settings) == MIGRATED
+    assert await run_migrate(settings) == UP_TO_DATE
     db = await open_database(fresh_mysql_url)
     try:
         assert await db.fetchone(
