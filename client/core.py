@@ -1,13 +1,22 @@
-"""The client's chat link: GREET, send sealed chats and READs, surface events once each.
+"""The client's chat link: GREET, send sealed chats and receipts, surface events once each.
 
-Rules it keeps:
+Rules it keeps (DESIGN §5):
 - bodies are sealed with the pair key before they leave (common.crypto); a body that fails to
   open is reported as a ServerError-like event with code ``UNREADABLE``, never shown;
 - files go over REST, encrypted with a key of their own that travels in the sealed body
   (client/files.py); a FILE message whose sealed body names another file than the server-visible
   reference is ``UNREADABLE`` too;
+- every chat and every receipt this device sends stays in an outbox until the server takes
+  responsibility for it (SENT for a chat, ACCEPTED for a DELIVERED or READ); it is resent, with
+  the same id and in the original order, after a reconnect and when unconfirmed for a while;
+  the server and the peer's dedupe make resending safe. The outbox is bounded: ``send_text``
+  waits for room;
+- a new message is answered with DELIVERED by this device (through the outbox), so the receipt
+  survives any server crash between the device and the sender;
 - each message and each receipt is surfaced once: dedupe by (from_id, message id) and by
   (peer, message id, receipt type), in bounded memory;
+- a lost link is reconnected with back-off, asking REST for a live connector (falling back on
+  the ones it listed), then re-GREETed, then the outbox is resent;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
   server then treats this device as slow instead of us buffering without bound.
 """
@@ -15,7 +24,10 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -27,15 +39,29 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from client.files import FileInfo, download_file, upload_file
-from client.rest import LoginAnswer, RestClient
+from client.rest import LoginAnswer, RestClient, RestError
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
-from common.link import Link, LinkConfig, open_link
+from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
 from proto import im_pb2
+
+log = logging.getLogger(__name__)
 
 # Remember this many surfaced ids per kind: far more than can be in flight or drained at once.
 DEDUPE_MEMORY = 100_000
+OUTBOX_SIZE = 10_000  # chats waiting for SENT; send_text waits beyond this
+RESEND_AFTER = 8.0  # seconds a sent frame may stay unconfirmed before it is sent again
+# the server refused the frame for good: resending the same bytes cannot help
+FINAL_ERRORS = frozenset(
+    {
+        im_pb2.NOT_FRIEND,
+        im_pb2.SPOOFED_SENDER,
+        im_pb2.BAD_MESSAGE,
+        im_pb2.UNKNOWN_TYPE,
+        im_pb2.NOT_AUTHENTICATED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +77,7 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    kind: str  # "SENT" | "DELIVERED" | "READ"
+    kind: str  # "SENT" | "DELIVERED" | "READ" (ACCEPTED is consumed by the outbox)
     peer: str  # the other side of the conversation
     msg_id: int  # the acknowledged message
 
@@ -83,6 +109,17 @@ class _Seen:
         return True
 
 
+class _Pending:
+    """An outbox entry: the frame and when it last went out (0: not yet on this link)."""
+
+    __slots__ = ("env", "is_chat", "sent_at")
+
+    def __init__(self, env: im_pb2.Envelope) -> None:
+        self.env = env
+        self.is_chat = env.WhichOneof("body") == "chat"
+        self.sent_at = 0.0
+
+
 class IMClient:
     def __init__(
         self,
@@ -94,6 +131,9 @@ class IMClient:
         link_config: LinkConfig | None = None,
         queue_size: int = 10_000,
         connector: tuple[str, int] | None = None,
+        reconnect: bool = True,
+        outbox_size: int = OUTBOX_SIZE,
+        resend_after: float = RESEND_AFTER,
     ) -> None:
         self.user_id = user_id
         self.device_id = device_id
@@ -102,6 +142,8 @@ class IMClient:
         self.node_id = ""  # the connector we are on, from its WELCOME
         self.duplicates_dropped = 0
         self.bytes_downloaded = 0  # over the network, so a resumed download shows what it saved
+        self.reconnects = 0
+        self.resent = 0
         self._password = password
         self._connector_override = connector
         self._login: LoginAnswer | None = None
@@ -113,6 +155,16 @@ class IMClient:
         self._link: Link | None = None
         self._run: asyncio.Task[None] | None = None
         self._welcome: asyncio.Future[im_pb2.Welcome] | None = None
+        self._outbox: OrderedDict[int, _Pending] = OrderedDict()
+        self._outbox_chats = 0
+        self._outbox_size = outbox_size
+        self._room = asyncio.Event()
+        self._room.set()
+        self._resend_after = resend_after
+        self._auto_reconnect = reconnect
+        self._want_link = False
+        self._keeper: asyncio.Task[None] | None = None
+        self._link_lost = asyncio.Event()
 
     async def __aenter__(self) -> IMClient:
         return self
@@ -144,16 +196,32 @@ class IMClient:
     def connected(self) -> bool:
         return self._link is not None and not self._link.closing
 
+    @property
+    def pending(self) -> int:
+        """Frames in the outbox: sent or not, still waiting for the server to take them."""
+        return len(self._outbox)
+
     async def connect(self, timeout: float = 10.0) -> None:
-        """Log in if needed, open the link, GREET and wait for WELCOME."""
+        """Log in if needed, open the link, GREET, wait for WELCOME, send the outbox.
+
+        From then on a lost link is reconnected in the background (unless ``reconnect=False``)
+        until :meth:`close`.
+        """
         login = self._login or await self.login()
-        host, port = self._connector_override or login.connector
+        await self._open(self._connector_override or login.connector, login.token, timeout)
+        self._want_link = True
+        if self._auto_reconnect and self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_link(), name=f"keep {self.user_id}")
+
+    async def _open(self, addr: tuple[str, int], token: str, timeout: float) -> None:
+        host, port = addr
         self._welcome = asyncio.get_running_loop().create_future()
         link = await open_link(host, port, self, self._config, name=f"{self.user_id}->{host}")
         self._link = link
+        self._link_lost.clear()
         self._run = asyncio.create_task(link.run(), name=f"link {self.user_id}")
         link.send_control(
-            im_pb2.Envelope(greet=im_pb2.Greet(token=login.token, device_id=self.device_id))
+            im_pb2.Envelope(greet=im_pb2.Greet(token=token, device_id=self.device_id))
         )
         closed = asyncio.ensure_future(link.wait_closed())
         waits: list[asyncio.Future[Any]] = [self._welcome, closed]
@@ -164,21 +232,124 @@ class IMClient:
             link.close()
             raise IMError(f"GREET refused: {err.detail if err else 'connection closed'}")
         self.node_id = self._welcome.result().node_id
+        for pending in self._outbox.values():
+            pending.sent_at = 0.0
+        await self._flush(force=True)
+
+    async def _keep_link(self) -> None:
+        """Reconnect after a lost link; resend what stays unconfirmed too long."""
+        delay = 0.2
+        tick = max(0.2, min(1.0, self._resend_after / 4))
+        while self._want_link:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._link_lost.wait()
+            if not self._want_link:
+                return
+            if self.connected:
+                delay = 0.2
+                await self._flush(force=False)
+                continue
+            try:
+                await self._reconnect_once()
+            except (IMError, OSError, TimeoutError) as exc:
+                log.debug("%s: reconnect failed: %s", self.user_id, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                continue
+            self.reconnects += 1
+            delay = 0.2
+
+    async def _reconnect_once(self) -> None:
+        """A fresh login when REST answers (a live connector, a token that is still good),
+        else the connectors the last login listed, one after the other."""
+        if self._run is not None:
+            await asyncio.gather(self._run, return_exceptions=True)
+        try:
+            login = await self.login()
+            candidates = [login.connector, *(c for c in login.connectors if c != login.connector)]
+        except (RestError, OSError, IMError) as exc:
+            if self._login is None:
+                raise IMError(f"no login: {exc}") from exc
+            login = self._login
+            candidates = list(login.connectors) or [login.connector]
+            random.shuffle(candidates)
+        if self._connector_override is not None:
+            candidates = [self._connector_override]
+        last: Exception | None = None
+        for addr in candidates:
+            try:
+                await self._open(addr, login.token, 10.0)
+                return
+            except (IMError, OSError, TimeoutError) as exc:
+                last = exc
+        raise IMError(f"no connector took us: {last}")
 
     async def close(self) -> None:
+        self._want_link = False
+        self._link_lost.set()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
         if self._link is not None:
             self._link.close()
         if self._run is not None:
             await asyncio.gather(self._run, return_exceptions=True)
         await self.rest.close()
 
-    async def _send(self, env: im_pb2.Envelope) -> None:
-        if self._link is None:
+    # -- outbox ------------------------------------------------------------------------------
+
+    async def _enqueue(self, env: im_pb2.Envelope, msg_id: int, *, wait: bool = True) -> None:
+        """Keep ``env`` until the server takes it, and send it now if the link is up."""
+        if self._link is None and not self._want_link:
             raise IMError("not connected")
-        await self._link.send(env)
+        pending = _Pending(env)
+        if pending.is_chat and wait:
+            while self._outbox_chats >= self._outbox_size:
+                self._room.clear()
+                await self._room.wait()
+        self._outbox[msg_id] = pending
+        if pending.is_chat:
+            self._outbox_chats += 1
+        await self._send_pending(pending)
+
+    def _confirm(self, msg_id: int) -> bool:
+        pending = self._outbox.pop(msg_id, None)
+        if pending is None:
+            return False
+        if pending.is_chat:
+            self._outbox_chats -= 1
+            if self._outbox_chats < self._outbox_size:
+                self._room.set()
+        return True
+
+    async def _send_pending(self, pending: _Pending) -> bool:
+        link = self._link
+        if link is None or link.closing or not self.node_id:
+            return False
+        try:
+            await link.send(fresh(pending.env))
+        except LinkClosed:
+            return False
+        if pending.sent_at:
+            self.resent += 1
+        pending.sent_at = time.monotonic()
+        return True
+
+    async def _flush(self, *, force: bool) -> None:
+        """Send, in outbox order, what was never sent on this link (``force``: everything) or
+        was sent longer than ``resend_after`` ago."""
+        cutoff = time.monotonic() - self._resend_after
+        for pending in list(self._outbox.values()):
+            if (force or pending.sent_at <= cutoff) and not await self._send_pending(pending):
+                return
 
     async def send_text(self, to: str, text: str) -> int:
-        """Seal and send; returns the message id that receipts will name."""
+        """Seal, keep in the outbox and send; returns the message id that receipts will name.
+
+        Waits while the outbox is full. Raises only when this client was never connected.
+        """
         key = self.friends.get(to)
         if key is None:
             raise IMError(f"{to!r} is not a friend (no pair key)")
@@ -193,7 +364,7 @@ class IMClient:
             body=body,
             create_time=int(time.time() * 1000),
         )
-        await self._send(im_pb2.Envelope(chat=chat))
+        await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
 
     async def send_file(self, to: str, path: str | os.PathLike[str], name: str = "") -> int:
@@ -225,7 +396,7 @@ class IMClient:
             create_time=int(time.time() * 1000),
             file=im_pb2.FileRef(id=up.ref.file_id, size=up.ref.size, checksum=up.ref.checksum),
         )
-        await self._send(im_pb2.Envelope(chat=chat))
+        await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
 
     async def download(self, msg: Message, dest: str | os.PathLike[str]) -> Path:
@@ -238,14 +409,16 @@ class IMClient:
         return out
 
     async def send_read(self, msg: Message) -> None:
+        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ)
+
+    async def _receipt(self, to: str, chat_id: int, kind: im_pb2.AckType) -> None:
+        receipt_id = self._ids()
         ack = im_pb2.AckMsg(
-            id=self._ids(),
-            from_id=self.user_id,
-            dest_id=msg.from_id,
-            ack_type=im_pb2.READ,
-            ack_msg_id=msg.msg_id,
+            id=receipt_id, from_id=self.user_id, dest_id=to, ack_type=kind, ack_msg_id=chat_id
         )
-        await self._send(im_pb2.Envelope(ack=ack))
+        # receipts never wait for room: they are made while reading, and waiting there would
+        # stop the very reading that frees the room
+        await self._enqueue(im_pb2.Envelope(ack=ack), receipt_id, wait=False)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -266,6 +439,8 @@ class IMClient:
                 self._welcome.set_result(env.welcome)
         elif kind == "error":
             e = env.error
+            if e.code in FINAL_ERRORS and e.ref_msg_id:
+                self._confirm(e.ref_msg_id)  # refused for good: stop resending it
             await self._events.put(
                 ServerError(im_pb2.ErrorCode.Name(e.code), e.detail, e.ref_msg_id)
             )
@@ -273,6 +448,11 @@ class IMClient:
             await self._on_chat(env.chat)
         elif kind == "ack":
             a = env.ack
+            if a.ack_type == im_pb2.ACCEPTED:
+                self._confirm(a.ack_msg_id)
+                return
+            if a.ack_type == im_pb2.SENT:
+                self._confirm(a.ack_msg_id)
             if self._seen_receipts.add((a.from_id, a.ack_msg_id, a.ack_type)):
                 await self._events.put(
                     Receipt(im_pb2.AckType.Name(a.ack_type), a.from_id, a.ack_msg_id)
@@ -286,9 +466,11 @@ class IMClient:
         if not self._seen_msgs.add((chat.from_id, chat.id)):
             self.duplicates_dropped += 1
             return
+        await self._receipt(chat.from_id, chat.id, im_pb2.DELIVERED)
         key = self.friends.get(chat.from_id)
         if key is None:
-            await self.refresh_friends()
+            with contextlib.suppress(RestError, OSError, IMError):
+                await self.refresh_friends()
             key = self.friends.get(chat.from_id)
         file: FileInfo | None = None
         try:
@@ -315,6 +497,9 @@ class IMClient:
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         if self._welcome is not None and not self._welcome.done():
             self._welcome.cancel()
+        if link is self._link:
+            self.node_id = ""
+            self._link_lost.set()
 
 
 def _file_info(chat: im_pb2.ChatMsg, plain: bytes) -> FileInfo:

@@ -79,10 +79,10 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
 
 
 def check_receipt(user_id: str, ack: im_pb2.AckMsg) -> None:
-    """Clients send READ only: SENT and DELIVERED are the server's to issue."""
+    """Clients send DELIVERED and READ: SENT and ACCEPTED are the server's to issue."""
     if ack.from_id != user_id:
         raise ProtocolError(f"from_id {ack.from_id!r} is not you", code=im_pb2.SPOOFED_SENDER)
-    if ack.ack_type != im_pb2.READ:
-        raise ProtocolError("clients may only send READ receipts")
-    if ack.ack_msg_id == 0 or not ack.dest_id or len(ack.dest_id) > 64:
+    if ack.ack_type not in (im_pb2.DELIVERED, im_pb2.READ):
+        raise ProtocolError("clients may only send DELIVERED and READ receipts")
+    if ack.id == 0 or ack.ack_msg_id == 0 or not ack.dest_id or len(ack.dest_id) > 64:
         raise ProtocolError("bad receipt")

@@ -128,24 +128,23 @@ class ClientSession:
             raise
 
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+        """The device has these frames. A live chat is now SENT (the server handed it over); a
+        client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
         for seq, env in acked:
             drained = seq in self._drained_seqs
             if drained:
                 self._drained_seqs.discard(seq)
-            if env.WhichOneof("body") != "chat":
-                continue
-            self.c.counters.delivered += 1
-            chat = env.chat
-            kinds = (im_pb2.DELIVERED,) if drained else (im_pb2.SENT, im_pb2.DELIVERED)
-            for ack_type in kinds:
-                receipt = im_pb2.AckMsg(
-                    id=self.c.ids(),
-                    from_id=chat.dest_id,
-                    dest_id=chat.from_id,
-                    ack_type=ack_type,
-                    ack_msg_id=chat.id,
-                )
-                self.c.forward_soon(im_pb2.Envelope(ack=receipt))
+            kind = env.WhichOneof("body")
+            if kind == "chat":
+                self.c.counters.delivered += 1
+                if not drained:
+                    self.c.forward_soon(_receipt(self.c, env.chat, im_pb2.SENT))
+            elif (
+                kind == "ack"
+                and not drained
+                and env.ack.ack_type in (im_pb2.DELIVERED, im_pb2.READ)
+            ):
+                self.c.forward_soon(_accepted(self.c, env.ack))
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
@@ -306,6 +305,42 @@ class ClientSession:
             link.close(ProtocolError("offline store unavailable", code=im_pb2.INTERNAL, fatal=True))
 
 
+def _receipt(c: Connector, chat: im_pb2.ChatMsg, kind: im_pb2.AckType) -> im_pb2.Envelope:
+    """A server-made receipt for ``chat``, from its recipient to its sender."""
+    ack = im_pb2.AckMsg(
+        id=c.ids(), from_id=chat.dest_id, dest_id=chat.from_id, ack_type=kind, ack_msg_id=chat.id
+    )
+    return im_pb2.Envelope(ack=ack)
+
+
+def _accepted(c: Connector, receipt: im_pb2.AckMsg) -> im_pb2.Envelope:
+    """ACCEPTED for a client's receipt: back to the client that sent it, naming its id."""
+    ack = im_pb2.AckMsg(
+        id=c.ids(),
+        from_id=receipt.dest_id,
+        dest_id=receipt.from_id,
+        ack_type=im_pb2.ACCEPTED,
+        ack_msg_id=receipt.id,
+    )
+    return im_pb2.Envelope(ack=ack)
+
+
+def _conversation_of(env: im_pb2.Envelope) -> str | None:
+    kind = env.WhichOneof("body")
+    if kind == "bounce":
+        inner = env.bounce.WhichOneof("body")
+        if inner is None:
+            return None
+        body: im_pb2.ChatMsg | im_pb2.AckMsg = getattr(env.bounce, inner)
+    elif kind == "chat":
+        body = env.chat
+    elif kind == "ack":
+        body = env.ack
+    else:
+        return None
+    return conversation_key(body.from_id, body.dest_id)
+
+
 def _msg_key(env: im_pb2.Envelope) -> int:
     return env.chat.id if env.WhichOneof("body") == "chat" else env.ack.ack_msg_id
 
@@ -342,8 +377,12 @@ class TransferLinkHandler:
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.ready.clear()
         if unacked:
-            log.warning("transfer %s gone with %d unacked frames", link.name, len(unacked))
-            self.c.counters.error("TRANSFER_LOST")
+            log.warning(
+                "transfer %s gone with %d unacked frames; sending them through another",
+                link.name,
+                len(unacked),
+            )
+            await self.c.reroute(unacked)
 
 
 TransferSource = Callable[[], Awaitable[dict[str, str]]]
@@ -392,6 +431,9 @@ class Connector:
         self._transfers: dict[str, TransferLinkHandler] = {}
         self._transfer_source = transfer_source or _static_transfers(settings)
         self._transfers_seen = asyncio.Event()
+        self._rerouting = 0
+        self._reroute_done = asyncio.Event()
+        self._reroute_done.set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -453,7 +495,40 @@ class Connector:
                 best, link = score, cand
         return link
 
+    async def reroute(self, unacked: list[im_pb2.Envelope]) -> None:
+        """Send what a lost transfer link never acknowledged through the transfers still up,
+        before anything newer is forwarded (per-conversation order). The lost transfer may
+        have routed some of it already: peers dedupe, the store keeps one row per identity."""
+        self._rerouting += 1
+        self._reroute_done.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(5.0, 2 * self.settings.node_ttl)
+            for env in unacked:
+                key = _conversation_of(env)
+                if key is None:
+                    continue
+                while True:
+                    link = self._pick(key)
+                    try:
+                        if link is None:
+                            raise LinkClosed("no transfer")
+                        await link.send(fresh(env))
+                        break
+                    except LinkClosed:
+                        if loop.time() > deadline or self._stopping:
+                            log.error("no transfer to take %s back", env.WhichOneof("body"))
+                            self.counters.error("REROUTE_LOST")
+                            break
+                        await asyncio.sleep(0.1)
+        finally:
+            self._rerouting -= 1
+            if not self._rerouting:
+                self._reroute_done.set()
+
     async def forward(self, env: im_pb2.Envelope) -> None:
+        if self._rerouting:
+            await self._reroute_done.wait()
         body = env.chat if env.WhichOneof("body") == "chat" else env.ack
         link = self._pick(conversation_key(body.from_id, body.dest_id))
         if link is None:
@@ -664,6 +739,14 @@ class Connector:
             await self.status.leave("connector", self.node_id)
         except IMError as exc:
             log.warning("could not leave the registry: %s", exc)
+        # the sessions' last bounces must reach a transfer before its link goes
+        for _ in range(int(min(grace, 3.0) / 0.02)):
+            if not any(
+                h.link is not None and not h.link.closing and h.link.unacked
+                for h in self._transfers.values()
+            ):
+                break
+            await asyncio.sleep(0.02)
         for handler in self._transfers.values():
             if handler.link is not None:
                 handler.link.close()

@@ -25,6 +25,7 @@ class AckType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SENT: _ClassVar[AckType]
     DELIVERED: _ClassVar[AckType]
     READ: _ClassVar[AckType]
+    ACCEPTED: _ClassVar[AckType]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +56,7 @@ ACK_TYPE_UNSPECIFIED: AckType
 SENT: AckType
 DELIVERED: AckType
 READ: AckType
+ACCEPTED: AckType
 ERROR_CODE_UNSPECIFIED: ErrorCode
 BAD_FRAME: ErrorCode
 UNKNOWN_TYPE: ErrorCode

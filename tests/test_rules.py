@@ -74,14 +74,19 @@ def test_chat_field_checks(fields: dict[str, object], code: int) -> None:
     assert exc.value.code == code
 
 
-def test_clients_may_send_only_read_receipts() -> None:
-    ack = im_pb2.AckMsg(
-        id=1, from_id="bob", dest_id="alice", ack_type=im_pb2.DELIVERED, ack_msg_id=7
-    )
+def test_clients_may_send_only_delivered_and_read_receipts() -> None:
+    ack = im_pb2.AckMsg(id=1, from_id="bob", dest_id="alice", ack_type=im_pb2.SENT, ack_msg_id=7)
+    for server_only in (im_pb2.SENT, im_pb2.ACCEPTED, im_pb2.ACK_TYPE_UNSPECIFIED):
+        ack.ack_type = server_only
+        with pytest.raises(ProtocolError):
+            rules.check_receipt("bob", ack)
+    for kind in (im_pb2.DELIVERED, im_pb2.READ):
+        ack.ack_type = kind
+        rules.check_receipt("bob", ack)
+    ack.id = 0  # the receipt's own id is what ACCEPTED names: it must be set
     with pytest.raises(ProtocolError):
         rules.check_receipt("bob", ack)
-    ack.ack_type = im_pb2.READ
-    rules.check_receipt("bob", ack)
+    ack.id = 1
     with pytest.raises(ProtocolError) as exc:
         rules.check_receipt("mallory", ack)
     assert exc.value.code == im_pb2.SPOOFED_SENDER

@@ -25,7 +25,7 @@ from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
 from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error
 from common.tokens import TokenSigner
-from offline.base import OfflineItem, OfflineQueue
+from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
 from offline.errors import RejectedError
 from proto import im_pb2
 from user_status.base import StatusBackend
@@ -264,7 +264,8 @@ class Transfer:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.stored += 1
-        if item.kind == 0:
+        # the sender may now drop it from its outbox: SENT for a chat, ACCEPTED for a receipt
+        if item.kind == KIND_CHAT:
             sent = im_pb2.AckMsg(
                 id=self.ids(),
                 from_id=item.to_user_id,
@@ -273,6 +274,16 @@ class Transfer:
                 ack_msg_id=item.msg_id,
             )
             await self.route(im_pb2.Envelope(ack=sent))
+        elif item.kind in (im_pb2.DELIVERED, im_pb2.READ):
+            receipt = im_pb2.AckMsg.FromString(item.content)
+            accepted = im_pb2.AckMsg(
+                id=self.ids(),
+                from_id=item.to_user_id,
+                dest_id=item.from_id,
+                ack_type=im_pb2.ACCEPTED,
+                ack_msg_id=receipt.id,
+            )
+            await self.route(im_pb2.Envelope(ack=accepted))
         devices = await self._lookup(item.to_user_id)
         for node in set(devices.values()):
             link = self.links.get(node)
