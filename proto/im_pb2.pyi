@@ -44,6 +44,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SHUTTING_DOWN: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
     ALREADY_GREETED: _ClassVar[ErrorCode]
+    NOT_RECEIVED: _ClassVar[ErrorCode]
+    TOO_MANY_DEVICES: _ClassVar[ErrorCode]
 DEST_TYPE_UNSPECIFIED: DestType
 SINGLE: DestType
 GROUP: DestType
@@ -70,6 +72,8 @@ RETRY_LIMIT: ErrorCode
 SHUTTING_DOWN: ErrorCode
 INTERNAL: ErrorCode
 ALREADY_GREETED: ErrorCode
+NOT_RECEIVED: ErrorCode
+TOO_MANY_DEVICES: ErrorCode
 
 class Greet(_message.Message):
     __slots__ = ("token", "device_id", "node_id")
@@ -96,7 +100,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "read_tag")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +108,7 @@ class ChatMsg(_message.Message):
     MSG_TYPE_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    READ_TAG_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -111,21 +116,24 @@ class ChatMsg(_message.Message):
     msg_type: MsgType
     body: bytes
     create_time: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ...) -> None: ...
+    read_tag: bytes
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
 
 class AckMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id")
+    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACK_MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_TAG_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
     ack_type: AckType
     ack_msg_id: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ...) -> None: ...
+    read_tag: bytes
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("seq",)
