@@ -234,9 +234,9 @@ async def test_require_schema_refuses_an_older_schema(db: Database) -> None:
 @pytest.mark.asyncio
 async def test_run_migrate_twice_on_sqlite(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, database_url="")
-    assert await run_migrate(settings) == ["users: version 0 -> 1", "offline: version 0 -> 1"]
+    assert await run_migrate(settings) == ["users: version 0 -> 2", "offline: version 0 -> 1"]
     assert await run_migrate(settings) == [
-        "users: version 1 (up to date)",
+        "users: version 2 (up to date)",
         "offline: version 1 (up to date)",
     ]
     db = await open_database(settings.db_url())
@@ -270,9 +270,9 @@ async def test_run_migrate_twice_on_mysql_creates_the_database(
     with pytest.raises(BackendError, match="im migrate"):
         await open_database(fresh_mysql_url)
     settings = Settings(data_dir=tmp_path, database_url=fresh_mysql_url)
-    assert await run_migrate(settings) == ["users: version 0 -> 1", "offline: version 0 -> 1"]
+    assert await run_migrate(settings) == ["users: version 0 -> 2", "offline: version 0 -> 1"]
     assert await run_migrate(settings) == [
-        "users: version 1 (up to date)",
+        "users: version 2 (up to date)",
         "offline: version 1 (up to date)",
     ]
     db = await open_database(fresh_mysql_url)
