@@ -33,6 +33,7 @@ from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
 from user_status.relations import RelationReader
+from user_status.revocation import RevocationBus, RevocationReader, create_bus
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Stack:
     queue: OfflineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
+    revocations: RevocationBus | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -86,6 +88,10 @@ class Stack:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
             self.queue = await offline.create_queue(s)
+        if self.roles & {"rest", "connector"}:
+            # REST publishes logouts and password changes, connectors close what they cover:
+            # on Redis across the cluster, in-process when both run here
+            self.revocations = await create_bus(s.redis_url, s.redis_prefix)
         if "writer" in self.roles and self.queue is not None:
             notify = None
             if s.amqp_url and self.status is not None:
@@ -103,7 +109,14 @@ class Stack:
                 # transfers found in the registry (shared Redis, or this process's own)
                 source = functools.partial(self.status.live, "transfer")
             self.connector = Connector(
-                s, self.status, store, RelationReader(self.db), signer, source
+                s,
+                self.status,
+                store,
+                RelationReader(self.db),
+                signer,
+                source,
+                revocations=self.revocations,
+                revocation_check=RevocationReader(self.db),
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -111,7 +124,13 @@ class Stack:
             if not s.connector_addrs and self.status is not None:
                 live = LiveNodes(self.status, "connector")
                 connectors = functools.partial(_addresses, live)
-            app = create_app(s, users, signer, connectors)
+            app = create_app(
+                s,
+                users,
+                signer,
+                connectors,
+                revocations=self.revocations.publish if self.revocations is not None else None,
+            )
             config = uvicorn.Config(
                 app,
                 host=s.bind_host,
@@ -161,6 +180,8 @@ class Stack:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.status is not None:
             await self.status.close()
+        if self.revocations is not None:
+            await self.revocations.close()
         if self.db is not None:
             await self.db.close()
 

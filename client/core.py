@@ -6,12 +6,17 @@ Rules it keeps:
 - each message and each receipt is surfaced once: dedupe by (from_id, message id) and by
   (peer, message id, receipt type), in bounded memory;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
-  server then treats this device as slow instead of us buffering without bound.
+  server then treats this device as slow instead of us buffering without bound;
+- TLS to the connector when the login answer says so (or when asked), verifying the server's
+  certificate and host name by default;
+- a READ carries the read tag the connector stamped on the message, its proof of receipt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -24,6 +29,7 @@ from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
 from common.link import Link, LinkConfig, open_link
+from common.tls import client_context
 from proto import im_pb2
 
 # Remember this many surfaced ids per kind: far more than can be in flight or drained at once.
@@ -38,6 +44,7 @@ class Message:
     text: str
     msg_type: int
     create_time: int
+    read_tag: bytes = b""  # the connector's proof that we were given it; echoed in the READ
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,11 @@ class IMClient:
         link_config: LinkConfig | None = None,
         queue_size: int = 10_000,
         connector: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | bool | None = None,
     ) -> None:
+        """``tls``: None follows the login answer, True uses TLS with the system's trust store,
+        an ``SSLContext`` is used as given (e.g. ``common.tls.client_context(cafile)``), False
+        never uses TLS."""
         self.user_id = user_id
         self.device_id = device_id
         self.rest = RestClient(rest_url)
@@ -94,6 +105,7 @@ class IMClient:
         self.duplicates_dropped = 0
         self._password = password
         self._connector_override = connector
+        self._tls = tls
         self._login: LoginAnswer | None = None
         self._config = link_config or LinkConfig()
         self._ids = MessageIdGen()
@@ -125,6 +137,14 @@ class IMClient:
     async def add_friend(self, friend_id: str) -> None:
         self.friends[friend_id] = await self.rest.add_friend(friend_id)
 
+    async def change_password(self, new_password: str) -> None:
+        """Change the password: every other session of this user ends within seconds; this
+        client keeps going with the fresh token (used at the next connect)."""
+        token = await self.rest.change_password(self._password, new_password)
+        self._password = new_password
+        if self._login is not None:
+            self._login = dataclasses.replace(self._login, token=token)
+
     async def refresh_friends(self) -> None:
         self.friends = await self.rest.friends()
 
@@ -139,7 +159,11 @@ class IMClient:
         login = self._login or await self.login()
         host, port = self._connector_override or login.connector
         self._welcome = asyncio.get_running_loop().create_future()
-        link = await open_link(host, port, self, self._config, name=f"{self.user_id}->{host}")
+        tls = self._tls if self._tls is not None else login.tls
+        context = client_context() if tls is True else (tls or None)
+        link = await open_link(
+            host, port, self, self._config, name=f"{self.user_id}->{host}", tls=context
+        )
         self._link = link
         self._run = asyncio.create_task(link.run(), name=f"link {self.user_id}")
         link.send_control(
@@ -193,6 +217,7 @@ class IMClient:
             dest_id=msg.from_id,
             ack_type=im_pb2.READ,
             ack_msg_id=msg.msg_id,
+            read_tag=msg.read_tag,
         )
         await self._send(im_pb2.Envelope(ack=ack))
 
@@ -247,7 +272,15 @@ class IMClient:
             await self._events.put(ServerError("UNREADABLE", str(exc), chat.id))
             return
         await self._events.put(
-            Message(chat.id, chat.from_id, chat.dest_id, text, chat.msg_type, chat.create_time)
+            Message(
+                chat.id,
+                chat.from_id,
+                chat.dest_id,
+                text,
+                chat.msg_type,
+                chat.create_time,
+                chat.read_tag,
+            )
         )
 
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:

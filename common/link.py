@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -371,8 +372,10 @@ async def open_link(
     *,
     timeout: float = 5.0,
     name: str = "",
+    tls: ssl.SSLContext | None = None,
 ) -> Link:
-    """Connect and wrap in a :class:`Link` (not yet running: call ``run()`` in a task)."""
+    """Connect and wrap in a :class:`Link` (not yet running: call ``run()`` in a task). With
+    ``tls``, the TLS handshake (and the context's certificate checks) is part of connecting."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK)
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK, ssl=tls)
     return Link(reader, writer, handler, config, name or f"{host}:{port}")
