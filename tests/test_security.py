@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
+from conftest import REDIS_URL, require_service
 from fastapi import FastAPI
 from test_e2e import (
     PW,
@@ -41,7 +44,7 @@ from proto import im_pb2
 from rest_web.app import create_app
 from rest_web.store import UserStore
 from rest_web.throttle import LoginThrottle
-from user_status.revocation import MemoryRevocationBus
+from user_status.revocation import MemoryRevocationBus, create_bus
 
 SECRET = "security-test-secret-0123456789"
 
@@ -620,3 +623,80 @@ async def test_offline_rows_hold_only_sealed_bodies(stack: Stack) -> None:
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_revocations_reach_connectors_over_redis_even_after_a_gap(
+    tmp_path: Path, redis_client: aioredis.Redis
+) -> None:
+    """In a cluster REST and connectors are separate processes: the revocation travels on a
+    Redis channel; one missed while the subscription was down is found in the database when the
+    connector resubscribes."""
+    prefix = f"imtest:{uuid.uuid4().hex[:10]}:"
+    st = Stack(stack_settings(tmp_path, redis_url=REDIS_URL, redis_prefix=prefix))
+    await st.start()
+    bus = await create_bus(REDIS_URL, prefix)  # as another process's REST would
+    alice, bob = await make_users(st, "alice", "bob")
+    try:
+        signer = TokenSigner(st.settings.signing_secret())
+        claims = signer.verify(alice.rest.token)
+        await bus.publish(Revocation(claims.expires, token_id=claims.token_id, user_id="alice"))
+        await closed_with(alice, "BAD_TOKEN")
+        # stored but never published, and then the connector's subscription drops
+        claims = signer.verify(bob.rest.token)
+        assert st.db is not None
+        await UserStore(st.db).revoke(claims.token_id, claims.expires)
+        await asyncio.sleep(0.3)
+        assert bob.connected
+        await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await closed_with(bob, "BAD_TOKEN", within=10)
+    finally:
+        await alice.close()
+        await bob.close()
+        await bus.close()
+        await st.stop()
+        keys = [k async for k in redis_client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await redis_client.delete(*keys)
+
+
+@pytest.mark.asyncio
+async def test_the_offline_queue_holds_only_sealed_bodies(tmp_path: Path) -> None:
+    """With RabbitMQ and no writer running, the message for an offline user waits in the queue:
+    read it there, as an operator with broker access could."""
+    import aio_pika
+    from test_cluster import AMQP_URL
+
+    name = f"imtest.{uuid.uuid4().hex[:10]}"
+    settings = stack_settings(tmp_path, amqp_url=AMQP_URL, amqp_queue=name, amqp_shards=1)
+    try:
+        conn = await aio_pika.connect(AMQP_URL)
+    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        require_service("rabbitmq", f"no answer at {AMQP_URL} ({exc})")
+    st = Stack(settings, frozenset({"rest", "transfer", "connector"}))
+    await st.start()
+    alice, bob = await make_users(st, "alice", "bob", connect=False)
+    try:
+        await alice.connect()
+        secret_text = "queued plaintext nobody on the broker may read"
+        mid = await alice.send_text("bob", secret_text)
+        assert await receipts(alice, 1) == {("SENT", mid)}  # confirmed by the broker
+        channel = await conn.channel()
+        queue = await channel.get_queue(f"{name}.0")
+        body = b""
+        async with queue.iterator(no_ack=True) as messages, asyncio.timeout(5):
+            async for message in messages:  # no basic.get on a single-active-consumer queue
+                body = message.body
+                break
+        assert secret_text.encode() not in body
+        (record,) = im_pb2.OfflineBatch.FromString(body).records
+        key = alice.friends["bob"]
+        assert open_sealed(key, mid, "alice", "bob", record.chat.body).decode() == secret_text
+    finally:
+        await alice.close()
+        await bob.close()
+        await st.stop()
+        channel = await conn.channel()
+        for suffix in ("0", "dead"):
+            await channel.queue_delete(f"{name}.{suffix}")
+        await conn.close()
