@@ -648,7 +648,7 @@ async def test_revocations_reach_connectors_over_redis_even_after_a_gap(
         await UserStore(st.db).revoke(claims.token_id, claims.expires)
         await asyncio.sleep(0.3)
         assert bob.connected
-        await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await redis_client.client_kill_filter(_type="pubsub")
         await closed_with(bob, "BAD_TOKEN", within=10)
     finally:
         await alice.close()
