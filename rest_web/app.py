@@ -26,9 +26,12 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.config import Settings
@@ -172,6 +175,12 @@ ConnectorSource = Callable[[], Awaitable[list[str]]]
 # Tells connectors about a revocation (user_status.revocation.RevocationBus.publish).
 RevocationPublisher = Callable[[Revocation], Awaitable[None]]
 
+# what the BodyLimit middleware may answer to any request, before an endpoint sees it
+_ANY_REQUEST: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "malformed request (e.g. a bad Content-Length)"},
+    413: {"model": ErrorOut, "description": "request body over the limit (IM_REST_MAX_BODY)"},
+}
+
 _TOO_MANY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorOut, "description": "too many failed attempts; see Retry-After"}
 }
@@ -207,6 +216,7 @@ def create_app(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
         version="0.1.0",
+        responses=_ANY_REQUEST,
     )
     throttle = throttle or LoginThrottle(
         settings.login_failures_per_user,
@@ -221,6 +231,23 @@ def create_app(
     connectors_of = connector_source or static_connectors(settings)
     logins = itertools.count()
     bearer = HTTPBearer(auto_error=False, description="token from POST /login")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's 405 names only the methods of the first route on the path; HTTP wants
+        every method the resource has in ``Allow``."""
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            path = request.url.path
+            allowed = sorted(
+                {
+                    method
+                    for route in app.router.routes
+                    if isinstance(route, APIRoute) and route.path_regex.match(path)
+                    for method in route.methods or ()
+                }
+            )
+            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(BackendError)
     async def backend_down(request: Request, exc: BackendError) -> JSONResponse:
