@@ -20,6 +20,7 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -405,6 +406,12 @@ class Connector:
         self.ids = MessageIdGen()
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings)
+        # clients are untrusted: their PINGs and LinkAcks are rate limited too
+        self.client_link_config = dataclasses.replace(
+            self.link_config,
+            control_rate=settings.rate_limit,
+            control_burst=settings.rate_burst,
+        )
         # None: no revocations reach this connector (a deployment without REST logout)
         self.revocations = revocations
         self.revocation_check = revocation_check
@@ -707,7 +714,7 @@ class Connector:
             return
         self.counters.connections += 1
         session = ClientSession(self)
-        link = Link(reader, writer, session, self.link_config)
+        link = Link(reader, writer, session, self.client_link_config)
         session.link = link
         deadline = asyncio.get_running_loop().call_later(
             self.settings.greet_timeout, self._greet_deadline, session

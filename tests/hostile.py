@@ -77,9 +77,15 @@ def random_envelope(rng: random.Random) -> im_pb2.Envelope:
     return env
 
 
+# PINGs, 64 KiB of them: a flood that asks for as many PONGs
+_PING = encode(im_pb2.Envelope(ping=im_pb2.Ping(nonce=1)))
+FLOOD_CHUNK = _PING * (64 * 1024 // len(_PING))
+FLOOD_BYTES = 2 * 1024 * 1024
+
+
 def unauthenticated_payload(rng: random.Random, max_frame: int) -> list[bytes]:
     """What one attacker without an account sends, as a list of writes."""
-    case = rng.randrange(10)
+    case = rng.randrange(11)
     if case == 0:  # noise
         return [rng.randbytes(rng.randint(1, 4000))]
     if case == 1:  # a frame cut short, then nothing
@@ -102,40 +108,51 @@ def unauthenticated_payload(rng: random.Random, max_frame: int) -> list[bytes]:
     if case == 8:  # slow drip of a valid-looking frame
         frame = encode(im_pb2.Envelope(greet=im_pb2.Greet(token="x" * 500)))
         return [frame[i : i + 1] for i in range(min(len(frame), 40))]
+    if case == 9:  # a flood of PINGs, never reading the PONGs until the end
+        return [FLOOD_CHUNK] * (FLOOD_BYTES // len(FLOOD_CHUNK))
     return [b""]  # silence
 
 
 def authenticated_payload(rng: random.Random, user: str, token: str) -> list[bytes]:
     """A GREET with a real token, then frames that are well-formed but wrong."""
     frames = [encode(im_pb2.Envelope(greet=im_pb2.Greet(token=token)))]
-    for seq in range(1, rng.randint(2, 30)):
+    seq = 0  # windowed frames must come in sequence, or they wait in the reorder buffer
+
+    def windowed(**body: object) -> bytes:
+        nonlocal seq
+        seq += 1
+        return encode(im_pb2.Envelope(seq=seq, **body))  # type: ignore[arg-type]
+
+    for _ in range(rng.randint(1, 30)):
         case = rng.randrange(6)
         if case == 0:  # someone else's name
-            chat = im_pb2.ChatMsg(id=seq, from_id="victim", dest_id=user, dest_type=im_pb2.SINGLE)
-            env = im_pb2.Envelope(seq=seq, chat=chat)
+            c = im_pb2.ChatMsg(id=seq + 1, from_id="victim", dest_id=user, dest_type=im_pb2.SINGLE)
+            frames.append(windowed(chat=c))
         elif case == 1:  # a stranger
-            chat = im_pb2.ChatMsg(
-                id=seq,
+            c = im_pb2.ChatMsg(
+                id=seq + 1,
                 from_id=user,
                 dest_id="stranger",
                 dest_type=im_pb2.SINGLE,
                 msg_type=im_pb2.TEXT,
             )
-            env = im_pb2.Envelope(seq=seq, chat=chat)
+            frames.append(windowed(chat=c))
         elif case == 2:  # READ for a message never received
             tag = rng.randbytes(16)
-            ack = im_pb2.AckMsg(
-                from_id=user, dest_id="victim", ack_type=im_pb2.READ, ack_msg_id=seq, read_tag=tag
+            a = im_pb2.AckMsg(
+                from_id=user, dest_id="victim", ack_type=im_pb2.READ, ack_msg_id=9, read_tag=tag
             )
-            env = im_pb2.Envelope(seq=seq, ack=ack)
+            frames.append(windowed(ack=a))
         elif case == 3:  # a receipt only servers may issue
-            ack = im_pb2.AckMsg(from_id=user, dest_id="victim", ack_type=im_pb2.DELIVERED)
-            env = im_pb2.Envelope(seq=seq, ack=ack)
-        elif case == 4:  # a second GREET
-            env = im_pb2.Envelope(greet=im_pb2.Greet(token=token))
-        else:
-            env = random_envelope(rng)
-        frames.append(encode(env))
+            a = im_pb2.AckMsg(from_id=user, dest_id="victim", ack_type=im_pb2.DELIVERED)
+            frames.append(windowed(ack=a))
+        elif case == 4:  # a second GREET, or a body only servers send
+            kind = rng.choice(["greet", "welcome", "error"])
+            env = im_pb2.Envelope()
+            getattr(env, kind).SetInParent()
+            frames.append(encode(env))
+        else:  # anything at all: may well end the connection
+            frames.append(encode(random_envelope(rng)))
     # and finally a breach the server must close on: a chat outside the window (seq 0). One that
     # stopped short of it would be an idle client, closed at the idle timeout like any other.
     frames.append(encode(im_pb2.Envelope(chat=im_pb2.ChatMsg(id=1, from_id=user))))
@@ -159,9 +176,16 @@ async def attack(
     report.opened += 1
     decoder = FrameDecoder(2**31)
     try:
+        flood = writes[0] is FLOOD_CHUNK
         for data in writes:
             writer.write(data)
-            if len(writes) > 1:
+            if flood:  # as fast as the server takes it; a server that stopped reading stops us
+                try:
+                    await asyncio.wait_for(writer.drain(), 1.0)
+                except TimeoutError:
+                    report.codes["<flood paused>"] += 1
+                    break
+            elif len(writes) > 1:
                 await asyncio.sleep(rng.uniform(0.05, 0.3))
         async with asyncio.timeout(max_wait):
             while chunk := await reader.read(65536):
@@ -182,8 +206,8 @@ async def attack(
         writer.close()
 
 
-async def accounts(rest: str, n: int, seed: int) -> list[tuple[str, str]]:
-    """Register (or reuse) ``n`` attacker accounts; their user ids and tokens."""
+async def accounts(rest: str, n: int, devices: int, seed: int) -> list[tuple[str, str]]:
+    """Register (or reuse) ``n`` attacker accounts; a token for each of their ``devices``."""
     import httpx
 
     out = []
@@ -191,11 +215,11 @@ async def accounts(rest: str, n: int, seed: int) -> list[tuple[str, str]]:
         for i in range(n):
             user, password = f"hostile-{seed}-{i}", "hostile-password-1"
             await http.post("/users", json={"user_id": user, "password": password})
-            r = await http.post(
-                "/login", json={"user_id": user, "password": password, "device_id": "d"}
-            )
-            r.raise_for_status()
-            out.append((user, r.json()["token"]))
+            for d in range(devices):
+                body = {"user_id": user, "password": password, "device_id": f"d{d}"}
+                r = await http.post("/login", json=body)
+                r.raise_for_status()
+                out.append((user, r.json()["token"]))
     return out
 
 
@@ -212,7 +236,7 @@ async def run(
 ) -> Report:
     rng = random.Random(seed)
     report = Report()
-    users = await accounts(rest, 4, seed) if rest else []
+    users = await accounts(rest, 4, 4, seed) if rest else []
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:

@@ -24,7 +24,7 @@ from client.demo import ok, run_demo
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # Unbounded buffering would show here at once: the attackers announce frames of up to 4 GiB and
 # send tens of MiB in all. What a few hundred open connections legitimately cost is far less.
-MEMORY_BOUND = 96 * 1024 * 1024
+MEMORY_BOUND = 64 * 1024 * 1024
 
 
 def rss() -> int:
@@ -34,9 +34,14 @@ def rss() -> int:
 
 @pytest.mark.asyncio
 async def test_hostile_connections_never_disturb_a_conversation(tmp_path: Path) -> None:
-    st = Stack(stack_settings(tmp_path, greet_timeout=2.0))
+    st = Stack(stack_settings(tmp_path, greet_timeout=4.0))
     await st.start()
     assert st.connector is not None
+    # warm up first (scrypt's 16 MiB per hash, allocator arenas, imports): the bound is on what
+    # the attack adds, not on what any run of the server costs
+    await hostile.run("127.0.0.1", st.connector.port, 30, 30, rest=rest_url(st), seed=3)
+    warm = await run_demo(rest_url(st), 4, 40, 1, prefix="warm", progress=False, timeout=30)
+    assert ok(warm), warm
     before = rss()
     peak = before
 
@@ -72,7 +77,7 @@ async def test_hostile_connections_never_disturb_a_conversation(tmp_path: Path) 
         expected |= {"SPOOFED_SENDER", "NOT_FRIEND", "NOT_RECEIVED", "BAD_MESSAGE"}
         assert expected <= set(attacks.codes), summary
         counted = st.connector.counters.errors
-        assert expected <= set(counted), counted
+        assert expected | {"RATE_LIMITED"} <= set(counted), counted  # the PING floods
         # nothing left behind: every session, hostile or not, ends and leaves routing
         await until(lambda: st.connector is not None and st.connector.online_sessions == 0, 10)
         assert peak - before < MEMORY_BOUND, (peak - before) // 2**20

@@ -700,3 +700,17 @@ async def test_the_offline_queue_holds_only_sealed_bodies(tmp_path: Path) -> Non
         for suffix in ("0", "dead"):
             await channel.queue_delete(f"{name}.{suffix}")
         await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_a_ping_flood_is_closed_as_rate_limited(stack: Stack) -> None:
+    """PINGs get answers and pass no message rate limit; a flood of them, before GREET or after,
+    must not buy unbounded work."""
+    ping = encode(im_pb2.Envelope(ping=im_pb2.Ping(nonce=1)))
+    burst = stack.settings.rate_burst
+    envs, closed = await raw(stack, ping * (burst // 2))
+    assert "RATE_LIMITED" not in codes(envs)  # a few are fine (then GREET_TIMEOUT)
+    envs, closed = await raw(stack, ping * (burst * 3))
+    assert codes(envs) == ["RATE_LIMITED"] and closed
+    pongs = [e for e in envs if e.WhichOneof("body") == "pong"]
+    assert len(pongs) <= burst + 10
