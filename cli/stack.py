@@ -36,6 +36,7 @@ from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
 from user_status.relations import RelationReader
+from user_status.revocation import RevocationBus, RevocationReader, create_bus
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Stack:
     queue: OfflineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
+    revocations: RevocationBus | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -91,6 +93,10 @@ class Stack:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
             self.queue = await offline.create_queue(s)
+        if self.roles & {"rest", "connector"}:
+            # REST publishes logouts and password changes, connectors close what they cover:
+            # on Redis across the cluster, in-process when both run here
+            self.revocations = await create_bus(s.redis_url, s.redis_prefix)
         if "writer" in self.roles and self.queue is not None:
             notify = None
             if s.amqp_url and self.status is not None:
@@ -108,7 +114,15 @@ class Stack:
                 # transfers found in the registry (shared Redis, or this process's own)
                 source = functools.partial(self.status.live, "transfer")
             self.connector = Connector(
-                s, self.status, store, RelationReader(self.db), signer, source, files=files
+                s,
+                self.status,
+                store,
+                RelationReader(self.db),
+                signer,
+                source,
+                files=files,
+                revocations=self.revocations,
+                revocation_check=RevocationReader(self.db),
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -118,7 +132,15 @@ class Stack:
                 connectors = functools.partial(_addresses, live)
             file_service = FileService.from_settings(s, self.db)
             self._login = await open_login(s, users, self.db)
-            app = create_app(s, users, signer, connectors, files=file_service, logins=self._login)
+            app = create_app(
+                s,
+                users,
+                signer,
+                connectors,
+                files=file_service,
+                logins=self._login,
+                revocations=self.revocations.publish if self.revocations is not None else None,
+            )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
@@ -171,6 +193,8 @@ class Stack:
             await self._login.close()
         if self.status is not None:
             await self.status.close()
+        if self.revocations is not None:
+            await self.revocations.close()
         if self.db is not None:
             await self.db.close()
 

@@ -15,6 +15,10 @@ Rules it keeps (DESIGN §5):
   survives any server crash between the device and the sender;
 - each message and each receipt is surfaced once: dedupe by (from_id, message id) and by
   (peer, message id, receipt type), in bounded memory;
+- TLS to the connector when the login answer says so (or when asked), verifying the server's
+  certificate and host name by default;
+- DELIVERED and READ carry the read tag the connector stamped on the message, its proof of
+  receipt;
 - a lost link is reconnected with back-off, asking REST for a live connector (falling back on
   the ones it listed), then re-GREETed, then the outbox is resent;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
@@ -25,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -44,6 +50,7 @@ from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
+from common.tls import client_context
 from proto import im_pb2
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,8 @@ FINAL_ERRORS = frozenset(
         im_pb2.BAD_MESSAGE,
         im_pb2.UNKNOWN_TYPE,
         im_pb2.NOT_AUTHENTICATED,
+        im_pb2.NOT_RECEIVED,
+        im_pb2.NO_SUCH_FILE,
     }
 )
 
@@ -73,6 +82,7 @@ class Message:
     msg_type: int
     create_time: int
     file: FileInfo | None = None  # FILE messages only: pass the message to IMClient.download
+    read_tag: bytes = b""  # the connector's proof that we were given it; echoed in receipts
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +122,13 @@ class _Seen:
 class _Pending:
     """An outbox entry: the frame and when it last went out (0: not yet on this link)."""
 
-    __slots__ = ("env", "is_chat", "sent_at")
+    __slots__ = ("env", "is_chat", "sent_at", "seq")
 
     def __init__(self, env: im_pb2.Envelope) -> None:
         self.env = env
         self.is_chat = env.WhichOneof("body") == "chat"
         self.sent_at = 0.0
+        self.seq = 0  # its link seq when last sent: an ERROR names the frame by it
 
 
 class IMClient:
@@ -134,7 +145,11 @@ class IMClient:
         reconnect: bool = True,
         outbox_size: int = OUTBOX_SIZE,
         resend_after: float = RESEND_AFTER,
+        tls: ssl.SSLContext | bool | None = None,
     ) -> None:
+        """``tls``: None follows the login answer, True uses TLS with the system's trust store,
+        an ``SSLContext`` is used as given (e.g. ``common.tls.client_context(cafile)``), False
+        never uses TLS."""
         self.user_id = user_id
         self.device_id = device_id
         self.rest = RestClient(rest_url)
@@ -146,6 +161,7 @@ class IMClient:
         self.resent = 0
         self._password = password
         self._connector_override = connector
+        self._tls = tls
         self._login: LoginAnswer | None = None
         self._config = link_config or LinkConfig()
         self._ids = MessageIdGen()
@@ -187,6 +203,14 @@ class IMClient:
     async def add_friend(self, friend_id: str) -> None:
         self.friends[friend_id] = await self.rest.add_friend(friend_id)
 
+    async def change_password(self, new_password: str) -> None:
+        """Change the password: every other session of this user ends within seconds; this
+        client keeps going with the fresh token (used at the next connect)."""
+        token = await self.rest.change_password(self._password, new_password)
+        self._password = new_password
+        if self._login is not None:
+            self._login = dataclasses.replace(self._login, token=token)
+
     async def refresh_friends(self) -> None:
         self.friends = await self.rest.friends()
 
@@ -208,15 +232,20 @@ class IMClient:
         until :meth:`close`.
         """
         login = self._login or await self.login()
-        await self._open(self._connector_override or login.connector, login.token, timeout)
+        await self._open(self._connector_override or login.connector, login, timeout)
         self._want_link = True
         if self._auto_reconnect and self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_link(), name=f"keep {self.user_id}")
 
-    async def _open(self, addr: tuple[str, int], token: str, timeout: float) -> None:
+    async def _open(self, addr: tuple[str, int], login: LoginAnswer, timeout: float) -> None:
         host, port = addr
+        token = login.token
         self._welcome = asyncio.get_running_loop().create_future()
-        link = await open_link(host, port, self, self._config, name=f"{self.user_id}->{host}")
+        tls = self._tls if self._tls is not None else login.tls
+        context = client_context() if tls is True else (tls or None)
+        link = await open_link(
+            host, port, self, self._config, name=f"{self.user_id}->{host}", tls=context
+        )
         self._link = link
         self._link_lost.clear()
         self._run = asyncio.create_task(link.run(), name=f"link {self.user_id}")
@@ -233,7 +262,7 @@ class IMClient:
             raise IMError(f"GREET refused: {err.detail if err else 'connection closed'}")
         self.node_id = self._welcome.result().node_id
         for pending in self._outbox.values():
-            pending.sent_at = 0.0
+            pending.sent_at, pending.seq = 0.0, 0
         await self._flush(force=True)
 
     async def _keep_link(self) -> None:
@@ -279,7 +308,7 @@ class IMClient:
         last: Exception | None = None
         for addr in candidates:
             try:
-                await self._open(addr, login.token, 10.0)
+                await self._open(addr, login, 10.0)
                 return
             except (IMError, OSError, TimeoutError) as exc:
                 last = exc
@@ -324,12 +353,20 @@ class IMClient:
                 self._room.set()
         return True
 
+    def _give_up(self, ref_seq: int) -> None:
+        """The server refused, for good, the frame it received as ``ref_seq`` on this link:
+        stop resending it."""
+        for key, pending in list(self._outbox.items()):
+            if pending.seq == ref_seq:
+                self._confirm(key)
+                return
+
     async def _send_pending(self, pending: _Pending) -> bool:
         link = self._link
         if link is None or link.closing or not self.node_id:
             return False
         try:
-            await link.send(fresh(pending.env))
+            pending.seq = await link.send(fresh(pending.env))
         except LinkClosed:
             return False
         if pending.sent_at:
@@ -409,12 +446,17 @@ class IMClient:
         return out
 
     async def send_read(self, msg: Message) -> None:
-        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ)
+        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ, msg.read_tag)
 
-    async def _receipt(self, to: str, chat_id: int, kind: im_pb2.AckType) -> None:
+    async def _receipt(self, to: str, chat_id: int, kind: im_pb2.AckType, read_tag: bytes) -> None:
         receipt_id = self._ids()
         ack = im_pb2.AckMsg(
-            id=receipt_id, from_id=self.user_id, dest_id=to, ack_type=kind, ack_msg_id=chat_id
+            id=receipt_id,
+            from_id=self.user_id,
+            dest_id=to,
+            ack_type=kind,
+            ack_msg_id=chat_id,
+            read_tag=read_tag,
         )
         # receipts never wait for room: they are made while reading, and waiting there would
         # stop the very reading that frees the room
@@ -439,8 +481,8 @@ class IMClient:
                 self._welcome.set_result(env.welcome)
         elif kind == "error":
             e = env.error
-            if e.code in FINAL_ERRORS and e.ref_msg_id:
-                self._confirm(e.ref_msg_id)  # refused for good: stop resending it
+            if e.code in FINAL_ERRORS and e.ref_seq and link is self._link:
+                self._give_up(e.ref_seq)
             await self._events.put(
                 ServerError(im_pb2.ErrorCode.Name(e.code), e.detail, e.ref_msg_id)
             )
@@ -466,7 +508,7 @@ class IMClient:
         if not self._seen_msgs.add((chat.from_id, chat.id)):
             self.duplicates_dropped += 1
             return
-        await self._receipt(chat.from_id, chat.id, im_pb2.DELIVERED)
+        await self._receipt(chat.from_id, chat.id, im_pb2.DELIVERED, chat.read_tag)
         key = self.friends.get(chat.from_id)
         if key is None:
             with contextlib.suppress(RestError, OSError, IMError):
@@ -487,7 +529,14 @@ class IMClient:
             return
         await self._events.put(
             Message(
-                chat.id, chat.from_id, chat.dest_id, text, chat.msg_type, chat.create_time, file
+                chat.id,
+                chat.from_id,
+                chat.dest_id,
+                text,
+                chat.msg_type,
+                chat.create_time,
+                file,
+                chat.read_tag,
             )
         )
 

@@ -26,6 +26,7 @@ class LoginAnswer:
     connector: tuple[str, int]
     friends: dict[str, str]  # friend id -> pair key
     connectors: list[tuple[str, int]]  # every live connector, to fall back on
+    tls: bool = False  # the connectors speak TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class RestClient:
             connector=_addr(data["connector"]),
             friends={f["user_id"]: f["key"] for f in data["friends"]},
             connectors=[_addr(c) for c in data.get("connectors", [])],
+            tls=bool(data.get("tls", False)),
         )
 
     async def add_friend(self, friend_id: str) -> str:
@@ -97,6 +99,15 @@ class RestClient:
     async def friends(self) -> dict[str, str]:
         resp = await self._http.get("/friends", headers=self._auth())
         return {f["user_id"]: f["key"] for f in self._check(resp, 200)}
+
+    async def change_password(self, old: str, new: str) -> str:
+        """Change the password; every older token of the user is revoked, and the fresh token
+        for this device (returned) replaces ours."""
+        resp = await self._http.put(
+            "/password", json={"old_password": old, "new_password": new}, headers=self._auth()
+        )
+        self.token = str(self._check(resp, 200)["token"])
+        return self.token
 
     async def logout(self) -> None:
         resp = await self._http.post("/logout", headers=self._auth())

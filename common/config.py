@@ -101,6 +101,28 @@ class Settings(BaseSettings):
     ldap_timeout: float = Field(5 * SECONDS, description="connect and answer timeout per call")
     ldap_pool: int = Field(4, description="threads for the blocking LDAP calls")
 
+    # Security limits and switches (docs/security.md). Each has a default that is safe on the
+    # open internet; the numbers are per connector or per REST process.
+    max_devices: int = Field(
+        8, ge=1, description="devices one user may have online at once, cluster-wide"
+    )
+    login_failures_per_user: int = Field(
+        5, ge=1, description="failed logins per user id per login_window, then 429"
+    )
+    login_failures_per_address: int = Field(
+        20, ge=1, description="failed logins per source address per login_window, then 429"
+    )
+    login_window: float = Field(60 * SECONDS, gt=0, description="login throttle window")
+    rest_max_body: int = Field(64 * KIB, ge=1 * KIB, description="largest REST request body")
+    tls_cert: str = Field("", description="PEM certificate chain: TLS on the client port")
+    tls_key: str = Field("", description="PEM private key of tls_cert")
+
+    def tls_enabled(self) -> bool:
+        """TLS on the client port: both paths set (one alone is refused)."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("set both IM_TLS_CERT and IM_TLS_KEY for TLS, or neither")
+        return bool(self.tls_cert)
+
     def transfers(self) -> list[tuple[str, int]]:
         return _addr_list(self.transfer_addrs)
 
@@ -128,16 +150,29 @@ class Settings(BaseSettings):
             return socket.gethostname()
         return self.bind_host
 
+    def cluster_mode(self) -> bool:
+        """True when any backend is a shared service: processes then do not share a data
+        directory, and a secret generated into one would split the cluster."""
+        return bool(self.redis_url or self.amqp_url or self.database_url.startswith("mysql"))
+
     def signing_secret(self) -> bytes:
         """The token secret: from IM_SECRET, else a random one kept in ``data_dir/secret``.
 
         Every process of one deployment must agree on it, so the file is created once (0600) and
-        reread by the others that share the data directory.
+        reread by the others that share the data directory. In cluster mode there is no shared
+        directory to trust, so a missing IM_SECRET is refused rather than invented.
         """
         if self.secret:
             if len(self.secret) < 16:
                 raise ConfigError("IM_SECRET must be at least 16 characters")
             return self.secret.encode()
+        if self.cluster_mode():
+            raise ConfigError(
+                "IM_SECRET is not set: in cluster mode (IM_REDIS_URL, IM_AMQP_URL or a mysql "
+                "IM_DATABASE_URL) every process must be given the same signing secret, "
+                "16+ characters, e.g. from `python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`"
+            )
         path = self.data_dir / "secret"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:

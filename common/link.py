@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +59,11 @@ class LinkConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
     heartbeat: float = 15.0  # send a PING when nothing was sent for this long
     idle_timeout: float = 60.0  # close when nothing was received for this long
+    # Link-level frames (PING, PONG, LinkAck) allowed per second, in a bucket of control_burst
+    # (0: no limit). They cost us work and an answer but pass no rate limit of the handler's;
+    # beyond this a peer is flooding, and is closed with RATE_LIMITED.
+    control_rate: float = 0.0
+    control_burst: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> LinkConfig:
@@ -114,6 +120,8 @@ class Link:
         self._closed = asyncio.Event()
         self.close_error: ProtocolError | None = None
         self.errors_sent = 0
+        self._control_tokens = float(config.control_burst)
+        self._control_stamp = self._loop.time()
 
     def __repr__(self) -> str:
         return f"<Link {self.name} {'closed' if self._closing else 'open'}>"
@@ -274,8 +282,21 @@ class Link:
             if released and not self._closing:
                 self.send_control(im_pb2.Envelope(link_ack=im_pb2.LinkAck(seq=self._recv_win.last)))
 
+    def _take_control_token(self) -> None:
+        cfg = self.config
+        now = self._loop.time()
+        elapsed, self._control_stamp = now - self._control_stamp, now
+        self._control_tokens = min(
+            cfg.control_burst, self._control_tokens + elapsed * cfg.control_rate
+        )
+        if self._control_tokens < 1:
+            raise ProtocolError("too many control frames", code=im_pb2.RATE_LIMITED, fatal=True)
+        self._control_tokens -= 1
+
     async def _control(self, env: im_pb2.Envelope) -> None:
         kind = env.WhichOneof("body")
+        if self.config.control_rate and kind in ("link_ack", "ping", "pong"):
+            self._take_control_token()
         if kind == "link_ack":
             acked = self._send_win.ack(env.link_ack.seq)
             if acked:
@@ -371,8 +392,10 @@ async def open_link(
     *,
     timeout: float = 5.0,
     name: str = "",
+    tls: ssl.SSLContext | None = None,
 ) -> Link:
-    """Connect and wrap in a :class:`Link` (not yet running: call ``run()`` in a task)."""
+    """Connect and wrap in a :class:`Link` (not yet running: call ``run()`` in a task). With
+    ``tls``, the TLS handshake (and the context's certificate checks) is part of connecting."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK)
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_CHUNK, ssl=tls)
     return Link(reader, writer, handler, config, name or f"{host}:{port}")

@@ -1,9 +1,16 @@
 """Signed, expiring tokens, verified locally by any process that knows the cluster secret.
 
 Format: ``v1.<payload>.<signature>``, both base64url without padding; the payload is compact JSON
-``{"u": user, "d": device, "e": expiry (unix s), "j": token id, "r": role}``; the signature is
-HMAC-SHA256 over ``v1.<payload>``. A connector checks a GREET without a REST round trip.
-Roles: ``user`` for clients, ``node`` for a connector opening a link to a transfer.
+``{"u": user, "d": device, "e": expiry (unix s), "j": token id, "r": role, "i": issued (unix
+ms)}``; the signature is HMAC-SHA256 over ``v1.<payload>``. A connector checks a GREET without a
+REST round trip. Roles: ``user`` for clients, ``node`` for a connector opening a link to a
+transfer.
+
+Revocation (DESIGN.md §6): a signature stays valid until expiry, so a revoked token is refused by
+a lookup. Two kinds of :class:`Revocation` exist: one token id (logout), and every token of a user
+issued before an instant (password change, which is why tokens carry ``i``). REST stores them and
+publishes them; connectors keep the recent ones in a :class:`RevokedSet` and close the sessions
+that match.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hmac
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from common.errors import AuthError
@@ -21,6 +29,7 @@ from common.errors import AuthError
 _PREFIX = "v1"
 # Tokens are short; anything longer is garbage and is refused before any work is done.
 MAX_TOKEN_LEN = 1024
+TAG_BYTES = 16
 
 
 def _b64(data: bytes) -> str:
@@ -38,6 +47,97 @@ class Claims:
     expires: int
     token_id: str
     role: str
+    issued_ms: int = 0  # 0 for a token made before the claim existed: older than any cutoff
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """``token_id`` set: that one token (of ``user_id``, so a connector finds its sessions). Else
+    every token of ``user_id`` issued before ``before_ms``. Either way it matters only until
+    ``expires`` (unix s), when the tokens it covers have expired anyway."""
+
+    expires: int
+    token_id: str = ""
+    user_id: str = ""
+    before_ms: int = 0
+
+    def covers(self, claims: Claims) -> bool:
+        if self.token_id:
+            return claims.token_id == self.token_id
+        return claims.user_id == self.user_id and claims.issued_ms < self.before_ms
+
+    def encode(self) -> str:
+        """Compact JSON, for a pub/sub channel."""
+        if self.token_id:
+            return json.dumps(
+                {"j": self.token_id, "u": self.user_id, "e": self.expires}, separators=(",", ":")
+            )
+        return json.dumps(
+            {"u": self.user_id, "b": self.before_ms, "e": self.expires}, separators=(",", ":")
+        )
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> Revocation:
+        """The inverse of :meth:`encode`; ``ValueError`` for anything else."""
+        try:
+            raw = json.loads(text)
+            if "j" in raw:
+                return cls(int(raw["e"]), token_id=str(raw["j"]), user_id=str(raw.get("u", "")))
+            return cls(expires=int(raw["e"]), user_id=str(raw["u"]), before_ms=int(raw["b"]))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not a revocation: {exc}") from None
+
+
+class RevokedSet:
+    """The revocations recently seen, each kept until it expires, at most ``cap`` of them.
+
+    Sans-IO and bounded: at the cap the oldest entry is dropped (the database still holds it, and
+    connectors also check it at GREET). Per user only the latest cutoff matters, since a later
+    password change covers everything an earlier one did.
+    """
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self._cap = cap
+        self._tokens: OrderedDict[str, int] = OrderedDict()  # token id -> expires
+        self._users: OrderedDict[str, tuple[int, int]] = OrderedDict()  # -> (before_ms, expires)
+
+    def __len__(self) -> int:
+        return len(self._tokens) + len(self._users)
+
+    def add(self, rev: Revocation, now: float | None = None) -> None:
+        t = time.time() if now is None else now
+        if rev.expires <= t:
+            return
+        if rev.token_id:
+            self._tokens[rev.token_id] = rev.expires
+            self._tokens.move_to_end(rev.token_id)
+        else:
+            before, expires = self._users.get(rev.user_id, (0, 0))
+            self._users[rev.user_id] = (max(before, rev.before_ms), max(expires, rev.expires))
+            self._users.move_to_end(rev.user_id)
+        self._trim(t)
+
+    def covers(self, claims: Claims, now: float | None = None) -> bool:
+        t = time.time() if now is None else now
+        expires = self._tokens.get(claims.token_id)
+        if expires is not None and expires > t:
+            return True
+        cut = self._users.get(claims.user_id)
+        return cut is not None and cut[1] > t and claims.issued_ms < cut[0]
+
+    def _trim(self, now: float) -> None:
+        # insertion order is roughly age order: drop expired entries from the front, and the
+        # oldest beyond the cap; an expired entry further in waits its turn (it covers nothing)
+        while self._tokens:
+            token, expires = next(iter(self._tokens.items()))
+            if expires > now and len(self._tokens) <= self._cap:
+                break
+            del self._tokens[token]
+        while self._users:
+            user, (_, until) = next(iter(self._users.items()))
+            if until > now and len(self._users) <= self._cap:
+                break
+            del self._users[user]
 
 
 class TokenSigner:
@@ -46,16 +146,32 @@ class TokenSigner:
             raise ValueError("token secret must be at least 16 bytes")
         self._key = secret
 
+        # a key of its own for receipt tags, so a tag can never pass for a token signature
+        self._tag_key = hmac.new(secret, b"im read tag v1", hashlib.sha256).digest()
+
     def _sig(self, signed: bytes) -> str:
         return _b64(hmac.new(self._key, signed, hashlib.sha256).digest())
 
+    def read_tag(self, user_id: str, from_id: str, msg_id: int) -> bytes:
+        """Proof that ``user_id`` was given chat ``msg_id`` of ``from_id``: a connector sets it
+        on every chat it pushes, the client echoes it in its READ, and any connector of the
+        cluster checks it with no memory of what it pushed (DESIGN.md §6: a READ only for a
+        message the user received). 128 bits of HMAC-SHA256."""
+        data = f"{user_id}\x00{from_id}\x00{msg_id}".encode()
+        return hmac.new(self._tag_key, data, hashlib.sha256).digest()[:TAG_BYTES]
+
+    def check_read_tag(self, user_id: str, from_id: str, msg_id: int, tag: bytes) -> bool:
+        return hmac.compare_digest(self.read_tag(user_id, from_id, msg_id), tag)
+
     def issue(self, user_id: str, ttl: int, *, device_id: str = "", role: str = "user") -> str:
+        now = time.time()
         claims = {
             "u": user_id,
             "d": device_id,
-            "e": int(time.time()) + ttl,
+            "e": int(now) + ttl,
             "j": secrets.token_urlsafe(12),
             "r": role,
+            "i": int(now * 1000),
         }
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signed = f"{_PREFIX}.{payload}"
@@ -73,7 +189,14 @@ class TokenSigner:
             raise AuthError("bad token signature")
         try:
             raw = json.loads(_unb64(parts[1]))
-            claims = Claims(str(raw["u"]), str(raw["d"]), int(raw["e"]), str(raw["j"]), raw["r"])
+            claims = Claims(
+                str(raw["u"]),
+                str(raw["d"]),
+                int(raw["e"]),
+                str(raw["j"]),
+                raw["r"],
+                int(raw.get("i", 0)),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise AuthError(f"malformed token payload: {exc}") from None
         if claims.role != role:

@@ -1,8 +1,11 @@
 """The connector: holds client sockets, authenticates GREET, pushes with ack windows.
 
 Rules it keeps (DESIGN.md §3, seed §8-9):
-- nothing from a client is trusted before a GREET whose token verifies locally; from_id must be
-  the session's user; a SINGLE chat or READ goes only to a friend;
+- nothing from a client is trusted before a GREET whose token verifies locally, is for the
+  device it names, and is not revoked (the database is asked at GREET; revocations published
+  later close the sessions they cover); from_id must be the session's user; a SINGLE chat or
+  READ goes only to a friend; a READ only for a message pushed to that user (its read tag);
+- a user has at most ``max_devices`` devices online, counted across the cluster;
 - every push to a device goes through a per-session inbox, consumed by one pump task, so the
   offline drain on login and live messages reach the device in one order: the drain is queued
   first, then the session is registered in ``user_status``, then drained once more (rows
@@ -20,6 +23,7 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -27,16 +31,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.config import Settings
-from common.errors import AuthError, ConfigError, IMError, ProtocolError
+from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
 from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, open_link
-from common.tokens import TokenSigner
+from common.tls import server_context
+from common.tokens import Claims, RevokedSet, TokenSigner
 from connector import rules
 from connector.rules import State
 from offline.base import OfflineStore
 from proto import im_pb2
 from user_status.base import StatusBackend
 from user_status.heartbeat import keep_alive
+from user_status.revocation import RevocationBus
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,12 @@ class FileGrants(Protocol):
     async def grant(
         self, file_id: str, owner: str, size: int, checksum: str, recipient: str
     ) -> bool: ...
+
+
+class RevocationCheck(Protocol):
+    """The database's word on a token (see user_status.revocation.RevocationReader)."""
+
+    async def revoked(self, claims: Claims) -> bool: ...
 
 
 @dataclass
@@ -95,6 +107,7 @@ class ClientSession:
         self.state = State.CONNECTED
         self.user_id = ""
         self.device_id = ""
+        self.claims: Claims | None = None
         self.link: Link | None = None
         self._inbox: asyncio.Queue[object] = asyncio.Queue(connector.settings.session_queue)
         self._pump: asyncio.Task[None] | None = None
@@ -183,6 +196,17 @@ class ClientSession:
         device = greet.device_id or claims.device_id or "default"
         if len(device) > 64:
             raise ProtocolError("device_id too long", code=im_pb2.BAD_MESSAGE, fatal=True)
+        bound = claims.device_id or "default"
+        if device != bound:
+            raise ProtocolError(f"token is for device {bound!r}", code=im_pb2.BAD_TOKEN, fatal=True)
+        if await self.c.is_revoked(claims):
+            raise ProtocolError("token revoked", code=im_pb2.BAD_TOKEN, fatal=True)
+        await self.c.check_devices(claims.user_id, device)
+        # no await from here to register(): a revocation that arrived while we asked the
+        # database is in the set now, and one arriving later finds the session registered
+        if self.c.revoked.covers(claims):
+            raise ProtocolError("token revoked", code=im_pb2.BAD_TOKEN, fatal=True)
+        self.claims = claims
         self.user_id, self.device_id = claims.user_id, device
         self.state = State.AUTHENTICATED
         link.name = f"{link.name} {self.user_id}/{device}"
@@ -241,9 +265,31 @@ class ClientSession:
     async def _receipt(self, env: im_pb2.Envelope) -> None:
         rules.check_receipt(self.user_id, env.ack)
         self._rate()
+        ack = env.ack
+        signer = self.c.signer
+        if not signer.check_read_tag(self.user_id, ack.dest_id, ack.ack_msg_id, ack.read_tag):
+            raise ProtocolError(
+                f"message {ack.ack_msg_id} of {ack.dest_id!r} was not given to you",
+                code=im_pb2.NOT_RECEIVED,
+            )
         if not await self.c.friends.are_friends(self.user_id, env.ack.dest_id):
             raise ProtocolError(f"{env.ack.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
-        await self.c.forward(fresh(env))
+        out = fresh(env)
+        out.ack.read_tag = b""  # it proved receipt to us; the sender has no use for it
+        await self.c.forward(out)
+
+    def _tag(self, env: im_pb2.Envelope) -> im_pb2.Envelope:
+        """Stamp a chat about to be pushed with this user's read tag (proof of receipt)."""
+        if env.WhichOneof("body") == "chat":
+            chat = env.chat
+            chat.read_tag = self.c.signer.read_tag(self.user_id, chat.from_id, chat.id)
+        return env
+
+    def revoke(self) -> None:
+        """The session's token was revoked: close it as a bad token."""
+        if self.link is not None:
+            log.info("%s: token revoked, closing", self)
+            self.link.close(ProtocolError("token revoked", code=im_pb2.BAD_TOKEN, fatal=True))
 
     def _rate(self) -> None:
         if not self._bucket.take(asyncio.get_running_loop().time()):
@@ -274,12 +320,16 @@ class ClientSession:
         store = self.c.store
         try:
             while True:
+                if link.closing:
+                    # closed while we were busy (e.g. draining): on_closed waits for us and
+                    # hands back what is still queued; waiting for more would never end
+                    return
                 self._pump_idle = True
                 item = await self._inbox.get()
                 self._pump_idle = False
                 if isinstance(item, im_pb2.Envelope):
                     try:
-                        await link.send(item)
+                        await link.send(self._tag(item))
                     except LinkClosed:
                         self._held = item  # on_closed hands it back, in order
                         raise
@@ -289,7 +339,7 @@ class ClientSession:
                     rows = await store.drain(self.user_id, DRAIN_BATCH)
                     for i, row in enumerate(rows):
                         try:
-                            seq = await link.send(row.envelope())
+                            seq = await link.send(self._tag(row.envelope()))
                         except LinkClosed:
                             # claimed but not pushed: back to the store, armed again
                             for rest in rows[i:]:
@@ -416,6 +466,8 @@ class Connector:
         transfer_source: TransferSource | None = None,
         *,
         files: FileGrants | None = None,
+        revocations: RevocationBus | None = None,
+        revocation_check: RevocationCheck | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -427,6 +479,16 @@ class Connector:
         self.ids = MessageIdGen()
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings)
+        # clients are untrusted: their PINGs and LinkAcks are rate limited too
+        self.client_link_config = dataclasses.replace(
+            self.link_config,
+            control_rate=settings.rate_limit,
+            control_burst=settings.rate_burst,
+        )
+        # None: no revocations reach this connector (a deployment without REST logout)
+        self.revocations = revocations
+        self.revocation_check = revocation_check
+        self.revoked = RevokedSet()
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self._transfers: dict[str, TransferLinkHandler] = {}
         self._transfer_source = transfer_source or _static_transfers(settings)
@@ -463,6 +525,53 @@ class Connector:
 
     def sessions_of(self, user_id: str) -> list[ClientSession]:
         return list(self._sessions.get(user_id, {}).values())
+
+    async def is_revoked(self, claims: Claims) -> bool:
+        """Revoked as far as we know: published to us, or in the database. A database that does
+        not answer is logged and passed over (fail open): the published revocations still
+        apply, and refusing every login during an outage would be worse."""
+        if self.revoked.covers(claims):
+            return True
+        if self.revocation_check is None:
+            return False
+        try:
+            return await self.revocation_check.revoked(claims)
+        except BackendError as exc:
+            log.warning("revocation check skipped for %s: %s", claims.user_id, exc)
+            self.counters.error("REVOCATION_UNCHECKED")
+            return False
+
+    async def check_devices(self, user_id: str, device: str) -> None:
+        """Refuse one more device when the user already has ``max_devices`` online, here or on
+        another connector (``user_status``); a reconnecting device does not count twice."""
+        limit = self.settings.max_devices
+        try:
+            elsewhere = set(await self.status.lookup(user_id))
+        except IMError as exc:
+            log.warning("device count of %s from this connector only: %s", user_id, exc)
+            elsewhere = set()
+        devices = elsewhere | set(self._sessions.get(user_id, {}))
+        devices.discard(device)
+        if len(devices) >= limit:
+            raise ProtocolError(
+                f"{len(devices)} devices online already, the limit is {limit}",
+                code=im_pb2.TOO_MANY_DEVICES,
+                fatal=True,
+            )
+
+    async def _follow_revocations(self, bus: RevocationBus) -> None:
+        async for rev in bus.follow():
+            if rev is None:
+                # (re)subscribed: whatever was published meanwhile is only in the database
+                for sessions in list(self._sessions.values()):
+                    for session in list(sessions.values()):
+                        if session.claims is not None and await self.is_revoked(session.claims):
+                            session.revoke()
+                continue
+            self.revoked.add(rev)
+            for session in self.sessions_of(rev.user_id):
+                if session.claims is not None and rev.covers(session.claims):
+                    session.revoke()
 
     @property
     def online_sessions(self) -> int:
@@ -665,8 +774,16 @@ class Connector:
 
     async def start(self, *, wait_transfers: float = 5.0) -> None:
         s = self.settings
+        tls = server_context(s.tls_cert, s.tls_key) if s.tls_enabled() else None
         self._server = await asyncio.start_server(
-            self._on_client, s.bind_host, s.connector_port, limit=64 * 1024, start_serving=False
+            self._on_client,
+            s.bind_host,
+            s.connector_port,
+            limit=64 * 1024,
+            start_serving=False,
+            ssl=tls,
+            # a handshake that stalls is closed like a missing GREET
+            ssl_handshake_timeout=s.greet_timeout if tls is not None else None,
         )
         sock = self._server.sockets[0].getsockname()
         self.port = sock[1]
@@ -682,6 +799,8 @@ class Connector:
             )
         )
         self._spawn(self._follow_drain_requests())
+        if self.revocations is not None:
+            self._spawn(self._follow_revocations(self.revocations))
         self._spawn(self._watch_transfers())
         waits = [asyncio.ensure_future(self._transfers_seen.wait())]
         await asyncio.wait(waits, timeout=wait_transfers)
@@ -704,7 +823,7 @@ class Connector:
             return
         self.counters.connections += 1
         session = ClientSession(self)
-        link = Link(reader, writer, session, self.link_config)
+        link = Link(reader, writer, session, self.client_link_config)
         session.link = link
         deadline = asyncio.get_running_loop().call_later(
             self.settings.greet_timeout, self._greet_deadline, session

@@ -46,6 +46,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     ALREADY_GREETED: _ClassVar[ErrorCode]
     NO_SUCH_FILE: _ClassVar[ErrorCode]
+    NOT_RECEIVED: _ClassVar[ErrorCode]
+    TOO_MANY_DEVICES: _ClassVar[ErrorCode]
 DEST_TYPE_UNSPECIFIED: DestType
 SINGLE: DestType
 GROUP: DestType
@@ -74,6 +76,8 @@ SHUTTING_DOWN: ErrorCode
 INTERNAL: ErrorCode
 ALREADY_GREETED: ErrorCode
 NO_SUCH_FILE: ErrorCode
+NOT_RECEIVED: ErrorCode
+TOO_MANY_DEVICES: ErrorCode
 
 class Greet(_message.Message):
     __slots__ = ("token", "device_id", "node_id")
@@ -100,7 +104,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +113,7 @@ class ChatMsg(_message.Message):
     BODY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
+    READ_TAG_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -117,7 +122,8 @@ class ChatMsg(_message.Message):
     body: bytes
     create_time: int
     file: FileRef
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ...) -> None: ...
+    read_tag: bytes
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")
@@ -146,18 +152,20 @@ class FileBody(_message.Message):
     def __init__(self, file_id: _Optional[str] = ..., checksum: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., key: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class AckMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id")
+    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACK_MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_TAG_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
     ack_type: AckType
     ack_msg_id: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ...) -> None: ...
+    read_tag: bytes
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("seq",)

@@ -5,6 +5,10 @@ Rules:
   is accepted if its signature and expiry check out and it was not revoked by logout, and it only
   ever reaches its own user's data;
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
+  failed logins are throttled per user id and per source address (429, rest_web/throttle.py);
+- a token is refused once revoked: by logout (that token) or a password change (every token of
+  the user issued before it); each revocation is also published, for connectors to close the
+  sessions it covers within seconds;
 - request bodies are capped (:data:`MAX_BODY`, 413 beyond), with or without Content-Length;
   file uploads have their own, larger limit and stream to storage (rest_web/files.py);
 - login goes through the configured provider (rest_web/login.py); a provider that cannot answer
@@ -18,25 +22,31 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.config import Settings
 from common.db import Database, open_database
 from common.errors import AuthError, BackendError, ConfigError
-from common.tokens import Claims, TokenSigner
+from common.tokens import Claims, Revocation, TokenSigner
 from rest_web import files as file_routes
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
-from rest_web.passwords import hash_password
+from rest_web.passwords import hash_password, verify_password
 from rest_web.store import UserStore
+from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +97,22 @@ class LoginOut(BaseModel):
     expires_at: int = Field(description="token expiry, unix seconds")
     connector: str = Field(description="host:port of the connector to open TCP to")
     connectors: list[str] = Field(description="every connector, to fall back on")
+    tls: bool = Field(False, description="the connectors speak TLS: connect with it, verifying")
     friends: list[FriendOut]
 
 
 class HealthOut(BaseModel):
     status: str
+
+
+class PasswordIn(BaseModel):
+    old_password: Annotated[str, Field(min_length=1, max_length=128)]
+    new_password: Annotated[str, Field(min_length=8, max_length=128)]
+
+
+class PasswordOut(BaseModel):
+    token: str = Field(description="a fresh token for this device; every older one is revoked")
+    expires_at: int = Field(description="token expiry, unix seconds")
 
 
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -161,6 +182,18 @@ async def _no_receive() -> Message:  # pragma: no cover - JSONResponse never rea
 
 
 ConnectorSource = Callable[[], Awaitable[list[str]]]
+# Tells connectors about a revocation (user_status.revocation.RevocationBus.publish).
+RevocationPublisher = Callable[[Revocation], Awaitable[None]]
+
+# what the BodyLimit middleware may answer to any request, before an endpoint sees it
+_ANY_REQUEST: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "malformed request (e.g. a bad Content-Length)"},
+    413: {"model": ErrorOut, "description": "request body over the limit (IM_REST_MAX_BODY)"},
+}
+
+_TOO_MANY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorOut, "description": "too many failed attempts; see Retry-After"}
+}
 
 
 def static_connectors(settings: Settings) -> ConnectorSource:
@@ -183,23 +216,53 @@ def create_app(
     *,
     files: FileService | None = None,
     logins: Login | None = None,
+    revocations: RevocationPublisher | None = None,
+    throttle: LoginThrottle | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
     ``files`` adds the file endpoints; ``logins`` is the login provider (default: the built-in
-    password store)."""
+    password store); ``revocations`` is told about every logout and password change (default:
+    nobody, for a REST process without connectors to tell); ``throttle`` counts failed logins
+    (default: one from the settings)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
         version="0.1.0",
+        responses=_ANY_REQUEST,
     )
-    app.add_middleware(BodyLimit, max_body=MAX_BODY, exempt=frozenset({"/files"}))
+    throttle = throttle or LoginThrottle(
+        settings.login_failures_per_user,
+        settings.login_failures_per_address,
+        settings.login_window,
+    )
+    app.state.throttle = throttle
+    # added first, so it runs inside BodyLimit: it reads bodies already capped
+    app.add_middleware(LoginThrottleMiddleware, throttle=throttle)
+    app.add_middleware(BodyLimit, max_body=settings.rest_max_body, exempt=frozenset({"/files"}))
     if logins is None:
         logins = Login(BuiltinLogin(store), store)
 
     connectors_of = connector_source or static_connectors(settings)
     login_count = itertools.count()
     bearer = HTTPBearer(auto_error=False, description="token from POST /login")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's 405 names only the methods of the first route on the path; HTTP wants
+        every method the resource has in ``Allow``."""
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            path = request.url.path
+            allowed = sorted(
+                {
+                    method
+                    for route in app.router.routes
+                    if isinstance(route, APIRoute) and route.path_regex.match(path)
+                    for method in route.methods or ()
+                }
+            )
+            exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(BackendError)
     async def backend_down(request: Request, exc: BackendError) -> JSONResponse:
@@ -217,7 +280,19 @@ def create_app(
             raise _unauthorized(str(exc)) from None
         if await store.is_revoked(claims.token_id):
             raise _unauthorized("token revoked")
+        if claims.issued_ms < await store.cutoff_of(claims.user_id):
+            raise _unauthorized("token revoked")
         return claims
+
+    async def publish(rev: Revocation) -> None:
+        """Stored already, so a failed publish is not fatal: connectors that missed it recheck
+        their sessions against the database when they resubscribe, and check every GREET."""
+        if revocations is None:
+            return
+        try:
+            await revocations(rev)
+        except BackendError as exc:
+            log.warning("revocation stored but not published: %s", exc)
 
     Caller = Annotated[Claims, Depends(caller)]
 
@@ -247,6 +322,7 @@ def create_app(
         tags=["users"],
         responses={
             401: {"model": ErrorOut, "description": "unknown user or wrong password"},
+            **_TOO_MANY,
             503: {"model": ErrorOut, "description": "login provider, storage or connectors down"},
         },
     )
@@ -273,6 +349,7 @@ def create_app(
             connector=connectors[next(login_count) % len(connectors)],
             connectors=connectors,
             friends=[FriendOut(user_id=f, key=k) for f, k in friends],
+            tls=bool(settings.tls_cert),
         )
 
     @app.post(
@@ -283,6 +360,45 @@ def create_app(
     )
     async def logout(me: Caller) -> None:
         await store.revoke(me.token_id, me.expires)
+        await publish(Revocation(expires=me.expires, token_id=me.token_id, user_id=me.user_id))
+
+    @app.put(
+        "/password",
+        tags=["users"],
+        responses={
+            **_UNAUTHORIZED,
+            403: {"model": ErrorOut, "description": "old password is wrong"},
+            **_TOO_MANY,
+        },
+    )
+    async def change_password(me: Caller, body: PasswordIn, request: Request) -> PasswordOut:
+        """Change the caller's password. Every token of the caller issued before now is
+        revoked, on every device (their connections close within seconds); the answer carries
+        a fresh token for this device."""
+        keys = LoginThrottle.keys(me.user_id, client_address(request.scope))
+        wait = throttle.retry_after(keys)
+        if wait > 0:
+            throttle.refused += 1
+            seconds = str(max(1, math.ceil(wait)))
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"too many failed attempts, retry in {seconds} s",
+                headers={"Retry-After": seconds},
+            )
+        encoded = await store.get_password_hash(me.user_id)
+        if not await verify_password(body.old_password, encoded):
+            throttle.failed(keys)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "old password is wrong")
+        throttle.succeeded(me.user_id)
+        if not await store.set_password_hash(me.user_id, await hash_password(body.new_password)):
+            raise _unauthorized("no such user")
+        cutoff = int(time.time() * 1000)
+        # the newest token the cutoff covers dies token_ttl after it: the row may go then
+        until = cutoff // 1000 + settings.token_ttl + 1
+        await store.set_cutoff(me.user_id, cutoff, until)
+        await publish(Revocation(expires=until, user_id=me.user_id, before_ms=cutoff))
+        token = signer.issue(me.user_id, settings.token_ttl, device_id=me.device_id)
+        return PasswordOut(token=token, expires_at=signer.verify(token).expires)
 
     @app.get("/friends", tags=["friends"], responses=_UNAUTHORIZED)
     async def list_friends(me: Caller) -> list[FriendOut]:

@@ -7,7 +7,9 @@ Rules kept here, whatever the caller:
   statement differ by dialect. MySQL tables use a binary collation so ids compare exactly as they
   do in SQLite and Python (``Alice`` and ``alice`` are two users, token ids are case-sensitive);
 - the revoked-token table holds only tokens that could still be used: rows past their expiry are
-  dropped on each revoke, so it does not grow without bound.
+  dropped on each revoke, so it does not grow without bound. The same goes for the per-user token
+  cutoffs (``im_token_cutoff``: every token of the user issued before ``before_ms`` is revoked,
+  written by a password change), one row per user, the latest cutoff winning.
 
 The schema is the component ``users`` of :func:`common.db.apply_migrations`: step ``i`` of
 :func:`migrations` takes it from version ``i - 1`` to ``i``. Version 1 is the first schema, whose
@@ -47,6 +49,13 @@ _STEPS: dict[str, list[list[str]]] = {
             " expires BIGINT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS idx_revoked_expires ON im_token_revoked (expires)",
         ],
+        [
+            "CREATE TABLE IF NOT EXISTS im_token_cutoff ("
+            " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " before_ms BIGINT NOT NULL,"
+            " expires BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS idx_cutoff_expires ON im_token_cutoff (expires)",
+        ],
     ],
     # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB does): indexes go inline instead.
     "mysql": [
@@ -69,11 +78,18 @@ _STEPS: dict[str, list[list[str]]] = {
             " expires BIGINT NOT NULL,"
             " KEY idx_revoked_expires (expires))" + _MYSQL_TABLE,
         ],
+        [
+            "CREATE TABLE IF NOT EXISTS im_token_cutoff ("
+            " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
+            " before_ms BIGINT NOT NULL,"
+            " expires BIGINT NOT NULL,"
+            " KEY idx_cutoff_expires (expires))" + _MYSQL_TABLE,
+        ],
     ],
 }
 
 
-# step 2: where a directory login (LDAP, an operator's provider) records what it knows of a user
+# step 3: where a directory login (LDAP, an operator's provider) records what it knows of a user
 _PROFILE = (
     "CREATE TABLE IF NOT EXISTS im_user_profile ("
     " user_id VARCHAR(64) NOT NULL PRIMARY KEY,"
@@ -124,6 +140,20 @@ class UserStore:
         self._insert_revoked = _insert_new(
             db.dialect, "im_token_revoked", "token_id, expires", "token_id"
         )
+        if db.dialect == "sqlite":
+            self._upsert_cutoff = (
+                "INSERT INTO im_token_cutoff (user_id, before_ms, expires) VALUES (?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET"
+                " before_ms = MAX(before_ms, excluded.before_ms),"
+                " expires = MAX(expires, excluded.expires)"
+            )
+        else:
+            self._upsert_cutoff = (
+                "INSERT INTO im_token_cutoff (user_id, before_ms, expires) VALUES (?, ?, ?)"
+                " ON DUPLICATE KEY UPDATE"
+                " before_ms = GREATEST(before_ms, VALUES(before_ms)),"
+                " expires = GREATEST(expires, VALUES(expires))"
+            )
 
     async def migrate(self) -> None:
         """Create or upgrade the schema; safe to run twice, and from two processes at once."""
@@ -153,6 +183,14 @@ class UserStore:
             "SELECT password_hash FROM im_user WHERE user_id = ?", (user_id,)
         )
         return None if row is None else str(row[0])
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
+        """Replace the user's password hash; False if there is no such user."""
+        changed = await self._db.execute(
+            "UPDATE im_user SET password_hash = ? WHERE user_id = ? AND password_hash <> ?",
+            (password_hash, user_id, password_hash),
+        )
+        return changed == 1
 
     async def add_relation(self, a: str, b: str) -> str:
         """Make ``a`` and ``b`` friends; the pair's key, new or the one it already had."""
@@ -204,3 +242,17 @@ class UserStore:
             "SELECT 1 FROM im_token_revoked WHERE token_id = ?", (token_id,)
         )
         return row is not None
+
+    async def set_cutoff(self, user_id: str, before_ms: int, expires: int) -> None:
+        """Revoke every token of ``user_id`` issued before ``before_ms`` (unix ms); the row may
+        go once ``expires`` (unix s) has passed, when the newest token it covers has expired."""
+        await self._db.execute(self._upsert_cutoff, (user_id, before_ms, expires))
+        await self._db.execute("DELETE FROM im_token_cutoff WHERE expires < ?", (int(time.time()),))
+
+    async def cutoff_of(self, user_id: str) -> int:
+        """The user's token cutoff (unix ms), 0 if none is in force."""
+        row = await self._db.fetchone(
+            "SELECT before_ms FROM im_token_cutoff WHERE user_id = ? AND expires >= ?",
+            (user_id, int(time.time())),
+        )
+        return 0 if row is None else int(row[0])

@@ -372,6 +372,7 @@ async def test_dead_service_at_start_is_named(
         "IM_TRANSFER_PORT": str(free_port()),
         "IM_REST_PORT": str(free_port()),
         "IM_AMQP_URL": AMQP_URL,  # the writer needs one to get as far as connecting
+        "IM_SECRET": "cluster-test-secret-0123456789",  # cluster mode refuses to start without
         key: url.format(port=free_port()),
     }
     started = time.monotonic()

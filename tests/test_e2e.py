@@ -208,8 +208,9 @@ def raw_chat(msg_id: int, from_id: str, dest_id: str, body: bytes = b"x") -> im_
     )
 
 
-def greet(token: str) -> bytes:
-    return encode(im_pb2.Envelope(greet=im_pb2.Greet(token=token, device_id="d1")))
+def greet(token: str, device_id: str = "") -> bytes:
+    """A GREET; no device_id means the device the token was issued for."""
+    return encode(im_pb2.Envelope(greet=im_pb2.Greet(token=token, device_id=device_id)))
 
 
 HOSTILE = {

@@ -215,7 +215,16 @@ async def test_login_answer(client: httpx.AsyncClient, signer: TokenSigner) -> N
     )
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"user_id", "token", "expires_at", "connector", "connectors", "friends"}
+    assert set(body) == {
+        "user_id",
+        "token",
+        "expires_at",
+        "connector",
+        "connectors",
+        "friends",
+        "tls",
+    }
+    assert body["tls"] is False
     assert body["user_id"] == "alice"
     assert body["connectors"] == ["c1.example:9081", "c2.example:9091"]
     assert body["connector"] in body["connectors"]

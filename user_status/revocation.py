@@ -1,0 +1,160 @@
+"""Token revocations, from REST (logout, password change) to every connector within seconds.
+
+REST stores each revocation in the database (``im_token_revoked``, ``im_token_cutoff``: owned by
+rest_web) and then publishes it on a :class:`RevocationBus`; connectors follow the bus, keep the
+recent ones in a bounded :class:`common.tokens.RevokedSet` and close the sessions they cover.
+A connector also asks the database at every GREET (:class:`RevocationReader`), so a revocation
+published while it was not listening still stops new sessions; and after every (re)subscription
+the bus yields ``None``, on which the connector rechecks its live sessions against the database.
+
+Two buses behind one protocol, like the rest of this package: in-process for ``im up`` (REST and
+connector in one process), and a Redis pub/sub channel ``{prefix}revoked`` for a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common.db import Database
+from common.errors import BackendError
+from common.redact import redact_url
+from common.tokens import Claims, Revocation
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_QUEUE = 10_000  # revocations waiting per in-process follower; beyond: recheck all
+CONNECT_TIMEOUT = 5.0
+
+
+class RevocationBus(Protocol):
+    async def publish(self, rev: Revocation) -> None:
+        """Tell every follower, now; raise :class:`BackendError` if that cannot be done."""
+        ...
+
+    def follow(self) -> AsyncGenerator[Revocation | None, None]:
+        """Revocations as published; ``None`` first and after every gap (resubscription,
+        overflow), when some may have been missed: recheck against the database then."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRevocationBus:
+    """:class:`RevocationBus` within one process (``im up``)."""
+
+    def __init__(self) -> None:
+        self._followers: set[asyncio.Queue[Revocation | None]] = set()
+
+    async def publish(self, rev: Revocation) -> None:
+        for q in self._followers:
+            if q.full():
+                q.get_nowait()
+                q.put_nowait(None)  # dropped one: the follower rechecks everyone
+            else:
+                q.put_nowait(rev)
+
+    async def follow(self) -> AsyncGenerator[Revocation | None, None]:
+        q: asyncio.Queue[Revocation | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._followers.add(q)
+        try:
+            yield None
+            while True:
+                yield await q.get()
+        finally:
+            self._followers.discard(q)
+
+    async def close(self) -> None:
+        self._followers.clear()
+
+
+class RedisRevocationBus:
+    """:class:`RevocationBus` on a Redis pub/sub channel. Owns ``client``."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "im:") -> None:
+        self._client = client
+        self._channel = f"{prefix}revoked"
+
+    async def publish(self, rev: Revocation) -> None:
+        try:
+            await self._client.publish(self._channel, rev.encode())
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"publish revocation: {exc}") from exc
+
+    async def follow(self) -> AsyncGenerator[Revocation | None, None]:
+        delay = 0.1
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                delay = 0.1
+                yield None
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    try:
+                        yield Revocation.decode(msg["data"])
+                    except ValueError as exc:
+                        log.warning("ignoring a malformed revocation: %s", exc)
+            except (RedisError, OSError) as exc:
+                log.warning("revocation channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"close: {exc}") from exc
+
+
+async def create_bus(redis_url: str, prefix: str = "im:") -> RevocationBus:
+    """Redis when ``redis_url`` is set (pinged once here), else in-process."""
+    if not redis_url:
+        return MemoryRevocationBus()
+    try:
+        client = aioredis.from_url(
+            redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+        )
+    except (RedisError, ValueError) as exc:
+        raise BackendError("redis", f"bad URL {redact_url(redis_url)}: {exc}") from exc
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise BackendError("redis", f"cannot reach {redact_url(redis_url)}: {exc}") from exc
+    return RedisRevocationBus(client, prefix)
+
+
+class RevocationReader:
+    """The database's word on a token: revoked by logout, or older than its user's cutoff.
+
+    Reads rest_web's tables (like :mod:`user_status.relations` reads ``im_relation``); raises
+    :class:`BackendError` when the database is down, and the caller decides what that means.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def revoked(self, claims: Claims) -> bool:
+        row = await self._db.fetchone(
+            "SELECT 1 FROM im_token_revoked WHERE token_id = ?", (claims.token_id,)
+        )
+        if row is not None:
+            return True
+        row = await self._db.fetchone(
+            "SELECT before_ms FROM im_token_cutoff WHERE user_id = ? AND expires >= ?",
+            (claims.user_id, int(time.time())),
+        )
+        return row is not None and claims.issued_ms < int(row[0])
