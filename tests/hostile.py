@@ -149,8 +149,8 @@ def authenticated_payload(rng: random.Random, user: str, token: str) -> list[byt
             )
             frames.append(windowed(ack=a))
         elif case == 3:  # a receipt only servers may issue
-            kind = rng.choice([im_pb2.SENT, im_pb2.ACCEPTED])
-            a = im_pb2.AckMsg(id=seq + 1, from_id=user, dest_id="victim", ack_type=kind)
+            server_kind = rng.choice([im_pb2.SENT, im_pb2.ACCEPTED])
+            a = im_pb2.AckMsg(id=seq + 1, from_id=user, dest_id="victim", ack_type=server_kind)
             frames.append(windowed(ack=a))
         elif case == 4:  # a second GREET, or a body only servers send
             kind = rng.choice(["greet", "welcome", "error"])
