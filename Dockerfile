@@ -23,7 +23,8 @@ COPY . .
 RUN pip install . \
  && cd / && rm -rf /src
 
-RUN useradd --create-home --home-dir /home/im --uid 10001 --user-group im
+RUN useradd --create-home --home-dir /home/im --uid 10001 --user-group im \
+ && install -d -o im -g im /home/im/files
 USER im
 # `im up` keeps SQLite and its secret in ./im-data: the user's own home
 WORKDIR /home/im
