@@ -297,7 +297,18 @@ class IMClient:
         try:
             login = await self.login()
             candidates = [login.connector, *(c for c in login.connectors if c != login.connector)]
-        except (RestError, OSError, IMError) as exc:
+        except RestError as exc:
+            if exc.status in (401, 403):
+                # the password changed or the account is gone: retrying cannot succeed
+                self._want_link = False
+                await self._events.put(ServerError("LOGIN_REFUSED", str(exc), 0))
+                raise IMError(f"login refused: {exc}") from exc
+            if self._login is None:
+                raise IMError(f"no login: {exc}") from exc
+            login = self._login
+            candidates = list(login.connectors) or [login.connector]
+            random.shuffle(candidates)
+        except (OSError, IMError) as exc:
             if self._login is None:
                 raise IMError(f"no login: {exc}") from exc
             login = self._login
@@ -481,6 +492,11 @@ class IMClient:
                 self._welcome.set_result(env.welcome)
         elif kind == "error":
             e = env.error
+            if e.code == im_pb2.REPLACED:
+                # another connection of this device took over: reconnecting would take it back,
+                # and the two would push each other out for ever
+                self._want_link = False
+                self._link_lost.set()
             if e.code in FINAL_ERRORS and e.ref_seq and link is self._link:
                 self._give_up(e.ref_seq)
             await self._events.put(

@@ -510,7 +510,7 @@ class Connector:
         devices[s.device_id] = s
         if old is not None and old.link is not None:
             old.link.close(
-                ProtocolError("signed in again elsewhere", code=im_pb2.SHUTTING_DOWN, fatal=True)
+                ProtocolError("signed in again elsewhere", code=im_pb2.REPLACED, fatal=True)
             )
 
     def unregister(self, s: ClientSession) -> bool:

@@ -48,6 +48,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NO_SUCH_FILE: _ClassVar[ErrorCode]
     NOT_RECEIVED: _ClassVar[ErrorCode]
     TOO_MANY_DEVICES: _ClassVar[ErrorCode]
+    REPLACED: _ClassVar[ErrorCode]
 DEST_TYPE_UNSPECIFIED: DestType
 SINGLE: DestType
 GROUP: DestType
@@ -78,6 +79,7 @@ ALREADY_GREETED: ErrorCode
 NO_SUCH_FILE: ErrorCode
 NOT_RECEIVED: ErrorCode
 TOO_MANY_DEVICES: ErrorCode
+REPLACED: ErrorCode
 
 class Greet(_message.Message):
     __slots__ = ("token", "device_id", "node_id")
