@@ -65,7 +65,8 @@ async def _fetch(
 ) -> None:
     """Download, verify and compare one received file."""
     async with sem:
-        dest = into / f"{c.user_id}-{msg.msg_id}.bin"
+        # message ids are unique per sender only: two senders can pick the same one
+        dest = into / f"{c.user_id}-{msg.from_id}-{msg.msg_id}.bin"
         try:
             await c.download(msg, dest)
             digest = await asyncio.to_thread(lambda: hashlib.sha256(dest.read_bytes()).digest())
