@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _DRAIN = object()  # inbox marker: drain the offline store here
 DRAIN_BATCH = 500
+# a drained row stays claimed this long without the device's ack; then any drain may take it
+DRAIN_LEASE = 60.0
+_SESSION_IDS = itertools.count(1)
 
 
 class FriendCheck(Protocol):
@@ -114,7 +118,8 @@ class ClientSession:
         self._pump_idle = False
         self._drain_queued = False
         self._held: im_pb2.Envelope | None = None
-        self._drained_seqs: set[int] = set()
+        self._drained_seqs: dict[int, int] = {}  # link seq of a drained frame -> its store row
+        self.session_key = f"{connector.node_id}#{next(_SESSION_IDS)}"
         loop = asyncio.get_running_loop()
         self._bucket = TokenBucket(
             connector.settings.rate_limit, connector.settings.rate_burst, loop.time()
@@ -143,10 +148,12 @@ class ClientSession:
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
         """The device has these frames. A live chat is now SENT (the server handed it over); a
         client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
+        delivered_rows: list[int] = []
         for seq, env in acked:
-            drained = seq in self._drained_seqs
-            if drained:
-                self._drained_seqs.discard(seq)
+            row_id = self._drained_seqs.pop(seq, None)
+            drained = row_id is not None
+            if row_id:
+                delivered_rows.append(row_id)
             kind = env.WhichOneof("body")
             if kind == "chat":
                 self.c.counters.delivered += 1
@@ -158,6 +165,8 @@ class ClientSession:
                 and env.ack.ack_type in (im_pb2.DELIVERED, im_pb2.READ)
             ):
                 self.c.forward_soon(_accepted(self.c, env.ack))
+        if delivered_rows:
+            self.c.mark_delivered_soon(delivered_rows)
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
@@ -336,7 +345,13 @@ class ClientSession:
                     continue
                 self._drain_queued = False
                 while True:
-                    rows = await store.drain(self.user_id, DRAIN_BATCH)
+                    rows = await store.drain(
+                        self.user_id,
+                        DRAIN_BATCH,
+                        device=self.device_id,
+                        session=self.session_key,
+                        lease=DRAIN_LEASE,
+                    )
                     for i, row in enumerate(rows):
                         try:
                             seq = await link.send(self._tag(row.envelope()))
@@ -345,7 +360,7 @@ class ClientSession:
                             for rest in rows[i:]:
                                 await self.c.bounce(rest.envelope())
                             raise
-                        self._drained_seqs.add(seq)
+                        self._drained_seqs[seq] = row.row_id
                     if len(rows) < DRAIN_BATCH:
                         break
         except LinkClosed:
@@ -646,6 +661,17 @@ class Connector:
             await link.send(env)
         except LinkClosed:
             raise ProtocolError("transfer link lost, retry later", code=im_pb2.INTERNAL) from None
+
+    def mark_delivered_soon(self, row_ids: list[int]) -> None:
+        """Drained rows the device acked: final in the store (a failure only means the row is
+        pushed again after its lease, and the client drops the copy)."""
+        self._spawn(self._mark_delivered(row_ids))
+
+    async def _mark_delivered(self, row_ids: list[int]) -> None:
+        try:
+            await self.store.mark_delivered(row_ids)
+        except IMError as exc:
+            log.warning("%d drained rows not marked delivered: %s", len(row_ids), exc)
 
     def forward_soon(self, env: im_pb2.Envelope) -> None:
         """Forward a server-made receipt without blocking the caller (a sync callback)."""

@@ -9,7 +9,7 @@ delivered twice is stored once (DESIGN.md §7). ``content`` is the serialized ``
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proto import im_pb2
@@ -28,6 +28,8 @@ class OfflineItem:
     # True when a connector hands back a message it could not deliver: if the row exists and was
     # already claimed by a drain, it is armed again instead of being ignored as a duplicate.
     rearm: bool = False
+    # the store's row, for items a drain returned: what mark_delivered names
+    row_id: int = field(default=0, compare=False)
 
     @classmethod
     def of_chat(cls, chat: im_pb2.ChatMsg, *, rearm: bool = False) -> OfflineItem:
@@ -63,13 +65,25 @@ class OfflineStore(Protocol):
         """Store items in one transaction; an identity already stored is not stored again."""
         ...
 
-    async def drain(self, user_id: str, limit: int = 1000) -> list[OfflineItem]:
+    async def drain(
+        self,
+        user_id: str,
+        limit: int = 1000,
+        *,
+        device: str = "",
+        session: str = "",
+        lease: float = 0.0,
+    ) -> list[OfflineItem]:
         """Claim and return the user's unread items, oldest first.
 
         Each row is claimed with the has_read CAS (``UPDATE ... SET has_read=1 WHERE id=? AND
         has_read=0``): when two devices drain at once, each row goes to exactly one of them.
         Returns at most ``limit`` items; call again until it returns fewer.
         """
+        ...
+
+    async def mark_delivered(self, row_ids: Sequence[int]) -> None:
+        """These drained rows reached a device (its link ack): never push them again."""
         ...
 
     async def count_unread(self, user_id: str) -> int: ...

@@ -7,6 +7,10 @@ Rules (DESIGN §5, §7):
 - ``drain`` claims each row with the has_read CAS; only rows whose CAS won are returned, so two
   devices draining at once never get the same row. Claimed rows are kept (``has_read=1``): simple
   and auditable; purging old read rows is an operator's job.
+- with a lease (a connector draining for a device), a claim is ``has_read=1`` until the device
+  acks the frame (``mark_delivered``: ``has_read=2``); a row whose lease ran out, or that another
+  session of the same device claimed (a connector that died mid-drain), is claimed again, so a
+  SIGKILL between the claim and the device's ack loses nothing; the client library dedupes;
 - order is the autoincrement ``id``, i.e. the order rows were first stored.
 - ``msg_id`` is a uint64 on the wire; it is stored as the signed BIGINT with the same 64 bits.
 
@@ -68,6 +72,17 @@ _STEPS: dict[str, list[list[str]]] = {
         ],
     ],
 }
+# step 2: drain leases. has_read: 0 unread, 1 claimed until claim_until (ms), 2 delivered; rows
+# claimed before leases existed were final, so they count as delivered.
+for _dialect in ("sqlite", "mysql"):
+    _STEPS[_dialect].append(
+        [
+            "ALTER TABLE im_offline ADD COLUMN claim_until BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE im_offline ADD COLUMN claim_device VARCHAR(64) NOT NULL DEFAULT ''",
+            "ALTER TABLE im_offline ADD COLUMN claim_session VARCHAR(128) NOT NULL DEFAULT ''",
+            "UPDATE im_offline SET has_read = 2 WHERE has_read = 1",
+        ]
+    )
 
 
 def migrations(dialect: str) -> list[list[str]]:
@@ -90,13 +105,22 @@ _INSERT = {
 }
 _REARM = (
     "UPDATE im_offline SET has_read = 0"
-    " WHERE to_user_id = ? AND from_id = ? AND msg_id = ? AND msg_type = ? AND has_read = 1"
+    " WHERE to_user_id = ? AND from_id = ? AND msg_id = ? AND msg_type = ? AND has_read <> 0"
+)
+# claimable: unread, or claimed with a lapsed lease, or claimed by another session of this device
+_CLAIMABLE = (
+    "(has_read = 0 OR (has_read = 1 AND (claim_until < ?"
+    " OR (claim_device = ? AND claim_session <> ?))))"
 )
 _SELECT_UNREAD = (
     "SELECT id, to_user_id, from_id, msg_id, msg_type, content FROM im_offline"
-    " WHERE to_user_id = ? AND has_read = 0 AND id > ? ORDER BY id LIMIT ?"
+    f" WHERE to_user_id = ? AND {_CLAIMABLE} AND id > ? ORDER BY id LIMIT ?"
 )
-_CLAIM = "UPDATE im_offline SET has_read = 1 WHERE id = ? AND has_read = 0"
+_CLAIM = (
+    "UPDATE im_offline SET has_read = ?, claim_until = ?, claim_device = ?, claim_session = ?"
+    f" WHERE id = ? AND {_CLAIMABLE}"
+)
+_DELIVERED = "UPDATE im_offline SET has_read = 2 WHERE has_read = 1 AND id IN ({marks})"
 _COUNT_UNREAD = "SELECT COUNT(*) FROM im_offline WHERE to_user_id = ? AND has_read = 0"
 
 
@@ -158,21 +182,42 @@ class SQLOfflineStore:
         if rearm:
             await self._db.executemany(_REARM, rearm)
 
-    async def drain(self, user_id: str, limit: int = 1000) -> list[OfflineItem]:
+    async def drain(
+        self,
+        user_id: str,
+        limit: int = 1000,
+        *,
+        device: str = "",
+        session: str = "",
+        lease: float = 0.0,
+    ) -> list[OfflineItem]:
+        """Without a lease a claim is final; with one (seconds) it lasts until
+        :meth:`mark_delivered`, the lease's end, or a drain by another session of ``device``."""
         out: list[OfflineItem] = []
         after = 0
+        now = int(time.time() * 1000)
+        claimable = (now, device, session) if device else (now, "\x00", "")
+        state, until = (1, now + int(lease * 1000)) if lease > 0 else (2, 0)
         # Rows lost to a concurrent drain don't count against the limit: keep reading past them,
         # so that returning fewer than ``limit`` still means "nothing more right now".
         while len(out) < limit:
             want = limit - len(out)
-            rows = await self._db.fetchall(_SELECT_UNREAD, (user_id, after, want))
+            rows = await self._db.fetchall(_SELECT_UNREAD, (user_id, *claimable, after, want))
             for row in rows:
-                if await self._db.execute(_CLAIM, (row[0],)) == 1:
+                claim = (state, until, device, session, row[0], *claimable)
+                if await self._db.execute(_CLAIM, claim) == 1:
                     out.append(_item(row))
             if len(rows) < want:
                 break
             after = rows[-1][0]
         return out
+
+    async def mark_delivered(self, row_ids: Sequence[int]) -> None:
+        ids = [int(i) for i in row_ids if i]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            await self._db.execute(_DELIVERED.format(marks=marks), chunk)
 
     async def count_unread(self, user_id: str) -> int:
         row = await self._db.fetchone(_COUNT_UNREAD, (user_id,))
@@ -180,7 +225,12 @@ class SQLOfflineStore:
 
 
 def _item(row: Row) -> OfflineItem:
-    _id, to_user_id, from_id, msg_id, kind, content = row
+    row_id, to_user_id, from_id, msg_id, kind, content = row
     return OfflineItem(
-        str(to_user_id), str(from_id), _from_db_id(int(msg_id)), int(kind), bytes(content)
+        str(to_user_id),
+        str(from_id),
+        _from_db_id(int(msg_id)),
+        int(kind),
+        bytes(content),
+        row_id=int(row_id),
     )

@@ -459,3 +459,40 @@ async def test_im_cluster_command_runs_demo_and_stops_on_ctrl_c() -> None:
             proc.kill()
             await proc.wait()
         await cleanup({**env, "IM_AMQP_QUEUE": env["IM_AMQP_QUEUE"]})
+
+
+async def test_connector_killed_mid_drain_loses_no_stored_message(cluster: Cluster) -> None:
+    """Bob's device takes its stored messages but never acks them; its connector is SIGKILLed.
+    The claims were leases, so Bob's next session gets every message."""
+    from common.codec import FrameDecoder, encode
+    from proto import im_pb2
+
+    alice, (bob,) = await users(cluster.rest, "drain", "phone")
+    try:
+        await alice.connect()
+        stored = [await alice.send_text(bob.user_id, f"stored {i}") for i in range(20)]
+        assert await wait_sent(alice, set(stored)) == set(stored)
+        login = await bob.login()
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.ports["c2"])
+        greet = im_pb2.Greet(token=login.token, device_id="phone")
+        writer.write(encode(im_pb2.Envelope(greet=greet)))
+        await writer.drain()
+        decoder, got = FrameDecoder(), 0
+        deadline = time.monotonic() + 20
+        while got < 20 and time.monotonic() < deadline:  # read, never ack
+            data = await asyncio.wait_for(reader.read(65536), 20)
+            assert data, "connector closed the link"
+            got += sum(1 for env in decoder.feed(data) if env.WhichOneof("body") == "chat")
+        assert got == 20
+        cluster.kill("c2")
+        writer.close()
+        bob2 = IMClient(cluster.rest, bob.user_id, "password-123", device_id="phone")
+        bob2._connector_override = ("127.0.0.1", cluster.ports["c1"])
+        await bob2.connect()
+        after = await collect(bob2, 20, sender=alice.user_id)
+        assert [m.msg_id for m in after] == stored
+        await bob2.close()
+    finally:
+        await alice.close()
+        await bob.close()
+        cluster.start_connector("c2")
