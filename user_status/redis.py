@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
+from common.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,52 @@ end
 return out
 """
 )
+
+
+CONNECT_TIMEOUT = 5.0
+
+
+async def connect(url: str) -> aioredis.Redis:
+    """A client on ``url``, pinged once: ``BackendError`` naming Redis if it does not answer."""
+    try:
+        # URL query options (e.g. ?socket_connect_timeout=1) override these defaults
+        client = aioredis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+        )
+    except (RedisError, ValueError) as exc:
+        raise BackendError("redis", f"bad URL {redact_url(url)}: {exc}") from exc
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise BackendError("redis", f"cannot reach {redact_url(url)}: {exc}") from exc
+    return client
+
+
+async def follow_channel(
+    client: aioredis.Redis, channel: str, what: str
+) -> AsyncGenerator[bytes | str | None, None]:
+    """Messages published on ``channel``, for ever: ``None`` after every (re)subscription
+    (what was published meanwhile is lost, and the caller must make up for it), then each
+    message's data. A lost connection is logged and resubscribed with back-off."""
+    delay = 0.1
+    while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            delay = 0.1
+            yield None
+            while True:
+                msg = await pubsub.get_message(timeout=5.0)
+                if msg is not None and msg.get("type") == "message":
+                    yield msg["data"]
+        except (RedisError, OSError) as exc:
+            log.warning("%s lost (%s); resubscribing", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _text(value: bytes | str) -> str:
@@ -199,24 +246,10 @@ class RedisUserStatus:
     async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
         """Users to drain, as published; ``None`` after every (re)subscription, because
         requests published while unsubscribed were lost: the connector then drains everyone."""
-        delay = 0.1
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel(connector_id))
-                delay = 0.1
-                yield None
-                while True:
-                    msg = await pubsub.get_message(timeout=5.0)
-                    if msg is not None and msg.get("type") == "message":
-                        yield [u for u in _text(msg["data"]).split("\n") if u]
-            except (RedisError, OSError) as exc:
-                log.warning("drain channel of %s lost (%s); resubscribing", connector_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        async for data in follow_channel(
+            self._client, self._channel(connector_id), f"drain channel of {connector_id}"
+        ):
+            yield None if data is None else [u for u in _text(data).split("\n") if u]
 
     async def close(self) -> None:
         try:

@@ -14,7 +14,6 @@ connector in one process), and a Redis pub/sub channel ``{prefix}revoked`` for a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -25,13 +24,12 @@ from redis.exceptions import RedisError
 
 from common.db import Database
 from common.errors import BackendError
-from common.redact import redact_url
 from common.tokens import Claims, Revocation
+from user_status.redis import connect, follow_channel
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_QUEUE = 10_000  # revocations waiting per in-process follower; beyond: recheck all
-CONNECT_TIMEOUT = 5.0
 
 
 class RevocationBus(Protocol):
@@ -89,28 +87,14 @@ class RedisRevocationBus:
             raise BackendError("redis", f"publish revocation: {exc}") from exc
 
     async def follow(self) -> AsyncGenerator[Revocation | None, None]:
-        delay = 0.1
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                delay = 0.1
+        async for data in follow_channel(self._client, self._channel, "revocation channel"):
+            if data is None:
                 yield None
-                while True:
-                    msg = await pubsub.get_message(timeout=5.0)
-                    if msg is None or msg.get("type") != "message":
-                        continue
-                    try:
-                        yield Revocation.decode(msg["data"])
-                    except ValueError as exc:
-                        log.warning("ignoring a malformed revocation: %s", exc)
-            except (RedisError, OSError) as exc:
-                log.warning("revocation channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                continue
+            try:
+                yield Revocation.decode(data)
+            except ValueError as exc:
+                log.warning("ignoring a malformed revocation: %s", exc)
 
     async def close(self) -> None:
         try:
@@ -123,18 +107,7 @@ async def create_bus(redis_url: str, prefix: str = "im:") -> RevocationBus:
     """Redis when ``redis_url`` is set (pinged once here), else in-process."""
     if not redis_url:
         return MemoryRevocationBus()
-    try:
-        client = aioredis.from_url(
-            redis_url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
-        )
-    except (RedisError, ValueError) as exc:
-        raise BackendError("redis", f"bad URL {redact_url(redis_url)}: {exc}") from exc
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise BackendError("redis", f"cannot reach {redact_url(redis_url)}: {exc}") from exc
-    return RedisRevocationBus(client, prefix)
+    return RedisRevocationBus(await connect(redis_url), prefix)
 
 
 class RevocationReader:
