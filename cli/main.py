@@ -100,6 +100,33 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from cli import chaos
+
+    settings = _settings(args)
+    logsetup.setup("WARNING")
+    opts = chaos.Options(
+        seconds=args.seconds,
+        users=args.users,
+        rate=args.rate,
+        kill_every=args.kill_every,
+        connectors=args.connectors,
+        transfers=args.transfers,
+        writers=args.writers,
+        quiesce=args.quiesce,
+        seed=args.seed,
+        keep=args.keep,
+    )
+    if opts.users < 2 or min(opts.connectors, opts.transfers, opts.writers) < 1:
+        print("im: need 2+ users and 1+ connector, transfer and writer", file=sys.stderr)
+        return 2
+    try:
+        return chaos.main(settings, opts, args.json)
+    except (IMError, OSError, RuntimeError) as exc:
+        print(f"im: chaos could not run: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from client import demo
 
@@ -143,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--transfers", type=int, default=2)
     cl.add_argument("--writers", type=int, default=1)
     cl.set_defaults(func=cmd_cluster)
+
+    ch = sub.add_parser(
+        "chaos",
+        help="the cluster under SIGKILL while users chat; checks no loss, duplicates, order",
+    )
+    ch.add_argument("--seconds", type=float, default=60.0, help="how long to kill (default 60)")
+    ch.add_argument("--users", type=int, default=20)
+    ch.add_argument("--rate", type=float, default=40.0, help="messages per second in all")
+    ch.add_argument("--kill-every", type=float, default=4.0, help="seconds between kills, about")
+    ch.add_argument("--connectors", type=int, default=2)
+    ch.add_argument("--transfers", type=int, default=2)
+    ch.add_argument("--writers", type=int, default=2)
+    ch.add_argument("--quiesce", type=float, default=90.0, help="longest wait to settle, s")
+    ch.add_argument("--seed", type=int, default=None, help="replay a run's random choices")
+    ch.add_argument("--keep", action="store_true", help="keep its database, keys, queues, logs")
+    ch.add_argument("--json", action="store_true", help="last line: one JSON object")
+    ch.set_defaults(func=cmd_chaos)
 
     d = sub.add_parser("demo", help="simulated users chat; checks every receipt")
     d.add_argument("--users", type=int, default=20)

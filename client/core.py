@@ -15,6 +15,10 @@ Rules it keeps (DESIGN §5):
   survives any server crash between the device and the sender;
 - each message and each receipt is surfaced once: dedupe by (from_id, message id) and by
   (peer, message id, receipt type), in bounded memory;
+- per-conversation order: every chat carries this client's stream id, its place among our
+  messages to that peer and the lowest place not yet DELIVERED (client/order.py); received ones
+  are surfaced in their sender's order, a message past a gap waiting (bounded) for the missing
+  one, and a gap that lasts asks the connector to drain the offline store;
 - TLS to the connector when the login answer says so (or when asked), verifying the server's
   certificate and host name by default;
 - DELIVERED and READ carry the read tag the connector stamped on the message, its proof of
@@ -33,6 +37,7 @@ import dataclasses
 import logging
 import os
 import random
+import secrets
 import ssl
 import time
 from collections import OrderedDict
@@ -45,6 +50,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from client.files import FileInfo, download_file, upload_file
+from client.order import DEFAULT_HOLD, StreamOrder
 from client.rest import LoginAnswer, RestClient, RestError
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
@@ -59,6 +65,12 @@ log = logging.getLogger(__name__)
 DEDUPE_MEMORY = 100_000
 OUTBOX_SIZE = 10_000  # chats waiting for SENT; send_text waits beyond this
 RESEND_AFTER = 8.0  # seconds a sent frame may stay unconfirmed before it is sent again
+# Messages per peer whose DELIVERED we still wait for, to compute the stream floor; beyond this
+# the oldest is forgotten (the peer then no longer waits for it if it arrives late).
+UNDELIVERED_MEMORY = 100_000
+# A gap in a stream open this long asks the connector to drain: the missing message may sit in
+# the offline store (committed after our connector last drained).
+DRAIN_ASK_AFTER = 1.0
 # the server refused the frame for good: resending the same bytes cannot help
 FINAL_ERRORS = frozenset(
     {
@@ -146,6 +158,7 @@ class IMClient:
         outbox_size: int = OUTBOX_SIZE,
         resend_after: float = RESEND_AFTER,
         tls: ssl.SSLContext | bool | None = None,
+        order_hold: float = DEFAULT_HOLD,
     ) -> None:
         """``tls``: None follows the login answer, True uses TLS with the system's trust store,
         an ``SSLContext`` is used as given (e.g. ``common.tls.client_context(cafile)``), False
@@ -181,6 +194,14 @@ class IMClient:
         self._want_link = False
         self._keeper: asyncio.Task[None] | None = None
         self._link_lost = asyncio.Event()
+        # ordering: our stream, per-peer counters and the undelivered, the receiving side
+        self.stream = secrets.randbits(63) | 1
+        self._stream_next: dict[str, int] = {}
+        self._undelivered: dict[str, OrderedDict[int, int]] = {}  # peer -> msg id -> seq
+        self._order: StreamOrder[Event] = StreamOrder(hold=order_hold)
+        self._order_task: asyncio.Task[None] | None = None
+        self._order_wake = asyncio.Event()
+        self._drain_asked = 0.0
 
     async def __aenter__(self) -> IMClient:
         return self
@@ -225,6 +246,18 @@ class IMClient:
         """Frames in the outbox: sent or not, still waiting for the server to take them."""
         return len(self._outbox)
 
+    @property
+    def order_stats(self) -> dict[str, int]:
+        """Receiving side: messages that waited for an earlier one, gaps given up, messages
+        that came after their gap was given up, messages waiting now."""
+        o = self._order
+        return {
+            "reordered": o.reordered,
+            "gaps_skipped": o.gaps_skipped,
+            "late": o.late,
+            "held": o.held,
+        }
+
     async def connect(self, timeout: float = 10.0) -> None:
         """Log in if needed, open the link, GREET, wait for WELCOME, send the outbox.
 
@@ -236,6 +269,22 @@ class IMClient:
         self._want_link = True
         if self._auto_reconnect and self._keeper is None:
             self._keeper = asyncio.create_task(self._keep_link(), name=f"keep {self.user_id}")
+        if self._order_task is None:
+            self._order_task = asyncio.create_task(self._keep_order(), name=f"order {self.user_id}")
+
+    async def disconnect(self) -> None:
+        """Go offline but keep the outbox, dedupe and order state: :meth:`connect` resumes.
+        What is sent meanwhile waits in the outbox."""
+        self._want_link = False
+        self._link_lost.set()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        if self._link is not None:
+            self._link.close()
+        if self._run is not None:
+            await asyncio.gather(self._run, return_exceptions=True)
 
     async def _open(self, addr: tuple[str, int], login: LoginAnswer, timeout: float) -> None:
         host, port = addr
@@ -326,16 +375,11 @@ class IMClient:
         raise IMError(f"no connector took us: {last}")
 
     async def close(self) -> None:
-        self._want_link = False
-        self._link_lost.set()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
-            self._keeper = None
-        if self._link is not None:
-            self._link.close()
-        if self._run is not None:
-            await asyncio.gather(self._run, return_exceptions=True)
+        await self.disconnect()
+        if self._order_task is not None:
+            self._order_task.cancel()
+            await asyncio.gather(self._order_task, return_exceptions=True)
+            self._order_task = None
         await self.rest.close()
 
     # -- outbox ------------------------------------------------------------------------------
@@ -366,16 +410,42 @@ class IMClient:
 
     def _give_up(self, ref_seq: int) -> None:
         """The server refused, for good, the frame it received as ``ref_seq`` on this link:
-        stop resending it."""
+        stop resending it (and let the peer stop waiting for it)."""
         for key, pending in list(self._outbox.items()):
             if pending.seq == ref_seq:
                 self._confirm(key)
+                if pending.is_chat:
+                    self._delivered(pending.env.chat.dest_id, key)
                 return
+
+    def _next_place(self, peer: str, msg_id: int) -> int:
+        """The next stream_seq toward ``peer``, remembered as undelivered."""
+        seq = self._stream_next.get(peer, 1)
+        self._stream_next[peer] = seq + 1
+        waiting = self._undelivered.setdefault(peer, OrderedDict())
+        waiting[msg_id] = seq
+        if len(waiting) > UNDELIVERED_MEMORY:
+            waiting.popitem(last=False)
+        return seq
+
+    def _floor(self, peer: str) -> int:
+        waiting = self._undelivered.get(peer)
+        if waiting:
+            return next(iter(waiting.values()))
+        return self._stream_next.get(peer, 1)
+
+    def _delivered(self, peer: str, msg_id: int) -> None:
+        waiting = self._undelivered.get(peer)
+        if waiting is not None:
+            waiting.pop(msg_id, None)
 
     async def _send_pending(self, pending: _Pending) -> bool:
         link = self._link
         if link is None or link.closing or not self.node_id:
             return False
+        if pending.is_chat:
+            chat = pending.env.chat
+            chat.stream_floor = self._floor(chat.dest_id)
         try:
             pending.seq = await link.send(fresh(pending.env))
         except LinkClosed:
@@ -411,6 +481,8 @@ class IMClient:
             msg_type=im_pb2.TEXT,
             body=body,
             create_time=int(time.time() * 1000),
+            stream=self.stream,
+            stream_seq=self._next_place(to, msg_id),
         )
         await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
@@ -443,6 +515,8 @@ class IMClient:
             body=seal(key, msg_id, self.user_id, to, inner.SerializeToString()),
             create_time=int(time.time() * 1000),
             file=im_pb2.FileRef(id=up.ref.file_id, size=up.ref.size, checksum=up.ref.checksum),
+            stream=self.stream,
+            stream_seq=self._next_place(to, msg_id),
         )
         await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
@@ -511,6 +585,8 @@ class IMClient:
                 return
             if a.ack_type == im_pb2.SENT:
                 self._confirm(a.ack_msg_id)
+            elif a.ack_type == im_pb2.DELIVERED:
+                self._delivered(a.from_id, a.ack_msg_id)
             if self._seen_receipts.add((a.from_id, a.ack_msg_id, a.ack_type)):
                 await self._events.put(
                     Receipt(im_pb2.AckType.Name(a.ack_type), a.from_id, a.ack_msg_id)
@@ -541,9 +617,10 @@ class IMClient:
             else:
                 text = plain.decode()
         except (SealError, UnicodeDecodeError) as exc:
-            await self._events.put(ServerError("UNREADABLE", str(exc), chat.id))
+            await self._surface(chat, ServerError("UNREADABLE", str(exc), chat.id))
             return
-        await self._events.put(
+        await self._surface(
+            chat,
             Message(
                 chat.id,
                 chat.from_id,
@@ -553,8 +630,50 @@ class IMClient:
                 chat.create_time,
                 file,
                 chat.read_tag,
-            )
+            ),
         )
+
+    async def _surface(self, chat: im_pb2.ChatMsg, event: Event) -> None:
+        """Hand ``event`` to the application in its sender's order (a chat of a client that
+        sends no stream is surfaced as it comes)."""
+        if not chat.stream or not chat.stream_seq:
+            await self._events.put(event)
+            return
+        now = time.monotonic()
+        key = (chat.from_id, chat.stream)
+        for ready in self._order.offer(key, chat.stream_seq, chat.stream_floor, event, now):
+            await self._events.put(ready)
+        if self._order.next_deadline() is not None:
+            self._order_wake.set()
+
+    async def _keep_order(self) -> None:
+        """While a message waits for an earlier one: ask for a drain now and then, and give up
+        gaps that outlast the hold."""
+        tick = min(0.25, self._order.first_hold / 4)
+        while True:
+            if self._order.next_deadline() is None:
+                self._order_wake.clear()
+                await self._order_wake.wait()
+                continue
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            gap = self._order.oldest_gap()
+            if (
+                gap is not None
+                and now - gap >= DRAIN_ASK_AFTER
+                and now - self._drain_asked >= DRAIN_ASK_AFTER
+            ):
+                self._drain_asked = now
+                await self._ask_drain()
+            for ready in self._order.expire(now):
+                await self._events.put(ready)
+
+    async def _ask_drain(self) -> None:
+        link = self._link
+        if link is None or link.closing or not self.node_id:
+            return
+        with contextlib.suppress(LinkClosed):
+            await link.send(im_pb2.Envelope(drain=im_pb2.Drain(user_id=self.user_id)))
 
     def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
         pass

@@ -13,6 +13,8 @@ from common.errors import IMError
 
 
 class RestError(IMError):
+    """An answer that is not the expected one; ``status`` 0: REST did not answer at all."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
@@ -52,6 +54,14 @@ class RestClient:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    async def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """One request; a connection that fails is a RestError (status 0), like any answer
+        we did not want, so callers handle one exception."""
+        try:
+            return await self._http.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            raise RestError(0, f"REST unreachable: {exc!r}") from exc
+
     @staticmethod
     def _check(resp: httpx.Response, *ok: int) -> Any:
         if resp.status_code not in ok:
@@ -64,7 +74,8 @@ class RestClient:
 
     async def register(self, user_id: str, password: str, display_name: str = "") -> bool:
         """Create the account; False if it already exists."""
-        resp = await self._http.post(
+        resp = await self._call(
+            "POST",
             "/users",
             json={"user_id": user_id, "password": password, "display_name": display_name or None},
         )
@@ -74,8 +85,10 @@ class RestClient:
         return True
 
     async def login(self, user_id: str, password: str, device_id: str = "") -> LoginAnswer:
-        resp = await self._http.post(
-            "/login", json={"user_id": user_id, "password": password, "device_id": device_id}
+        resp = await self._call(
+            "POST",
+            "/login",
+            json={"user_id": user_id, "password": password, "device_id": device_id},
         )
         data = self._check(resp, 200)
         self.token = data["token"]
@@ -89,28 +102,31 @@ class RestClient:
         )
 
     async def add_friend(self, friend_id: str) -> str:
-        resp = await self._http.put(f"/friends/{friend_id}", headers=self._auth())
+        resp = await self._call("PUT", f"/friends/{friend_id}", headers=self._auth())
         return str(self._check(resp, 200, 201)["key"])
 
     async def remove_friend(self, friend_id: str) -> None:
-        resp = await self._http.delete(f"/friends/{friend_id}", headers=self._auth())
+        resp = await self._call("DELETE", f"/friends/{friend_id}", headers=self._auth())
         self._check(resp, 204)
 
     async def friends(self) -> dict[str, str]:
-        resp = await self._http.get("/friends", headers=self._auth())
+        resp = await self._call("GET", "/friends", headers=self._auth())
         return {f["user_id"]: f["key"] for f in self._check(resp, 200)}
 
     async def change_password(self, old: str, new: str) -> str:
         """Change the password; every older token of the user is revoked, and the fresh token
         for this device (returned) replaces ours."""
-        resp = await self._http.put(
-            "/password", json={"old_password": old, "new_password": new}, headers=self._auth()
+        resp = await self._call(
+            "PUT",
+            "/password",
+            json={"old_password": old, "new_password": new},
+            headers=self._auth(),
         )
         self.token = str(self._check(resp, 200)["token"])
         return self.token
 
     async def logout(self) -> None:
-        resp = await self._http.post("/logout", headers=self._auth())
+        resp = await self._call("POST", "/logout", headers=self._auth())
         self._check(resp, 204)
         self.token = ""
 

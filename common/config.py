@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     greet_timeout: float = 10 * SECONDS
     heartbeat: float = 15 * SECONDS
     idle_timeout: float = 60 * SECONDS
+    # connector <-> transfer links: a hung or cut peer must leave routing within seconds, and
+    # both ends are ours, so keep-alives can be frequent
+    node_heartbeat: float = 1 * SECONDS
+    node_idle_timeout: float = 5 * SECONDS
     rate_limit: float = Field(500.0, description="messages per second per connection")
     rate_burst: int = 1000
     session_queue: int = 4096

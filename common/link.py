@@ -66,14 +66,16 @@ class LinkConfig:
     control_burst: int = 0
 
     @classmethod
-    def from_settings(cls, s: Settings) -> LinkConfig:
+    def from_settings(cls, s: Settings, *, node: bool = False) -> LinkConfig:
+        """Client links (``node=False``) or connector <-> transfer links, which keep alive
+        more often so that a dead peer is noticed within seconds."""
         return cls(
             max_frame=s.max_frame,
             window=s.window,
             retry_timeout=s.retry_timeout,
             max_retries=s.max_retries,
-            heartbeat=s.heartbeat,
-            idle_timeout=s.idle_timeout,
+            heartbeat=s.node_heartbeat if node else s.heartbeat,
+            idle_timeout=s.node_idle_timeout if node else s.idle_timeout,
         )
 
 

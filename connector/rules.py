@@ -3,7 +3,8 @@
 States: CONNECTED (socket open, no identity) -> AUTHENTICATED (GREET accepted) -> CLOSING.
 Before GREET only GREET is accepted (anything else is fatal: the peer is not speaking the
 protocol); after it, only chat, receipts and keep-alives (a second GREET is refused but not
-fatal). Server-to-client bodies from a client are an unknown type.
+fatal). Server-to-client bodies from a client are an unknown type; ``drain`` is both (a client
+asks for its own offline rows).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ ALLOWED: dict[str, frozenset[State]] = {
     "greet": frozenset({State.CONNECTED}),
     "chat": frozenset({State.AUTHENTICATED}),
     "ack": frozenset({State.AUTHENTICATED}),
+    "drain": frozenset({State.AUTHENTICATED}),  # drain my offline rows now
     "link_ack": frozenset({State.AUTHENTICATED}),
     "ping": frozenset({State.CONNECTED, State.AUTHENTICATED}),
     "pong": frozenset({State.CONNECTED, State.AUTHENTICATED}),

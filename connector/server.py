@@ -140,6 +140,8 @@ class ClientSession:
                 await self._chat(env)
             elif kind == "ack":
                 await self._receipt(env)
+            elif kind == "drain":
+                self._drain_request(env.drain)
         except ProtocolError as err:
             if not err.fatal:  # fatal ones end the link and are counted in on_closed
                 self.c.counters.error(err.code_name)
@@ -286,6 +288,13 @@ class ClientSession:
         out = fresh(env)
         out.ack.read_tag = b""  # it proved receipt to us; the sender has no use for it
         await self.c.forward(out)
+
+    def _drain_request(self, drain: im_pb2.Drain) -> None:
+        """The client misses a message that may be in the offline store: drain, in line."""
+        if drain.user_id and drain.user_id != self.user_id:
+            raise ProtocolError("a client drains only itself", code=im_pb2.SPOOFED_SENDER)
+        self._rate()
+        self.queue_drain()
 
     def _tag(self, env: im_pb2.Envelope) -> im_pb2.Envelope:
         """Stamp a chat about to be pushed with this user's read tag (proof of receipt)."""
@@ -493,10 +502,10 @@ class Connector:
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         self.counters = Counters()
-        self.link_config = LinkConfig.from_settings(settings)
+        self.link_config = LinkConfig.from_settings(settings, node=True)
         # clients are untrusted: their PINGs and LinkAcks are rate limited too
         self.client_link_config = dataclasses.replace(
-            self.link_config,
+            LinkConfig.from_settings(settings),
             control_rate=settings.rate_limit,
             control_burst=settings.rate_burst,
         )

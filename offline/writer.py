@@ -6,9 +6,9 @@ commit, so a crash at any point leaves the messages in the queue (G1). A failing
 never dropped. Only items that can never be stored are rejected, so one bad message can't wedge
 the queue. ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
 
-After a commit, ``notify`` (when given) is told whose rows were stored: with a durable broker the
-transfer's SENT came before this commit, so a recipient who came online meanwhile must be asked
-to drain again, or its rows would wait for its next login.
+After a commit, and before the acks, ``notify`` (when given) is told whose rows were stored: with
+a durable broker the transfer's SENT came before this commit, so a recipient who came online
+meanwhile must be asked to drain again, or its rows would wait for its next login.
 """
 
 from __future__ import annotations
@@ -75,6 +75,15 @@ class OfflineWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
+        # drain requests before the acks: a writer killed in between leaves the messages in
+        # the queue, and the one that stores them again (once: unique identity) asks again
+        if self._notify is not None and items:
+            try:
+                await self._notify({it.to_user_id for it in items})
+            except Exception:
+                # a missed drain request costs latency (the next login drains; a client that
+                # misses a message asks), never a message
+                log.exception("drain notification failed")
         for delivery in accepted:
             try:
                 await delivery.ack()
@@ -82,9 +91,3 @@ class OfflineWriter:
                 # the rows are committed: a redelivery is stored once (unique identity)
                 log.warning("offline ack failed after commit: %s", exc)
         self.stored += len(items)
-        if self._notify is not None and items:
-            try:
-                await self._notify({it.to_user_id for it in items})
-            except Exception:
-                # a missed drain request costs latency (the next login drains), never a message
-                log.exception("drain notification failed")

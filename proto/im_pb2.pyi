@@ -106,7 +106,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,9 @@ class ChatMsg(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     READ_TAG_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FLOOR_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -125,7 +128,10 @@ class ChatMsg(_message.Message):
     create_time: int
     file: FileRef
     read_tag: bytes
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
+    stream: int
+    stream_seq: int
+    stream_floor: int
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")

@@ -38,8 +38,15 @@ def test_second_greet_is_refused_but_not_fatal() -> None:
     assert exc.value.code == im_pb2.ALREADY_GREETED and not exc.value.fatal
 
 
+def test_a_client_may_ask_for_a_drain_once_greeted() -> None:
+    rules.check(State.AUTHENTICATED, "drain")
+    with pytest.raises(ProtocolError) as exc:
+        rules.check(State.CONNECTED, "drain")
+    assert exc.value.code == im_pb2.NOT_AUTHENTICATED and exc.value.fatal
+
+
 def test_server_only_bodies_from_a_client_are_unknown() -> None:
-    for kind in ("welcome", "drain", "bounce", "error"):
+    for kind in ("welcome", "bounce", "error"):
         with pytest.raises(ProtocolError) as exc:
             rules.check(State.AUTHENTICATED, kind)
         assert exc.value.code == im_pb2.UNKNOWN_TYPE

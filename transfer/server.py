@@ -185,7 +185,7 @@ class Transfer:
         self.ids = MessageIdGen()
         self.serial = KeyedSerial()
         self.links: dict[str, Link] = {}
-        self.link_config = LinkConfig.from_settings(settings)
+        self.link_config = LinkConfig.from_settings(settings, node=True)
         self.routed = 0
         self.stored = 0
         self._server: asyncio.Server | None = None

@@ -1,0 +1,351 @@
+"""``im chaos``: the cluster under SIGKILL, and a check that G1-G4 held (DESIGN §5).
+
+Starts the multi-process cluster (REST, transfers, connectors, offline writers) on the configured
+services, as ``im cluster`` does, but in a database, Redis key prefix and RabbitMQ queue set of
+its own, so it can run beside a real deployment and leaves nothing behind. Users chat without
+pause through the client library, some going offline and coming back (client/traffic.py), while
+every few seconds a random connector, transfer or writer is SIGKILLed and started again. Then it
+stops the killing, brings every user online, waits for the system to settle and compares what
+every side recorded. Exit status: 0 only when nothing acknowledged was lost, nothing was
+surfaced twice or out of order, every receipt arrived once, and no process died by itself.
+
+REST is not killed: it is stateless, and a login that fails is the client's to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from cli.cluster import Child, check_services, cluster_settings, plan
+from client.traffic import Users, check
+from common.config import Settings
+from common.db import MySQLParams, open_database
+
+KILLABLE = ("connector", "transfer", "offline-writer")
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Options:
+    seconds: float = 60.0
+    users: int = 20
+    rate: float = 40.0  # messages per second, all users together
+    kill_every: float = 4.0
+    flap_every: float = 2.0  # a user goes offline about this often
+    connectors: int = 2
+    transfers: int = 2
+    writers: int = 2
+    quiesce: float = 90.0
+    seed: int | None = None
+    keep: bool = False
+
+
+@dataclass
+class Proc:
+    """A child that the killer may take down and bring back, same name, port and node id."""
+
+    child: Child
+    log: Path
+    port: int
+    proc: asyncio.subprocess.Process | None = None
+    killed_by_us: bool = False
+    _out: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        if self._out is None:
+            self._out = self.log.open("ab")
+        self.killed_by_us = False
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli.main",
+            self.child.role,
+            env=self.child.env,
+            stdout=self._out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.alive:
+            self.killed_by_us = True
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+    async def stop(self, grace: float) -> None:
+        if self.proc is not None and self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                await self.kill()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    async def wait_ready(self, host: str) -> bool:
+        """Until the port accepts (a queue consumer has none: until it has run a moment)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.alive:
+                return False
+            if not self.port:
+                await asyncio.sleep(0.5)
+                return self.alive
+            try:
+                _, writer = await asyncio.open_connection(host, self.port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            return True
+        return False
+
+
+@dataclass
+class Chaos:
+    settings: Settings
+    opts: Options
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    kills: Counter[str] = field(default_factory=Counter)
+    crashed: list[str] = field(default_factory=list)
+    quiet: bool = False
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"chaos | {text}", file=sys.stderr, flush=True)
+
+    @property
+    def host(self) -> str:
+        return self.settings.advertised_host()
+
+    @property
+    def rest(self) -> str:
+        return f"http://{self.host}:{self.settings.rest_port}"
+
+    async def start_cluster(self) -> None:
+        s, o = self.settings, self.opts
+        children = plan(s, o.connectors, o.transfers, o.writers)
+        for child in children:
+            # plan() passes the caller's IM_* through: this run's own namespaces win
+            child.env.update(
+                {
+                    "IM_REDIS_PREFIX": s.redis_prefix,
+                    "IM_AMQP_QUEUE": s.amqp_queue,
+                    "IM_LOG_LEVEL": s.log_level,
+                }
+            )
+            port = {
+                "rest": s.rest_port,
+                "transfer": int(child.env.get("IM_TRANSFER_PORT", 0)),
+                "connector": int(child.env.get("IM_CONNECTOR_PORT", 0)),
+            }.get(child.role, 0)
+            self.procs.append(Proc(child, self.workdir / f"{child.name}.log", port))
+        order = ["transfer", "offline-writer", "connector", "rest"]
+        for p in sorted(self.procs, key=lambda p: order.index(p.child.role)):
+            await p.start()
+            if not await p.wait_ready(self.host):
+                raise RuntimeError(f"{p.child.name} did not come up (log: {p.log})")
+        self.say("cluster up: " + ", ".join(p.child.name for p in self.procs))
+
+    async def watch(self) -> None:
+        """A process that died without our SIGKILL crashed: note it, start it again."""
+        while True:
+            await asyncio.sleep(0.5)
+            for p in self.procs:
+                if p.proc is not None and not p.alive and not p.killed_by_us:
+                    self.crashed.append(f"{p.child.name} exited {p.proc.returncode}")
+                    self.say(f"{p.child.name} died by itself ({p.proc.returncode}); restarting")
+                    await p.start()
+
+    async def killer(self, until: float, rng: random.Random) -> None:
+        victims = [p for p in self.procs if p.child.role in KILLABLE]
+        while True:
+            pause = rng.uniform(0.5, 1.5) * self.opts.kill_every
+            if time.monotonic() + pause >= until:
+                return
+            await asyncio.sleep(pause)
+            victim = rng.choice(victims)
+            await victim.kill()
+            self.kills[victim.child.role] += 1
+            self.say(f"SIGKILL {victim.child.name}")
+            await asyncio.sleep(rng.uniform(0.2, 2.0))
+            await victim.start()
+            if not await victim.wait_ready(self.host):
+                self.crashed.append(f"{victim.child.name} did not come back")
+
+    async def stop_cluster(self) -> None:
+        for p in reversed(self.procs):
+            await p.stop(10.0)
+
+
+def chaos_settings(settings: Settings, tag: str) -> Settings:
+    """The configured services, in namespaces of this run's own."""
+    settings, _ = cluster_settings(settings)
+    params = MySQLParams.from_url(settings.database_url)
+    base = settings.database_url.rsplit("/", 1)[0]
+    return settings.model_copy(
+        update={
+            "database_url": f"{base}/{params.database}_chaos_{tag}",
+            "redis_prefix": f"{settings.redis_prefix}chaos:{tag}:",
+            "amqp_queue": f"{settings.amqp_queue}.chaos.{tag}",
+            "log_level": "WARNING" if settings.log_level == "INFO" else settings.log_level,
+        }
+    )
+
+
+async def cleanup(settings: Settings) -> None:
+    """Drop this run's database, Redis keys and queues."""
+    import aio_pika
+    import redis.asyncio as aioredis
+
+    with contextlib.suppress(Exception):
+        r = aioredis.from_url(settings.redis_url)
+        keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}*")]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+    with contextlib.suppress(Exception):
+        conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+        channel = await conn.channel()
+        for i in range(settings.amqp_shards):
+            await channel.queue_delete(f"{settings.amqp_queue}.{i}")
+        await channel.queue_delete(f"{settings.amqp_queue}.dead")
+        await conn.close()
+    with contextlib.suppress(Exception):
+        params = MySQLParams.from_url(settings.database_url)
+        db = await open_database(settings.database_url.rsplit("/", 1)[0] + "/mysql", pool_size=1)
+        try:
+            await db.execute(f"DROP DATABASE IF EXISTS `{params.database}`")
+        finally:
+            await db.close()
+
+
+async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -> dict[str, object]:
+    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    rng = random.Random(seed)
+    tag = secrets.token_hex(4)
+    settings = chaos_settings(settings, tag)
+    workdir = Path(tempfile.mkdtemp(prefix=f"im-chaos-{tag}-"))
+    chaos = Chaos(settings, opts, workdir, quiet=quiet)
+    began = time.monotonic()
+    users = Users.named(chaos.rest, f"ch{tag}", opts.users)
+    report: dict[str, object] = {}
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            await check_services(settings)
+        await chaos.start_cluster()
+        await users.setup()
+        chaos.say(f"{opts.users} users online; chaos for {opts.seconds:g}s (seed {seed})")
+        tasks.append(asyncio.create_task(chaos.watch()))
+        started = time.monotonic()
+        until = started + opts.seconds
+        users.start(opts.rate, opts.flap_every, rng)
+        killer = asyncio.create_task(chaos.killer(until, rng))
+        while time.monotonic() < until:
+            await asyncio.sleep(min(5.0, max(0.0, until - time.monotonic())))
+            r = check(users.ledger)
+            chaos.say(
+                f"t={time.monotonic() - started:4.0f}s sent {r['sent']} acked {r['acked']}"
+                f" kills {sum(chaos.kills.values())} offline {len(users.offline)}"
+            )
+        await killer
+        chaos_seconds = time.monotonic() - started
+        for p in chaos.procs:
+            if not p.alive:
+                await p.start()
+                await p.wait_ready(chaos.host)
+        chaos.say("killing stopped; bringing everyone online and letting it settle")
+        await users.everyone_online()
+        settled = await users.quiesce(opts.quiesce, chaos.say)
+        report = {
+            **check(users.ledger),
+            "kills": sum(chaos.kills.values()),
+            "kills_by_role": dict(chaos.kills),
+            "crashed": len(chaos.crashed),
+            "crash_samples": chaos.crashed[:5],
+            "seconds": round(chaos_seconds, 1),
+            "total_seconds": round(time.monotonic() - began, 1),
+            "settled": settled,
+            "users": opts.users,
+            "went_offline": users.went_offline,
+            "seed": seed,
+            "errors_seen": dict(users.ledger.errors),
+            **users.client_stats(),
+        }
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await users.close()
+        await chaos.stop_cluster()
+        if not opts.keep:
+            await cleanup(settings)
+    good = ok(report)
+    if good and not opts.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        report["logs"] = str(workdir)
+    return report
+
+
+VIOLATIONS = (
+    "lost",
+    "duplicates",
+    "out_of_order",
+    "receipts_missing",
+    "receipts_duplicated",
+    "crashed",
+)
+
+
+def ok(report: dict[str, object]) -> bool:
+    return bool(report) and all(report.get(k) == 0 for k in VIOLATIONS)
+
+
+def main(settings: Settings, opts: Options, as_json: bool) -> int:
+    try:
+        report = asyncio.run(run_chaos(settings, opts, quiet=False))
+    except KeyboardInterrupt:
+        return 130
+    good = ok(report)
+    if not as_json:
+        print(
+            f"chaos for {report.get('seconds')} s, {report.get('kills')} kills"
+            f" {report.get('kills_by_role')}, {report.get('users')} users"
+            f" ({report.get('went_offline')} times one went offline)\n"
+            f"  sent {report.get('sent')}  acked {report.get('acked')}"
+            f"  delivered {report.get('delivered')}  not acked {report.get('not_acked')}\n"
+            f"  lost {report.get('lost')}  duplicates {report.get('duplicates')}"
+            f"  out of order {report.get('out_of_order')}\n"
+            f"  receipts missing {report.get('receipts_missing')}"
+            f"  duplicated {report.get('receipts_duplicated')}  crashed {report.get('crashed')}\n"
+            f"  client: reconnects {report.get('reconnects')}  resent {report.get('resent')}"
+            f"  reordered {report.get('reordered')}  gaps given up {report.get('gaps_skipped')}\n"
+            f"  {'OK' if good else 'FAILED'}"
+            + (f"  (logs in {report['logs']})" if "logs" in report else "")
+        )
+    else:
+        print(json.dumps(report))
+    return 0 if good else 1
