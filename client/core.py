@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 DEDUPE_MEMORY = 100_000
 OUTBOX_SIZE = 10_000  # chats waiting for SENT; send_text waits beyond this
 RESEND_AFTER = 8.0  # seconds a sent frame may stay unconfirmed before it is sent again
+# Every hop is FIFO per conversation, so a SENT for a later message to the same peer means an
+# earlier one still unconfirmed this long was most likely lost with a server: resend it at the
+# next tick instead of after RESEND_AFTER (a copy that was only slow is dropped by the peer).
+OVERTAKEN_AFTER = 0.5
 # Messages per peer whose DELIVERED we still wait for, to compute the stream floor; beyond this
 # the oldest is forgotten (the peer then no longer waits for it if it arrives late).
 UNDELIVERED_MEMORY = 100_000
@@ -408,6 +412,20 @@ class IMClient:
                 self._room.set()
         return True
 
+    def _overtaken(self, msg_id: int) -> None:
+        """``msg_id`` got SENT: mark older chats to the same peer, unconfirmed for a while, to
+        be resent at the next tick (never here: the reader must not wait for window room)."""
+        pending = self._outbox.get(msg_id)
+        if pending is None or not pending.is_chat:
+            return
+        peer = pending.env.chat.dest_id
+        cutoff = time.monotonic() - OVERTAKEN_AFTER
+        for key, older in self._outbox.items():
+            if key == msg_id:
+                break
+            if older.is_chat and older.env.chat.dest_id == peer and 0 < older.sent_at <= cutoff:
+                older.sent_at = -1.0  # due at once: _flush resends what is at or before cutoff
+
     def _give_up(self, ref_seq: int) -> None:
         """The server refused, for good, the frame it received as ``ref_seq`` on this link:
         stop resending it (and let the peer stop waiting for it)."""
@@ -584,6 +602,7 @@ class IMClient:
                 self._confirm(a.ack_msg_id)
                 return
             if a.ack_type == im_pb2.SENT:
+                self._overtaken(a.ack_msg_id)
                 self._confirm(a.ack_msg_id)
             elif a.ack_type == im_pb2.DELIVERED:
                 self._delivered(a.from_id, a.ack_msg_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -111,3 +111,12 @@ async def db(db_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+async def poll_until(cond: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` passes; its last value."""
+    for _ in range(max(1, int(timeout / step))):
+        if cond():
+            return True
+        await asyncio.sleep(step)
+    return cond()

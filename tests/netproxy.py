@@ -2,6 +2,8 @@
 
 ``cut()`` closes every proxied connection and refuses new ones (the service looks dead to the
 client, while the service itself keeps running for everyone else); ``restore()`` accepts again.
+``delay`` adds that many seconds to every chunk, in order (a slow network); ``stall()`` stops
+forwarding while keeping the sockets open (a hung peer, a black hole), ``resume()`` goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections = 0
+        self.delay = 0.0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         await self._listen(0)
@@ -51,8 +56,18 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+
+    def stall(self) -> None:
+        """Forward nothing more, close nothing: to both ends the other just went silent."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def cut(self) -> None:
         """Refuse new connections and reset the open ones."""
@@ -72,6 +87,7 @@ class TcpProxy:
             await self._listen(self.port)
 
     async def close(self) -> None:
+        self.resume()
         await self.cut()
         for t in list(self._tasks):
             t.cancel()

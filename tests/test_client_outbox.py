@@ -222,3 +222,27 @@ async def test_a_gap_that_lasts_asks_for_a_drain_then_is_given_up() -> None:
     finally:
         c._order_task.cancel()
         await asyncio.gather(c._order_task, return_exceptions=True)
+
+
+async def test_a_chat_overtaken_by_a_later_sent_is_resent_at_once() -> None:
+    """Hops are FIFO per conversation: SENT for m2 while m1 waits means m1 was lost."""
+    c, link = client(resend_after=60.0)
+    m1 = await c.send_text("bob", "one")
+    m2 = await c.send_text("bob", "two")
+    c1 = await c.send_text("carol", "other peer")
+    for key in (m1, c1):
+        c._outbox[key].sent_at -= 5.0  # out a while ago
+    await feed(c, ack(im_pb2.SENT, m2))
+    link.sent.clear()
+    await c._flush(force=False)
+    assert [x.id for x in link.chats()] == [m1], "only the overtaken one, to the same peer"
+
+
+async def test_a_chat_just_sent_is_not_resent_when_overtaken() -> None:
+    c, link = client(resend_after=60.0)
+    await c.send_text("bob", "one")
+    m2 = await c.send_text("bob", "two")
+    await feed(c, ack(im_pb2.SENT, m2))
+    link.sent.clear()
+    await c._flush(force=False)
+    assert link.chats() == []
