@@ -429,17 +429,20 @@ class Runner:
 
     async def idle(self, target: bench.Target, prefix: str, pids: dict[str, int]) -> None:
         a = self.a
-        await asyncio.sleep(1.0)
-        before = benchstats.sample_all(pids)
+        before: dict[str, benchstats.ProcSample] = {}
         snap: dict[str, benchstats.ProcSample] = {}
+
+        def ready() -> object:
+            before.update(benchstats.sample_all(pids))
+            return None
 
         def measure() -> object:
             snap.update(benchstats.sample_all(pids))
-            return "sampled"
+            return None
 
         result = await self.measured(pids, bench.idle(
             target, f"{prefix}i", connections=a.connections, hold=a.hold,
-            heartbeat=a.heartbeat, measure=measure, progress=not a.quiet,
+            heartbeat=a.heartbeat, ready=ready, measure=measure, progress=not a.quiet,
         ))  # fmt: skip
         result.pop("measured", None)
         growth = {

@@ -63,13 +63,16 @@ async def _users(target: Target, names: list[str], friends_with: list[str]) -> l
     ]
 
     async def setup(i: int) -> None:
+        await clients[i].register()
+        await clients[i].login()
+
+    async def befriend(i: int) -> None:
         c = clients[i]
-        await c.register()
-        await c.login()
         if friends_with[i] and friends_with[i] not in c.friends:
             await c.add_friend(friends_with[i])
 
     await _gather_limited(len(clients), setup)
+    await _gather_limited(len(clients), befriend)
     return clients
 
 
@@ -112,7 +115,8 @@ async def online(
     clients = await _users(target, senders + receivers, receivers + [""] * pairs)
     for c in clients[pairs:]:
         await c.refresh_friends()
-    stats = Stats(final="READ" if read else "DELIVERED")
+    required = {"SENT", "DELIVERED", "READ"} if read else {"SENT", "DELIVERED"}
+    stats = Stats(final="DELIVERED", required=frozenset(required))
     flows = {n: Flow(stats) for n in senders}
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -169,12 +173,14 @@ async def idle(
     connections: int,
     hold: float,
     heartbeat: float,
+    ready: Callable[[], object],
     measure: Callable[[], object],
     progress: bool,
 ) -> dict[str, object]:
     """``connections`` authenticated links, idle but for heartbeats, held for ``hold`` s.
 
-    ``measure`` is called when all are up and settled (the caller samples the servers' RSS)."""
+    ``ready`` is called once the users exist and just before the first connection, ``measure``
+    when all are up and have idled for ``hold`` s: the caller samples the servers' RSS then."""
     users = max(1, -(-connections // DEVICES_PER_USER))
     names = [f"{prefix}-i{i:05d}" for i in range(users)]
     clients = await _users(target, names, [""] * users)
@@ -196,6 +202,8 @@ async def idle(
     links: list[Link] = []
     runs: list[asyncio.Task[None]] = []
     failed: list[str] = []
+    await asyncio.sleep(hold)  # let the logins' memory settle before the baseline
+    ready()
     started = time.monotonic()
 
     async def connect(i: int) -> None:
@@ -235,6 +243,7 @@ async def idle(
         "failed_samples": failed[:5],
         "connect_s": round(up_s, 2),
         "measured": measured,
+        "missing": connections - alive,
         "config": {
             "connections": connections,
             "users": users,
@@ -270,8 +279,8 @@ async def offline(
     they reach ``im_offline``; then that user comes online and drains them all."""
     receiver = f"{prefix}-off"
     names = [f"{prefix}-o{i:05d}" for i in range(senders)]
-    clients = await _users(target, names, [receiver] * senders)
     (dest,) = await _users(target, [receiver], [""])
+    clients = await _users(target, names, [receiver] * senders)
     await dest.refresh_friends()
     stats = Stats(final="SENT")
     flows = {n: Flow(stats) for n in names}
@@ -324,7 +333,7 @@ async def offline(
             result["stored_per_s"] = None
             result["stored_note"] = "no --database: the store could not be counted"
         # the returning user: connect and count until every message is in
-        got: set[int] = set()
+        got: set[tuple[str, int]] = set()  # ids are unique per sender only
         t0 = time.monotonic()
         await dest.connect()
         drain_deadline = t0 + timeout
@@ -334,13 +343,15 @@ async def offline(
             except TimeoutError:
                 break
             if isinstance(ev, Message):
-                got.add(ev.msg_id)
+                got.add((ev.from_id, ev.msg_id))
             elif isinstance(ev, ServerError):
                 stats.error(f"{receiver}: {ev.code} {ev.detail}")
         drain_s = time.monotonic() - t0
         result["drained"] = len(got)
         result["drain_s"] = round(drain_s, 3)
         ok = len(got) >= messages
+        if not ok:
+            stats.error(f"drained {len(got)} of {messages} in {drain_s:.1f}s")
         # drain_10k_s is measured, not extrapolated, unless the run had another size: then it
         # is scaled linearly and says so
         result["drain_10k_s"] = round(drain_s * 10_000 / messages, 3) if ok else None

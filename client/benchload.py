@@ -38,17 +38,23 @@ KINDS = ("SENT", "DELIVERED", "READ")
 class Stats:
     """What every sender of one run adds to."""
 
-    final: str  # the receipt that ends a message's flight: DELIVERED or READ
+    final: str  # the receipt whose latency is the headline: DELIVERED (or READ, SENT)
+    # a message is in flight until every one of these has come (SENT may follow DELIVERED)
+    required: frozenset[str] = frozenset()
     lat: dict[str, Latencies] = field(default_factory=lambda: {k: Latencies() for k in KINDS})
     offered: int = 0
     sent: int = 0
-    completed: int = 0  # final receipts inside the measured interval
+    completed: int = 0  # flights ended inside the measured interval
     completed_total: int = 0
     skipped: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     measure_from: float = 0.0
     measure_until: float = float("inf")
+
+    def __post_init__(self) -> None:
+        if not self.required:
+            self.required = frozenset({self.final})
 
     def error(self, text: str) -> None:
         self.errors += 1
@@ -57,11 +63,11 @@ class Stats:
 
 
 class Flow:
-    """One sender's messages in flight: id -> (offered at, counted for latency)."""
+    """One sender's messages in flight: id -> (offered at, counted for latency, still due)."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self.inflight: dict[int, tuple[float, bool]] = {}
+        self.inflight: dict[int, tuple[float, bool, set[str]]] = {}
         self.room = asyncio.Event()
         self.room.set()
         self._early: dict[int, list[tuple[str, float]]] = {}
@@ -69,7 +75,8 @@ class Flow:
     def started(self, msg_id: int, offered_at: float) -> None:
         s = self.stats
         s.sent += 1
-        self.inflight[msg_id] = (offered_at, s.measure_from <= offered_at < s.measure_until)
+        counted = s.measure_from <= offered_at < s.measure_until
+        self.inflight[msg_id] = (offered_at, counted, set(s.required))
         for kind, at in self._early.pop(msg_id, ()):
             self.receipt(kind, msg_id, at)
 
@@ -80,11 +87,14 @@ class Flow:
             if len(self._early) < EARLY_CAP:
                 self._early.setdefault(msg_id, []).append((kind, now))
             return
-        offered, counted = entry
+        offered, counted, due = entry
         s = self.stats
-        if counted and kind in s.lat:
+        if kind not in due:
+            return
+        due.discard(kind)
+        if counted:
             s.lat[kind].add(now - offered)
-        if kind == s.final:
+        if not due:
             del self.inflight[msg_id]
             s.completed_total += 1
             if s.measure_from <= now < s.measure_until:
