@@ -112,11 +112,19 @@ async def wait_port(port: int, proc: Proc, timeout: float = START_TIMEOUT) -> No
     raise IMError(f"{proc.name} did not listen on {port} within {timeout:g}s:\n{proc.tail()}")
 
 
+# The per-connection message rate limit (default 500/s, a guard against one abusive client) is
+# raised for the targets started here: a bench sender offers more than one user would, and a
+# returning user's DELIVERED receipts for a 10k drain would hit it too. The output says so.
+BENCH_RATE_LIMIT = 1_000_000
+
+
 def _base_env(server_loop: str) -> dict[str, str]:
     """The environment for a child: ours without IM_* (the target's settings are ours to set)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
     env["IM_BIND_HOST"] = HOST
     env["IM_LOOP"] = server_loop
+    env["IM_RATE_LIMIT"] = str(BENCH_RATE_LIMIT)
+    env["IM_RATE_BURST"] = str(BENCH_RATE_LIMIT)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -254,7 +262,7 @@ def _relay_args(role: str, port: int) -> list[str]:
 
 async def relay_scenario(
     started: Started, *, pairs: int, window: int, rate: float, warmup: float, duration: float,
-    progress: bool,
+    progress: bool, probe: Any = None,
 ) -> dict[str, object]:  # fmt: skip
     """The online scenario's load, on the bare relay: senders on one connector, receivers on
     the other, so every message crosses connector -> transfer -> connector and back."""
@@ -284,7 +292,7 @@ async def relay_scenario(
             load.append((s.flow, sender(s, r.user)))
         result = await drive(
             load, window=window, rate=rate, warmup=warmup, duration=duration, settle=5.0,
-            label="relay", progress=progress,
+            label="relay", progress=progress, probe=probe,
         )  # fmt: skip
     finally:
         for c in senders + receivers:
@@ -321,6 +329,7 @@ class Runner:
             "server_loop": args.server_loop,
             "bench_loop": eventloop.loop_name(),
             "nproc": os.cpu_count(),
+            "server_rate_limit": "as configured" if args.rest else BENCH_RATE_LIMIT,
         }
 
     def emit(self, result: dict[str, object]) -> None:
@@ -337,29 +346,47 @@ class Runner:
             print(f"{result['scenario']:<8} {result.get('mode', ''):<6} {shown}", flush=True)
         self.results.append(result)
 
-    async def measured(self, pids: dict[str, int], coro: Any) -> dict[str, object]:
-        before = benchstats.sample_all(pids)
-        own = benchstats.sample(os.getpid())
+    async def measured(self, pids: dict[str, int], make: Any) -> dict[str, object]:
+        """Run ``make(probe)``; process CPU and RSS between the scenario's probe calls (its
+        load, without the set-up), or around the whole scenario if it never calls it."""
+        marks: dict[str, dict[str, benchstats.ProcSample]] = {}
+        mine: dict[str, benchstats.ProcSample | None] = {}
+
+        def probe(when: str) -> None:
+            marks[when] = benchstats.sample_all(pids)
+            mine[when] = benchstats.sample(os.getpid())
+
+        probe("start")
         t0 = time.monotonic()
-        result: dict[str, object] = await coro
+        result: dict[str, object] = await make(probe)
         wall = time.monotonic() - t0
-        after = benchstats.sample_all(pids)
-        mine = benchstats.sample(os.getpid())
+        if "end" not in marks:
+            probe("end")
         result["wall_s"] = round(wall, 2)
-        result["processes"] = benchstats.usage(before, after) if pids else "no server PIDs known"
-        if own is not None and mine is not None:
-            result["bench_cpu_s"] = round(mine.cpu_s - own.cpu_s, 3)
+        if not pids:
+            result["processes"] = "no server PIDs known"
+        else:
+            use = benchstats.usage(marks["start"], marks["end"])
+            result["processes"] = use
+            total = sum(float(u["cpu_s"]) for u in use.values())
+            result["server_cpu_s"] = round(total, 3)
+            done = result.get("completed") or result.get("stored")
+            if isinstance(done, int) and done > 0:
+                result["server_cpu_us_per_msg"] = round(total / done * 1e6, 1)
+        a, b = mine.get("start"), mine.get("end")
+        if a is not None and b is not None:
+            result["bench_cpu_s"] = round(b.cpu_s - a.cpu_s, 3)
         return result
 
     async def online_runs(self, pids: dict[str, int], run: Any, label: str) -> None:
         a = self.a
-        closed: dict[str, object] = await self.measured(pids, run(0.0))
+        closed: dict[str, object] = await self.measured(pids, lambda p: run(0.0, p))
         self.emit(closed)
         rate = a.rate
         if rate == "half":
             rate = float(str(closed.get("msgs_per_s") or 0)) / 2
         if rate and float(rate) > 0:
-            result = await self.measured(pids, run(float(rate)))
+            result = await self.measured(pids, lambda p: run(float(rate), p))
             if a.rate == "half":
                 result["config"]["rate_from"] = f"half of the closed-loop {label} rate"  # type: ignore[index]
             self.emit(result)
@@ -374,10 +401,10 @@ class Runner:
                 relay = await start_relay(logdir, a.server_loop)
                 targets.append(relay)
 
-                def relay_run(rate: float) -> Any:
+                def relay_run(rate: float, probe: Any) -> Any:
                     return relay_scenario(
                         relay, pairs=a.pairs, window=a.window, rate=rate, warmup=a.warmup,
-                        duration=a.duration, progress=not a.quiet,
+                        duration=a.duration, progress=not a.quiet, probe=probe,
                     )  # fmt: skip
 
                 await self.online_runs(relay.pids, relay_run, "relay")
@@ -402,21 +429,21 @@ class Runner:
                                       _addr(a.connector))  # fmt: skip
             if target is not None and "online" in a.scenarios:
 
-                def online_run(rate: float) -> Any:
+                def online_run(rate: float, probe: Any) -> Any:
                     assert target is not None
                     return bench.online(
                         target, f"{prefix}o{int(rate)}", pairs=a.pairs, window=a.window,
                         rate=rate, read=a.read, warmup=a.warmup, duration=a.duration,
-                        progress=not a.quiet,
+                        progress=not a.quiet, probe=probe,
                     )  # fmt: skip
 
                 await self.online_runs(pids, online_run, "online")
             if target is not None and "idle" in a.scenarios:
                 await self.idle(target, prefix, pids)
             if target is not None and "offline" in a.scenarios:
-                result = await self.measured(pids, bench.offline(
+                result = await self.measured(pids, lambda p: bench.offline(
                     target, f"{prefix}f", messages=a.offline_messages, senders=a.offline_senders,
-                    window=a.window, timeout=a.timeout, progress=not a.quiet,
+                    window=a.window, timeout=a.timeout, progress=not a.quiet, probe=p,
                 ))  # fmt: skip
                 self.emit(result)
             if "fanout" in a.scenarios:
@@ -440,7 +467,7 @@ class Runner:
             snap.update(benchstats.sample_all(pids))
             return None
 
-        result = await self.measured(pids, bench.idle(
+        result = await self.measured(pids, lambda _p: bench.idle(
             target, f"{prefix}i", connections=a.connections, hold=a.hold,
             heartbeat=a.heartbeat, ready=ready, measure=measure, progress=not a.quiet,
         ))  # fmt: skip
@@ -452,6 +479,20 @@ class Runner:
         conns = max(1, int(result["connections"]))  # type: ignore[call-overload]
         result["rss_per_conn_kb"] = round(sum(growth.values()) / conns, 2) if growth else None
         self.emit(result)
+
+
+async def _main(runner: Runner) -> int:
+    """The run, cancelled by SIGINT or SIGTERM so that its children are stopped first."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await runner.run()
+    except asyncio.CancelledError:
+        print("im bench: interrupted; children stopped", file=sys.stderr)
+        return 130
 
 
 def add_parser(sub: Any) -> None:
@@ -511,7 +552,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("im bench: --rate is msgs/s or 'half'", file=sys.stderr)
             return 2
     try:
-        return eventloop.run(Runner(args).run())
+        return eventloop.run(_main(Runner(args)))
     except (IMError, OSError) as exc:
         print(f"im bench: {exc}", file=sys.stderr)
         return 2

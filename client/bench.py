@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client.benchload import Flow, SendFn, Stats, drive
+from client.benchload import Flow, Probe, SendFn, Stats, drive
 from client.core import IMClient, Message, Receipt, ServerError
 from common.db import open_database
 from common.errors import IMError
@@ -108,6 +108,7 @@ async def online(
     warmup: float,
     duration: float,
     progress: bool,
+    probe: Probe | None = None,
 ) -> dict[str, object]:
     """``pairs`` senders each chatting with their own receiver, both online."""
     senders = [f"{prefix}-s{i:05d}" for i in range(pairs)]
@@ -136,6 +137,7 @@ async def online(
             settle=max(10.0, 2 * warmup),
             label="online",
             progress=progress,
+            probe=probe,
         )
     finally:
         await _close_all(clients, tasks)
@@ -274,6 +276,7 @@ async def offline(
     window: int,
     timeout: float,
     progress: bool,
+    probe: Probe | None = None,
 ) -> dict[str, object]:
     """``messages`` chats from ``senders`` online users to one user who is offline; the rate
     they reach ``im_offline``; then that user comes online and drains them all."""
@@ -291,6 +294,8 @@ async def offline(
         await _gather_limited(senders, lambda i: clients[i].connect())
         tasks = [asyncio.create_task(_consume(c, flows, stats, False)) for c in clients]
         per = [messages // senders + (1 if i < messages % senders else 0) for i in range(senders)]
+        if probe is not None:
+            probe("start")
         started = time.monotonic()
         stats.measure_from = started
 
@@ -347,6 +352,8 @@ async def offline(
             elif isinstance(ev, ServerError):
                 stats.error(f"{receiver}: {ev.code} {ev.detail}")
         drain_s = time.monotonic() - t0
+        if probe is not None:
+            probe("end")
         result["drained"] = len(got)
         result["drain_s"] = round(drain_s, 3)
         ok = len(got) >= messages

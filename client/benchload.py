@@ -106,6 +106,7 @@ class Flow:
 
 
 SendFn = Callable[[], Awaitable[int]]
+Probe = Callable[[str], object]
 
 
 async def _closed(flow: Flow, send: SendFn, window: int, until: float) -> None:
@@ -149,10 +150,14 @@ async def drive(
     settle: float,
     label: str,
     progress: bool,
+    probe: Probe | None = None,
 ) -> dict[str, object]:
     """Run the senders for ``warmup + duration`` seconds, wait up to ``settle`` seconds for
-    what is still in flight; the measured numbers as a dict."""
+    what is still in flight; the measured numbers as a dict. ``probe`` is called with "start"
+    and "end" around the load, so process CPU is charged to the messages and not the set-up."""
     stats = senders[0][0].stats
+    if probe is not None:
+        probe("start")
     start = time.monotonic()
     stats.measure_from = start + warmup
     stats.measure_until = until = start + warmup + duration
@@ -179,6 +184,8 @@ async def drive(
             t.cancel()
         ticker.cancel()
         await asyncio.gather(*tasks, ticker, return_exceptions=True)
+    if probe is not None:
+        probe("end")
     missing = sum(len(f.inflight) for f, _ in senders)
     for f, _ in senders:
         f.forget_early()
