@@ -204,7 +204,7 @@ async def start_cluster(
         await wait_port(rest, p)
         for i in range(connectors):
             await wait_port(conn + 10 * i, p)
-        await asyncio.sleep(1.0)  # the connectors' first registry heartbeat
+        await asyncio.sleep(3.0)  # connectors find the transfer in the registry (heartbeats)
     except BaseException:
         await started.stop()
         raise
