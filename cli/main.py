@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from cli import loop as eventloop
 from common import log as logsetup
 from common.config import Settings
 from common.errors import IMError
@@ -45,7 +46,7 @@ def cmd_serve(args: argparse.Namespace, roles: frozenset[str]) -> int:
     settings = _settings(args)
     logsetup.setup(settings.log_level)
     try:
-        asyncio.run(_serve(settings, roles, banner=True))
+        eventloop.run(_serve(settings, roles, banner=True))
     except (IMError, OSError) as exc:
         print(f"im: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -75,7 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.setup(settings.log_level)
     try:
-        lines = asyncio.run(run_migrate(settings))
+        lines = eventloop.run(run_migrate(settings))
     except (IMError, OSError) as exc:
         print(f"im: migrate failed: {exc}", file=sys.stderr)
         return 2
@@ -94,7 +95,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             print(f"im: --{name} must be at least 1", file=sys.stderr)
             return 2
     try:
-        return asyncio.run(run_cluster(settings, args.connectors, args.transfers, args.writers))
+        return eventloop.run(run_cluster(settings, args.connectors, args.transfers, args.writers))
     except (IMError, OSError) as exc:
         print(f"im: cannot start the cluster: {exc}", file=sys.stderr)
         return 2
@@ -199,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=120.0)
     d.add_argument("--json", action="store_true", help="last line: one JSON object")
     d.set_defaults(func=cmd_demo)
+
+    from cli.bench import add_parser as add_bench
+
+    add_bench(sub)
     return p
 
 

@@ -1,0 +1,111 @@
+"""``im bench --short`` end to end: every scenario runs against an ``im up`` it starts itself
+(and the bare relay), and reports what the docs and checks rely on. No timing is asserted: the
+numbers depend on the machine; only that the run worked and counted what it should."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import require_service
+
+from cli import loop as eventloop
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(*args: str, timeout: float = 150.0) -> list[dict[str, object]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "--short", "--json", "--quiet", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"im bench failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_short_bench_against_im_up() -> None:
+    """Each scenario emits one object with its required keys, positive counts and no errors;
+    the online run with a fixed rate emits an open-loop object too."""
+    results = _bench("--rate", "half")
+    by = {(r["scenario"], r.get("mode")): r for r in results}
+    assert {s for s, _ in by} == {"relay", "online", "idle", "offline", "fanout"}
+    for scenario in ("relay", "online"):
+        for mode in ("closed", "open"):
+            r = by[(scenario, mode)]
+            assert float(r["msgs_per_s"]) > 0, r  # type: ignore[arg-type]
+            assert 0 < float(r["p50_ms"]) <= float(r["p99_ms"]), r  # type: ignore[arg-type]
+            assert r["errors"] == 0 and r["missing"] == 0, r
+    online = by[("online", "closed")]
+    assert int(online["sent_count"]) > 0  # type: ignore[call-overload]
+    processes = online["processes"]
+    assert isinstance(processes, dict) and processes["im-up"]["cpu_s"] > 0
+    idle = by[("idle", None)]
+    assert idle["connections"] == 100 and idle["alive"] == 100, idle
+    assert float(idle["rss_per_conn_kb"]) > 0, idle  # type: ignore[arg-type]
+    off = by[("offline", None)]
+    assert off["stored"] == 1000 and off["drained"] == 1000, off
+    assert float(off["stored_per_s"]) > 0 and float(off["drain_10k_s"]) > 0, off  # type: ignore[arg-type]
+    assert by[("fanout", None)]["skipped"] == "groups not implemented"
+
+
+def test_loop_choice() -> None:
+    """IM_LOOP picks the loop; an unknown value is refused instead of silently ignored."""
+    assert eventloop.loop_name("asyncio") == "asyncio"
+    assert eventloop.loop_name("auto") in ("uvloop", "asyncio")
+    with pytest.raises(Exception, match="IM_LOOP"):
+        eventloop.loop_name("tokio")
+    assert eventloop.run(_answer(), "asyncio") == 42
+
+
+async def _answer() -> int:
+    return 42
+
+
+def test_percentiles_and_reservoir() -> None:
+    """Nearest-rank percentiles; the reservoir stays bounded while count and max stay exact."""
+    from client.benchstats import Latencies, percentile
+
+    assert percentile([], 0.5) == 0.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.99) == 4.0
+    lat = Latencies(cap=100)
+    for i in range(1, 10_001):
+        lat.add(i / 1000)
+    assert lat.count == 10_000 and len(lat.samples) == 100 and lat.max == 10.0
+    s = lat.summary()
+    assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"] == 10_000.0
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_short_bench_against_im_cluster() -> None:
+    """The same short run against ``im cluster`` on MySQL, Redis and RabbitMQ (its own database
+    im_bench, Redis db 12, queue imbench.offline)."""
+
+    for name, port in (("redis", 6379), ("rabbitmq", 5672), ("mysql", 3306)):
+        if not _listening(port):
+            require_service(name, f"nothing listens on 127.0.0.1:{port}")
+    results = _bench("--target", "cluster", "--scenarios", "online,idle,offline", timeout=240)
+    by = {r["scenario"]: r for r in results}
+    assert float(by["online"]["msgs_per_s"]) > 0 and by["online"]["errors"] == 0  # type: ignore[arg-type]
+    processes = by["online"]["processes"]
+    assert isinstance(processes, dict) and any(n.startswith("connector") for n in processes)
+    assert by["idle"]["alive"] == 100
+    assert by["offline"]["stored"] == 1000 and by["offline"]["drained"] == 1000
