@@ -67,8 +67,7 @@ class Proc:
     async def start(self) -> None:
         if self._out is None:
             self._out = self.log.open("ab")
-        self.killed_by_us = False
-        self.proc = await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "cli.main",
@@ -78,6 +77,8 @@ class Proc:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
+        # only now: until the new process exists, the old one is still the dead one we killed
+        self.proc, self.killed_by_us = proc, False
 
     @property
     def alive(self) -> bool:
