@@ -660,7 +660,8 @@ class IMClient:
             return
         now = time.monotonic()
         key = (chat.from_id, chat.stream)
-        for ready in self._order.offer(key, chat.stream_seq, chat.stream_floor, event, now):
+        seq, floor = chat.stream_seq, chat.stream_floor
+        for ready in self._order.offer(key, seq, floor, event, now, stored=chat.from_store):
             await self._events.put(ready)
         if self._order.next_deadline() is not None:
             self._order_wake.set()

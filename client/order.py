@@ -14,7 +14,9 @@ Rules (sans-IO: time is passed in, nothing here sleeps or sends):
 - a gap is waited for ``hold`` seconds at most, then skipped and counted: liveness over order
   when a message really is gone (a sender that restarted and lost its outbox);
 - the first message of a stream that names earlier undelivered ones is waited on only
-  ``first_hold``: they may have gone to another device of ours;
+  ``first_hold``: they may have gone to another device of ours; so is a gap before a message
+  that came out of the offline store (an offline row goes to one device), and then all the
+  gaps of that stream are given up together, ``first_hold`` after the first one opened;
 - a message below the point already released (it arrives after its gap was skipped) is released
   at once, counted as late: it is not dropped, only out of place;
 - bounded: at most ``max_streams`` streams (least recently used forgotten, their held messages
@@ -43,6 +45,7 @@ DEFAULT_MAX_HELD = 1_000
 class _Stream(Generic[T]):
     next: int  # the stream_seq to release next
     first: bool  # still waiting at first contact
+    short: bool = False  # a stored message is waiting: gaps are waited for briefly
     held: dict[int, T] = field(default_factory=dict)
     deadline: float = 0.0  # when the current gap is given up (0: no gap)
     since: float = 0.0  # when the current gap opened
@@ -72,8 +75,11 @@ class StreamOrder(Generic[T]):
     def held(self) -> int:
         return sum(len(self._streams[k].held) for k in self._waiting)
 
-    def offer(self, key: Hashable, seq: int, floor: int, item: T, now: float) -> list[T]:
-        """Take one item; return what may be surfaced now, in order (possibly nothing)."""
+    def offer(
+        self, key: Hashable, seq: int, floor: int, item: T, now: float, *, stored: bool = False
+    ) -> list[T]:
+        """Take one item (``stored``: it came out of the offline store); return what may be
+        surfaced now, in order (possibly nothing)."""
         out: list[T] = []
         st = self._streams.get(key)
         if st is None:
@@ -98,6 +104,7 @@ class StreamOrder(Generic[T]):
             st.held[seq] = item
             if seq != st.next:
                 self.reordered += 1
+                st.short = st.short or stored
         self._advance(st, out)
         if len(st.held) > self.max_held:
             self._skip(st, out)
@@ -144,11 +151,13 @@ class StreamOrder(Generic[T]):
     def _arm(self, key: Hashable, st: _Stream[T], now: float, *, progressed: bool) -> None:
         if not st.held:
             st.deadline = st.since = 0.0
-            st.first = False
+            st.first = st.short = False
             self._waiting.discard(key)
             return
-        if key not in self._waiting or progressed:
-            # a new gap (or a gap that moved): wait for it afresh
-            st.deadline = now + (self.first_hold if st.first else self.hold)
+        brief = st.first or st.short
+        if key not in self._waiting:
             st.since = now
             self._waiting.add(key)
+        elif progressed and not brief:
+            st.since = now  # a gap of a live stream moved: wait for the next one afresh
+        st.deadline = st.since + (self.first_hold if brief else self.hold)

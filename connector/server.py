@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import logging
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -113,11 +114,16 @@ class ClientSession:
         self.device_id = ""
         self.claims: Claims | None = None
         self.link: Link | None = None
-        self._inbox: asyncio.Queue[object] = asyncio.Queue(connector.settings.session_queue)
+        # chats and drain markers, in order; receipts have a lane of their own, served first
+        # and between drained rows, so a long drain never piles up the device's ACCEPTEDs
+        # (receipts carry no order among chats). Both together hold at most session_queue.
+        self._inbox: deque[object] = deque()
+        self._receipts: deque[im_pb2.Envelope] = deque()
+        self._queue_limit = connector.settings.session_queue
+        self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
-        self._pump_idle = False
+        self._handing_back = False  # closed, still taking pushes to hand them back in order
         self._drain_queued = False
-        self._held: im_pb2.Envelope | None = None
         self._drained_seqs: dict[int, int] = {}  # link seq of a drained frame -> its store row
         self.session_key = f"{connector.node_id}#{next(_SESSION_IDS)}"
         loop = asyncio.get_running_loop()
@@ -173,17 +179,22 @@ class ClientSession:
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
         if self._pump is not None:
-            if self._pump_idle:
-                self._pump.cancel()
-            # a busy pump finds the link closed at its next send and hands back what it holds
+            # the pump sees the link closed (at once if idle, else at its next send) and stops;
+            # what it had not sent is still queued
+            self._wake.set()
             await asyncio.gather(self._pump, return_exceptions=True)
+        # Hand back what the device never acked, then what was queued, then what keeps coming
+        # for it while we do (push() still queues here): still registered until the queue is
+        # empty, so nothing newer can reach the store ahead of it (per-conversation order).
+        self._handing_back = True
         leftovers = list(unacked)
-        if self._held is not None:
-            leftovers.append(self._held)
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if isinstance(item, im_pb2.Envelope):
-                leftovers.append(item)
+        while leftovers:
+            for env in leftovers:
+                await self.c.bounce(env)
+            leftovers = [*self._receipts]
+            leftovers += [item for item in self._inbox if isinstance(item, im_pb2.Envelope)]
+            self._receipts.clear()
+            self._inbox.clear()
         # Only the session still registered for this device may take it offline: a reconnect
         # to this same connector has already replaced us, and its entry must stay.
         if self.user_id and self.c.unregister(self):
@@ -191,8 +202,6 @@ class ClientSession:
                 await self.c.status.offline(self.user_id, self.device_id, self.c.node_id)
             except IMError as exc:
                 log.warning("%s: could not record offline: %s", self, exc)
-        for env in leftovers:
-            await self.c.bounce(env)
         if link.close_error is not None:
             self.c.counters.error(link.close_error.code_name)
             log.info("%s: closed (%s)", self, link.close_error.code_name)
@@ -238,7 +247,8 @@ class ClientSession:
         # for rows committed while we registered.
         self.c.register(self)
         self._pump = asyncio.create_task(self._run_pump(link), name=f"pump {link.name}")
-        self._inbox.put_nowait(_DRAIN)
+        self._inbox.append(_DRAIN)
+        self._wake.set()
         await self.c.status.online(self.user_id, device, self.c.node_id)
         self.queue_drain()
         self.c.counters.sessions += 1
@@ -318,14 +328,21 @@ class ClientSession:
     def push(self, env: object) -> bool:
         """Queue a chat, receipt or drain for the device; False (and the session closes) when
         the device is too far behind."""
-        if self.state is not State.AUTHENTICATED or self.link is None or self.link.closing:
+        if not self._handing_back and (
+            self.state is not State.AUTHENTICATED or self.link is None or self.link.closing
+        ):
             return False
-        try:
-            self._inbox.put_nowait(env)
-        except asyncio.QueueFull:
-            log.warning("%s: device is too slow (%d queued): closing", self, self._inbox.qsize())
-            self.link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
+        queued = len(self._inbox) + len(self._receipts)
+        if queued >= self._queue_limit:
+            log.warning("%s: device is too slow (%d queued): closing", self, queued)
+            if self.link is not None:
+                self.link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
             return False
+        if isinstance(env, im_pb2.Envelope) and env.WhichOneof("body") == "ack":
+            self._receipts.append(env)
+        else:
+            self._inbox.append(env)
+        self._wake.set()
         return True
 
     def queue_drain(self) -> None:
@@ -334,24 +351,31 @@ class ClientSession:
         if not self._drain_queued and self.push(_DRAIN):
             self._drain_queued = True
 
+    async def _send_receipts(self, link: Link) -> None:
+        """Send the receipt lane; an item leaves the lane only once it is in the window, so a
+        link that closes meanwhile finds it there and on_closed hands it back."""
+        while self._receipts:
+            await link.send(self._receipts[0])
+            self._receipts.popleft()
+
     async def _run_pump(self, link: Link) -> None:
         store = self.c.store
         try:
-            while True:
-                if link.closing:
-                    # closed while we were busy (e.g. draining): on_closed waits for us and
-                    # hands back what is still queued; waiting for more would never end
-                    return
-                self._pump_idle = True
-                item = await self._inbox.get()
-                self._pump_idle = False
-                if isinstance(item, im_pb2.Envelope):
-                    try:
-                        await link.send(self._tag(item))
-                    except LinkClosed:
-                        self._held = item  # on_closed hands it back, in order
-                        raise
+            while not link.closing:
+                # closed while we were busy (e.g. draining): on_closed waits for us and hands
+                # back what is still queued
+                await self._send_receipts(link)
+                if not self._inbox:
+                    if not self._receipts:
+                        self._wake.clear()
+                        await self._wake.wait()
                     continue
+                item = self._inbox[0]
+                if isinstance(item, im_pb2.Envelope):
+                    await link.send(self._tag(item))
+                    self._inbox.popleft()
+                    continue
+                self._inbox.popleft()
                 self._drain_queued = False
                 while True:
                     rows = await store.drain(
@@ -363,7 +387,9 @@ class ClientSession:
                     )
                     for i, row in enumerate(rows):
                         try:
-                            seq = await link.send(self._tag(row.envelope()))
+                            if self._receipts:
+                                await self._send_receipts(link)
+                            seq = await link.send(self._tag(_from_store(row.envelope())))
                         except LinkClosed:
                             # claimed but not pushed: back to the store, armed again
                             for rest in rows[i:]:
@@ -377,6 +403,12 @@ class ClientSession:
         except IMError as exc:
             log.error("%s: offline drain failed: %s; closing so the client retries", self, exc)
             link.close(ProtocolError("offline store unavailable", code=im_pb2.INTERNAL, fatal=True))
+
+
+def _from_store(env: im_pb2.Envelope) -> im_pb2.Envelope:
+    if env.WhichOneof("body") == "chat":
+        env.chat.from_store = True
+    return env
 
 
 def _receipt(c: Connector, chat: im_pb2.ChatMsg, kind: im_pb2.AckType) -> im_pb2.Envelope:
@@ -516,7 +548,6 @@ class Connector:
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self._transfers: dict[str, TransferLinkHandler] = {}
         self._transfer_source = transfer_source or _static_transfers(settings)
-        self._transfers_seen = asyncio.Event()
         self._rerouting = 0
         self._reroute_done = asyncio.Event()
         self._reroute_done.set()
@@ -779,7 +810,6 @@ class Connector:
             handler.task = asyncio.create_task(
                 self._keep_transfer_link(handler), name=f"link {node}"
             )
-        self._transfers_seen.set()
 
     async def _announce(self) -> None:
         """The registry had lost this connector (first beat, lapse, Redis restarted empty):
@@ -837,18 +867,13 @@ class Connector:
         if self.revocations is not None:
             self._spawn(self._follow_revocations(self.revocations))
         self._spawn(self._watch_transfers())
-        waits = [asyncio.ensure_future(self._transfers_seen.wait())]
-        await asyncio.wait(waits, timeout=wait_transfers)
-        ready = [asyncio.ensure_future(h.ready.wait()) for h in self._transfers.values()]
-        if ready:
-            done, _ = await asyncio.wait(
-                ready, timeout=wait_transfers, return_when=asyncio.FIRST_COMPLETED
-            )
+        # serve once a transfer link is up: transfers started beside us may not be in the
+        # registry at the first look, so keep looking (the watcher adds them) for a while
+        for _ in range(max(1, int(wait_transfers / 0.05))):
+            if any(h.ready.is_set() for h in self._transfers.values()):
+                break
+            await asyncio.sleep(0.05)
         else:
-            done = set()
-        for w in (*waits, *ready):
-            w.cancel()
-        if not done:
             log.warning("no transfer reachable yet; clients will get errors until one is")
         await self._server.start_serving()
 

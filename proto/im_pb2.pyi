@@ -106,7 +106,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor", "from_store")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class ChatMsg(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    FROM_STORE_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -131,7 +132,8 @@ class ChatMsg(_message.Message):
     stream: int
     stream_seq: int
     stream_floor: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ...) -> None: ...
+    from_store: bool
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ..., from_store: _Optional[bool] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")

@@ -293,9 +293,10 @@ async def test_several_devices_online_and_offline_rows_pushed_once(cluster: Clus
         laptop2 = IMClient(cluster.rest, phone.user_id, "password-123", device_id="laptop")
         phone2._connector_override, laptop2._connector_override = c1, c2
         await asyncio.gather(phone2.connect(), laptop2.connect())
+        # each device's gaps (the other's rows) are waited for briefly (client/order.py)
         got_phone, got_laptop = await asyncio.gather(
-            collect(phone2, 30, timeout=5, sender=alice.user_id),
-            collect(laptop2, 30, timeout=5, sender=alice.user_id),
+            collect(phone2, 30, timeout=8, sender=alice.user_id),
+            collect(laptop2, 30, timeout=8, sender=alice.user_id),
         )
         ids = [m.msg_id for m in got_phone] + [m.msg_id for m in got_laptop]
         assert sorted(ids) == sorted(stored), (len(got_phone), len(got_laptop))

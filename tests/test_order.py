@@ -116,3 +116,24 @@ def test_any_arrival_order_with_duplicates_is_released_in_order_once(
         out += o.offer(A, seq, floor, seq, float(i))
     assert out == list(range(1, n + 1))
     assert o.gaps_skipped == 0 and o.late == 0 and o.held == 0
+
+
+def test_gaps_before_stored_messages_are_waited_for_briefly_and_together() -> None:
+    """Offline rows go to one device: another device of ours may hold the missing ones."""
+    o: StreamOrder[str] = StreamOrder(hold=30.0, first_hold=3.0)
+    o.offer(A, 1, 1, "m1", 0.0, stored=True)
+    assert o.offer(A, 3, 1, "m3", 0.0, stored=True) == []
+    assert o.offer(A, 6, 1, "m6", 0.5, stored=True) == []
+    assert o.next_deadline() == 3.0
+    assert o.expire(3.0) == ["m3"]  # the first gap given up...
+    assert o.expire(3.0) == ["m6"]  # ...and the next at once: no fresh wait per gap
+    assert o.gaps_skipped == 2
+
+
+def test_a_live_gap_gets_a_fresh_wait_after_progress() -> None:
+    o: StreamOrder[str] = StreamOrder(hold=30.0, first_hold=3.0)
+    o.offer(A, 1, 1, "m1", 0.0)
+    o.offer(A, 3, 2, "m3", 0.0)
+    o.offer(A, 5, 2, "m5", 0.0)
+    assert o.offer(A, 2, 2, "m2", 10.0) == ["m2", "m3"]
+    assert o.next_deadline() == 40.0

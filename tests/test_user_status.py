@@ -22,6 +22,7 @@ from user_status import (
     UserStatusService,
     create,
 )
+from user_status.cache import RouteCache
 from user_status.relations import RelationReader
 
 SWEEP = 0.5  # seconds a silent node stays in the registry, in these tests
@@ -174,6 +175,62 @@ async def test_drain_requests_reach_the_subscribed_connector(backend: StatusBack
     assert await asyncio.wait_for(anext(other), 5) == ["carol"]
     await stream.aclose()
     await other.aclose()
+
+
+@pytest.mark.asyncio
+async def test_moves_name_users_whose_devices_changed(status: StatusBackend) -> None:
+    moves = status.moves()
+    assert await asyncio.wait_for(anext(moves), 5) is None  # following: forget what you had
+    await status.online("alice", "phone", "c1")
+    await status.offline("alice", "phone", "c2")  # not there: no change, no notice
+    await status.offline("alice", "phone", "c1")
+    assert await asyncio.wait_for(anext(moves), 5) == ["alice"]
+    assert await asyncio.wait_for(anext(moves), 5) == ["alice"]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(moves), 0.3)
+    await moves.aclose()
+
+
+@pytest.mark.asyncio
+async def test_route_cache_serves_until_the_user_moves(status: StatusBackend) -> None:
+    """Cached lookups cost nothing; a move anywhere is seen at the next lookup."""
+    routes = RouteCache(status, ttl=60.0)
+    follower = asyncio.create_task(routes.follow())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if routes._following:
+                break
+        await status.online("alice", "phone", "c1")
+        await asyncio.sleep(0.1)
+        assert await routes.lookup("alice") == {"phone": "c1"}
+        assert await routes.lookup("alice") == {"phone": "c1"}
+        assert routes.hits == 1
+        await status.online("alice", "phone", "c2")  # moved to another connector
+        for _ in range(50):
+            if await routes.lookup("alice") == {"phone": "c2"}:
+                break
+            await asyncio.sleep(0.02)
+        assert await routes.lookup("alice") == {"phone": "c2"}
+        await status.offline("alice", "phone", "c2")
+        for _ in range(50):
+            if await routes.lookup("alice") == {}:
+                break
+            await asyncio.sleep(0.02)
+        assert await routes.lookup("alice") == {}
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_route_cache_keeps_nothing_while_not_following(status: StatusBackend) -> None:
+    routes = RouteCache(status, ttl=60.0)
+    await status.online("alice", "phone", "c1")
+    await routes.lookup("alice")
+    await status.online("alice", "phone", "c2")
+    assert await routes.lookup("alice") == {"phone": "c2"}
+    assert routes.hits == 0
 
 
 # --- Redis specifics and create() -------------------------------------------------------------

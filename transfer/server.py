@@ -29,6 +29,7 @@ from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
 from offline.errors import RejectedError
 from proto import im_pb2
 from user_status.base import StatusBackend
+from user_status.cache import RouteCache
 from user_status.heartbeat import keep_alive
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class Transfer:
         self.node_id = settings.name(settings.transfer_port)
         self.ids = MessageIdGen()
         self.serial = KeyedSerial()
+        self.routes = RouteCache(status)
+        self._follow: asyncio.Task[None] | None = None
         self.links: dict[str, Link] = {}
         self.link_config = LinkConfig.from_settings(settings, node=True)
         self.routed = 0
@@ -204,10 +207,12 @@ class Transfer:
         if self.links.get(node_id) is link:
             del self.links[node_id]
 
-    async def _lookup(self, user_id: str) -> dict[str, str]:
+    async def _lookup(self, user_id: str, *, cached: bool = True) -> dict[str, str]:
         delay = 0.05
         for attempt in range(BACKEND_RETRIES):
             try:
+                if cached:
+                    return await self.routes.lookup(user_id)
                 return await self.status.lookup(user_id)
             except IMError as exc:
                 if attempt == BACKEND_RETRIES - 1:
@@ -284,7 +289,8 @@ class Transfer:
                 ack_msg_id=receipt.id,
             )
             await self.route(im_pb2.Envelope(ack=accepted))
-        devices = await self._lookup(item.to_user_id)
+        # uncached: a user who just came online must be found, or the row waits for a drain
+        devices = await self._lookup(item.to_user_id, cached=False)
         for node in set(devices.values()):
             link = self.links.get(node)
             if link is not None:
@@ -298,6 +304,7 @@ class Transfer:
         if not s.node_id and s.transfer_port == 0:
             self.node_id = s.name(self.port)
         self.address = f"{s.advertised_host()}:{self.port}"
+        self._follow = asyncio.create_task(self.routes.follow(), name="route cache")
         await self.status.beat("transfer", self.node_id, self.address, s.node_ttl)
         self._beat = asyncio.create_task(
             keep_alive(self.status, "transfer", self.node_id, self.address, s.node_ttl),
@@ -320,10 +327,11 @@ class Transfer:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give connectors that are leaving a moment to finish sending (their
         last frames may be bounces to store); close the rest; finish queued routing jobs."""
-        if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+        for task in (self._beat, self._follow):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             await self.status.leave("transfer", self.node_id)
         except IMError as exc:

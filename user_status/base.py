@@ -32,6 +32,11 @@ class UserStatusService(Protocol):
         """
         ...
 
+    def moves(self) -> AsyncGenerator[list[str] | None, None]:
+        """Users whose devices went online or offline, as they do (for caches of ``lookup``);
+        ``None`` first and after any gap in the notices: forget everything cached."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Iterable
 
 SWEEP_AFTER = 600.0
 DRAIN_QUEUE = 10_000  # pending drain requests per subscriber; beyond that, "drain everyone"
+MOVES_QUEUE = 10_000  # pending move notices per follower; beyond that, "forget everything"
 
 
 class MemoryUserStatus:
@@ -24,9 +25,11 @@ class MemoryUserStatus:
         self._addrs: dict[str, dict[str, str]] = {}
         self._sweep_after = sweep_after
         self._subscribers: dict[str, set[asyncio.Queue[list[str] | None]]] = {}
+        self._movers: set[asyncio.Queue[list[str] | None]] = set()
 
     async def online(self, user_id: str, device_id: str, connector_id: str) -> None:
         self._users.setdefault(user_id, {})[device_id] = connector_id
+        self._moved(user_id)
 
     async def offline(self, user_id: str, device_id: str, connector_id: str) -> None:
         devices = self._users.get(user_id)
@@ -35,6 +38,21 @@ class MemoryUserStatus:
         del devices[device_id]
         if not devices:
             del self._users[user_id]
+        self._moved(user_id)
+
+    def _moved(self, user_id: str) -> None:
+        for q in self._movers:
+            _offer(q, [user_id])
+
+    async def moves(self) -> AsyncGenerator[list[str] | None, None]:
+        q: asyncio.Queue[list[str] | None] = asyncio.Queue(MOVES_QUEUE)
+        self._movers.add(q)
+        try:
+            yield None
+            while True:
+                yield await q.get()
+        finally:
+            self._movers.discard(q)
 
     async def lookup(self, user_id: str) -> dict[str, str]:
         devices = self._users.get(user_id)
@@ -84,11 +102,7 @@ class MemoryUserStatus:
         if not users:
             return
         for q in self._subscribers.get(connector_id, ()):
-            if q.full():
-                q.get_nowait()
-                q.put_nowait(None)  # dropped some: the subscriber drains everyone
-            else:
-                q.put_nowait(users)
+            _offer(q, users)
 
     async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
         q: asyncio.Queue[list[str] | None] = asyncio.Queue(DRAIN_QUEUE)
@@ -105,3 +119,13 @@ class MemoryUserStatus:
 
     async def close(self) -> None:
         self._users.clear()
+
+
+def _offer(q: asyncio.Queue[list[str] | None], users: list[str]) -> None:
+    """Queue ``users`` for a subscriber; when it is too far behind, drop the oldest and tell
+    it something was missed (``None``): it then acts on everyone."""
+    if q.full():
+        q.get_nowait()
+        q.put_nowait(None)
+    else:
+        q.put_nowait(users)

@@ -9,6 +9,8 @@ Keys (all under one prefix, default ``im:``):
   Using the server's clock (``TIME`` inside the scripts) keeps hosts' clock skew out of it.
 - ``drain:{connector_id}``: pub/sub channel on which offline writers ask a connector to drain
   users whose rows they just committed.
+- ``moves``: pub/sub channel with the id of every user whose devices went online or offline,
+  published with the change itself, for the transfers' routing caches.
 
 ``lookup`` returns only devices on live connectors, so a connector that dies stops receiving
 traffic once its TTL lapses (seconds). Its entries are not deleted then, in case it was only cut
@@ -42,10 +44,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS[1] user hash; ARGV: device, connector
+# KEYS[1] user hash, KEYS[2] moves channel; ARGV: device, connector, user
 _OFFLINE_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-    return redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('PUBLISH', KEYS[2], ARGV[3])
+    return 1
 end
 return 0
 """
@@ -174,6 +178,7 @@ class RedisUserStatus:
         self._lookup_script = client.register_script(_LOOKUP_LUA)
         self._beat_script = client.register_script(_BEAT_LUA)
         self._live_script = client.register_script(_LIVE_LUA)
+        self._moves = f"{prefix}moves"
 
     def _key(self, user_id: str) -> str:
         return f"{self._prefix}u:{user_id}"
@@ -188,15 +193,24 @@ class RedisUserStatus:
 
     async def online(self, user_id: str, device_id: str, connector_id: str) -> None:
         try:
-            await self._client.hset(self._key(user_id), device_id, connector_id)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key(user_id), device_id, connector_id)
+                pipe.publish(self._moves, user_id)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BackendError("redis", f"online {user_id}/{device_id}: {exc}") from exc
 
     async def offline(self, user_id: str, device_id: str, connector_id: str) -> None:
         try:
-            await self._offline_script(keys=[self._key(user_id)], args=[device_id, connector_id])
+            await self._offline_script(
+                keys=[self._key(user_id), self._moves], args=[device_id, connector_id, user_id]
+            )
         except (RedisError, OSError) as exc:
             raise BackendError("redis", f"offline {user_id}/{device_id}: {exc}") from exc
+
+    async def moves(self) -> AsyncGenerator[list[str] | None, None]:
+        async for data in follow_channel(self._client, self._moves, "moves channel"):
+            yield None if data is None else [_text(data)]
 
     async def lookup(self, user_id: str) -> dict[str, str]:
         try:
