@@ -159,6 +159,8 @@ class _ShardBatcher:
 class AmqpOfflineQueue:
     """:class:`offline.base.OfflineQueue` on RabbitMQ. Make one with :meth:`connect`."""
 
+    stored_on_publish = False  # confirmed when durable in the broker; the writer commits later
+
     def __init__(
         self,
         connection: AbstractRobustConnection,

@@ -102,6 +102,11 @@ class Delivery(Protocol):
 
 
 class OfflineQueue(Protocol):
+    # True when publish returns only after the writer committed the rows (in-process queue);
+    # False when the broker's confirm comes first and the writer asks for drains itself after
+    # its commit (a drain asked for at publish time would find nothing yet)
+    stored_on_publish: bool
+
     async def publish(self, items: Sequence[OfflineItem]) -> None:
         """Return once the items are durable (queue confirm, or committed by the writer)."""
         ...

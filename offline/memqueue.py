@@ -42,6 +42,8 @@ class _MemoryDelivery:
 class MemoryOfflineQueue:
     """:class:`offline.base.OfflineQueue` in this process, for any number of writers."""
 
+    stored_on_publish = True
+
     def __init__(self, maxsize: int = 10000) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")

@@ -21,6 +21,7 @@ kept just records version 1.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -113,12 +114,18 @@ _CLAIMABLE = (
     " OR (claim_device = ? AND claim_session <> ?))))"
 )
 _SELECT_UNREAD = (
-    "SELECT id, to_user_id, from_id, msg_id, msg_type, content FROM im_offline"
-    f" WHERE to_user_id = ? AND {_CLAIMABLE} AND id > ? ORDER BY id LIMIT ?"
+    f"SELECT id FROM im_offline WHERE to_user_id = ? AND {_CLAIMABLE}"
+    " AND id > ? ORDER BY id LIMIT ?"
 )
+# one statement claims a whole batch; each row's CAS still holds on its own (row locks), and the
+# rows read back under this claim's token are exactly those it won
 _CLAIM = (
     "UPDATE im_offline SET has_read = ?, claim_until = ?, claim_device = ?, claim_session = ?"
-    f" WHERE id = ? AND {_CLAIMABLE}"
+    " WHERE id IN ({marks}) AND " + _CLAIMABLE
+)
+_CLAIMED = (
+    "SELECT id, to_user_id, from_id, msg_id, msg_type, content FROM im_offline"
+    " WHERE id IN ({marks}) AND has_read = ? AND claim_session = ? ORDER BY id"
 )
 _DELIVERED = "UPDATE im_offline SET has_read = 2 WHERE has_read = 1 AND id IN ({marks})"
 _COUNT_UNREAD = "SELECT COUNT(*) FROM im_offline WHERE to_user_id = ? AND has_read = 0"
@@ -198,18 +205,23 @@ class SQLOfflineStore:
         now = int(time.time() * 1000)
         claimable = (now, device, session) if device else (now, "\x00", "")
         state, until = (1, now + int(lease * 1000)) if lease > 0 else (2, 0)
+        # the claim's token: the session, or for a final claim one of this call's own
+        token = session if lease > 0 and session else f"drain:{secrets.token_hex(8)}"
         # Rows lost to a concurrent drain don't count against the limit: keep reading past them,
         # so that returning fewer than ``limit`` still means "nothing more right now".
         while len(out) < limit:
             want = limit - len(out)
             rows = await self._db.fetchall(_SELECT_UNREAD, (user_id, *claimable, after, want))
-            for row in rows:
-                claim = (state, until, device, session, row[0], *claimable)
-                if await self._db.execute(_CLAIM, claim) == 1:
-                    out.append(_item(row))
+            ids = [row[0] for row in rows]
+            if ids:
+                marks = ", ".join("?" for _ in ids)
+                claim = (state, until, device, token, *ids, *claimable)
+                await self._db.execute(_CLAIM.format(marks=marks), claim)
+                won = await self._db.fetchall(_CLAIMED.format(marks=marks), (*ids, state, token))
+                out.extend(_item(row) for row in won)
             if len(rows) < want:
                 break
-            after = rows[-1][0]
+            after = ids[-1]
         return out
 
     async def mark_delivered(self, row_ids: Sequence[int]) -> None:

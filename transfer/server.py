@@ -9,6 +9,8 @@ Rules it keeps:
   only once that is durable tell the sender SENT (G1);
 - after storing, look the user up again: if it came online meanwhile, send its connectors a
   ``Drain`` so the row is not stranded until its next login (the hole in the seed's version);
+  with RabbitMQ the row is committed later, and the writer asks for that drain itself;
+- routing lookups go through a cache that a user's move invalidates (user_status/cache.py);
 - a connector link that dies with frames unacked: those are stored offline.
 """
 
@@ -289,6 +291,8 @@ class Transfer:
                 ack_msg_id=receipt.id,
             )
             await self.route(im_pb2.Envelope(ack=accepted))
+        if not self.queue.stored_on_publish:
+            return  # not committed yet: the writer asks for the drain after its commit
         # uncached: a user who just came online must be found, or the row waits for a drain
         devices = await self._lookup(item.to_user_id, cached=False)
         for node in set(devices.values()):
