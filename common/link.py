@@ -112,14 +112,15 @@ class Link:
             config.window, config.retry_timeout, config.max_retries
         )
         self._recv_win: RecvWindow[im_pb2.Envelope] = RecvWindow(config.window)
-        self._room = asyncio.Event()
-        self._room.set()
+        # made only when first needed: an idle link holds neither (each Event is ~0.8 KB)
+        self._room: asyncio.Event | None = None  # set when the window has room again
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
         self._closing = False
-        self._closed = asyncio.Event()
+        self._closed: asyncio.Event | None = None
+        self._ended = False
         self.close_error: ProtocolError | None = None
         self.errors_sent = 0
         self._control_tokens = float(config.control_burst)
@@ -141,6 +142,8 @@ class Link:
     async def send(self, env: im_pb2.Envelope) -> int:
         """Send a windowed frame, waiting for window room; returns its link sequence."""
         while self._send_win.full and not self._closing:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         if self._closing:
@@ -213,10 +216,15 @@ class Link:
             self.send_error(error)
         self._flush()
         self._closing = True
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         self._writer.close()
 
     async def wait_closed(self) -> None:
+        if self._ended:
+            return
+        if self._closed is None:
+            self._closed = asyncio.Event()
         await self._closed.wait()
 
     async def run(self) -> None:
@@ -237,7 +245,9 @@ class Link:
             try:
                 await self._handler.on_closed(self, unacked)
             finally:
-                self._closed.set()
+                self._ended = True
+                if self._closed is not None:
+                    self._closed.set()
 
     async def _read_loop(self) -> None:
         reader = self._reader
@@ -302,7 +312,8 @@ class Link:
         if kind == "link_ack":
             acked = self._send_win.ack(env.link_ack.seq)
             if acked:
-                self._room.set()
+                if self._room is not None:
+                    self._room.set()
                 self._handler.on_acked(self, acked)
         elif kind == "ping":
             self.send_control(im_pb2.Envelope(pong=im_pb2.Pong(nonce=env.ping.nonce)))

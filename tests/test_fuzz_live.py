@@ -80,6 +80,7 @@ async def test_hostile_connections_never_disturb_a_conversation(tmp_path: Path) 
         assert expected | {"RATE_LIMITED"} <= set(counted), counted  # the PING floods
         # nothing left behind: every session, hostile or not, ends and leaves routing
         await until(lambda: st.connector is not None and st.connector.online_sessions == 0, 10)
+        print("GROWTH_MB", (peak - before) // 2**20)
         assert peak - before < MEMORY_BOUND, (peak - before) // 2**20
     finally:
         sampler.cancel()
