@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from cli.cluster import Child, check_services, cluster_settings, plan
+from cli.cluster import Child, check_services, cluster_settings, plan, wait_port
 from client.traffic import Users, check
 from common.config import Settings
 from common.db import MySQLParams, open_database
@@ -105,21 +105,12 @@ class Proc:
 
     async def wait_ready(self, host: str) -> bool:
         """Until the port accepts (a queue consumer has none: until it has run a moment)."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if not self.alive:
-                return False
-            if not self.port:
-                await asyncio.sleep(0.5)
-                return self.alive
-            try:
-                _, writer = await asyncio.open_connection(host, self.port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            return True
-        return False
+        if self.proc is None:
+            return False
+        if not self.port:
+            await asyncio.sleep(0.5)
+            return self.alive
+        return await wait_port(host, self.port, self.proc, START_TIMEOUT)
 
 
 @dataclass
@@ -273,6 +264,9 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
             )
         await killer
         chaos_seconds = time.monotonic() - started
+        for t in tasks:  # the watcher would restart what we restart here: stop it first
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for p in chaos.procs:
             if not p.alive:
                 await p.start()
@@ -322,7 +316,13 @@ VIOLATIONS = (
 
 
 def ok(report: dict[str, object]) -> bool:
-    return bool(report) and all(report.get(k) == 0 for k in VIOLATIONS)
+    """No violation, and the system settled: a message that never got SENT is not lost (its
+    sender still has it), but one still unSENT once everything is back up means it is stuck."""
+    return (
+        bool(report)
+        and all(report.get(k) == 0 for k in VIOLATIONS)
+        and report.get("settled") is True
+    )
 
 
 def main(settings: Settings, opts: Options, as_json: bool) -> int:

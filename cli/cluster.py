@@ -134,7 +134,7 @@ async def _stop(children: list[Child]) -> None:
                 await asyncio.wait_for(t, 2)
 
 
-async def _wait_port(
+async def wait_port(
     host: str, port: int, proc: asyncio.subprocess.Process, timeout: float
 ) -> bool:
     loop = asyncio.get_running_loop()
@@ -192,7 +192,7 @@ async def run_cluster(settings: Settings, connectors: int, transfers: int, write
         for child in order:
             assert child.proc is not None
             port = _port_of(child, settings)
-            if port and not await _wait_port(host, port, child.proc, 30.0):
+            if port and not await wait_port(host, port, child.proc, 30.0):
                 print(f"{'cluster':<12} | {child.name} did not come up", file=sys.stderr)
                 code = 1
                 return code

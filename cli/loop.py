@@ -1,8 +1,8 @@
 """Which event loop every ``im`` process runs on: uvloop when it is installed, else asyncio's.
 
 uvloop runs the same asyncio code with a libuv core; on the bare relay of ``im bench`` (docs/
-performance.md) it needs well under half the CPU per message of the default loop, and every
-server process here spends most of its time in the loop's socket and callback machinery.
+performance.md) it took about a quarter off the CPU per message of the default loop, and every
+server process here spends much of its time in the loop's socket and callback machinery.
 
 ``IM_LOOP=asyncio`` forces the standard loop (to compare, or to rule uvloop out when debugging);
 ``IM_LOOP=uvloop`` insists on uvloop and fails if it is missing; unset or ``auto`` picks uvloop

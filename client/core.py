@@ -205,6 +205,7 @@ class IMClient:
         self._order: StreamOrder[Event] = StreamOrder(hold=order_hold)
         self._order_task: asyncio.Task[None] | None = None
         self._order_wake = asyncio.Event()
+        self._surfacing = asyncio.Lock()
         self._drain_asked = 0.0
 
     async def __aenter__(self) -> IMClient:
@@ -400,7 +401,13 @@ class IMClient:
         self._outbox[msg_id] = pending
         if pending.is_chat:
             self._outbox_chats += 1
-        await self._send_pending(pending)
+            # its place in our stream only now that it is kept: a send cancelled while it
+            # waited for room takes none, or the peer would wait for a message never sent
+            chat = env.chat
+            chat.stream, chat.stream_seq = self.stream, self._next_place(chat.dest_id, msg_id)
+        # receipts are made by the reader: it must never wait for window room (the LinkAcks
+        # that make room are read by that same reader); a full window leaves them to the keeper
+        await self._send_pending(pending, may_wait=wait)
 
     def _confirm(self, msg_id: int) -> bool:
         pending = self._outbox.pop(msg_id, None)
@@ -457,10 +464,12 @@ class IMClient:
         if waiting is not None:
             waiting.pop(msg_id, None)
 
-    async def _send_pending(self, pending: _Pending) -> bool:
+    async def _send_pending(self, pending: _Pending, *, may_wait: bool = True) -> bool:
         link = self._link
         if link is None or link.closing or not self.node_id:
             return False
+        if not may_wait and link.window_full:
+            return False  # still due (sent_at 0): the keeper's next flush sends it
         if pending.is_chat:
             chat = pending.env.chat
             chat.stream_floor = self._floor(chat.dest_id)
@@ -499,8 +508,6 @@ class IMClient:
             msg_type=im_pb2.TEXT,
             body=body,
             create_time=int(time.time() * 1000),
-            stream=self.stream,
-            stream_seq=self._next_place(to, msg_id),
         )
         await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
@@ -533,8 +540,6 @@ class IMClient:
             body=seal(key, msg_id, self.user_id, to, inner.SerializeToString()),
             create_time=int(time.time() * 1000),
             file=im_pb2.FileRef(id=up.ref.file_id, size=up.ref.size, checksum=up.ref.checksum),
-            stream=self.stream,
-            stream_seq=self._next_place(to, msg_id),
         )
         await self._enqueue(im_pb2.Envelope(chat=chat), msg_id)
         return msg_id
@@ -661,8 +666,11 @@ class IMClient:
         now = time.monotonic()
         key = (chat.from_id, chat.stream)
         seq, floor = chat.stream_seq, chat.stream_floor
-        for ready in self._order.offer(key, seq, floor, event, now, stored=chat.from_store):
-            await self._events.put(ready)
+        # the reader and _keep_order both release messages: one at a time, or a message one of
+        # them released could reach the queue ahead of older ones the other is still putting
+        async with self._surfacing:
+            for ready in self._order.offer(key, seq, floor, event, now, stored=chat.from_store):
+                await self._events.put(ready)
         if self._order.next_deadline() is not None:
             self._order_wake.set()
 
@@ -685,8 +693,9 @@ class IMClient:
             ):
                 self._drain_asked = now
                 await self._ask_drain()
-            for ready in self._order.expire(now):
-                await self._events.put(ready)
+            async with self._surfacing:
+                for ready in self._order.expire(time.monotonic()):
+                    await self._events.put(ready)
 
     async def _ask_drain(self) -> None:
         link = self._link

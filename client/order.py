@@ -92,6 +92,7 @@ class StreamOrder(Generic[T]):
                 out.extend(old.held[s] for s in sorted(old.held))
         else:
             self._streams.move_to_end(key)
+        before = st.next
         if floor > st.next:
             # the sender has seen DELIVERED for everything below its floor: stop waiting for it
             for s in sorted(s for s in st.held if s < floor):
@@ -108,7 +109,8 @@ class StreamOrder(Generic[T]):
         self._advance(st, out)
         if len(st.held) > self.max_held:
             self._skip(st, out)
-        self._arm(key, st, now, progressed=bool(out))
+        # progress is the stream moving on, not a late item passing through
+        self._arm(key, st, now, progressed=st.next != before)
         return out
 
     def expire(self, now: float) -> list[T]:

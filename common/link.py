@@ -137,6 +137,11 @@ class Link:
     def unacked(self) -> int:
         return len(self._send_win)
 
+    @property
+    def window_full(self) -> bool:
+        """A windowed send would wait for room now."""
+        return self._send_win.full
+
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, env: im_pb2.Envelope) -> int:

@@ -178,6 +178,9 @@ class ClientSession:
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
+        # from now on push() queues for the hand-back below instead of refusing: a refusal
+        # bounces at once, ahead of what this session still holds
+        self._handing_back = True
         if self._pump is not None:
             # the pump sees the link closed (at once if idle, else at its next send) and stops;
             # what it had not sent is still queued
@@ -186,15 +189,17 @@ class ClientSession:
         # Hand back what the device never acked, then what was queued, then what keeps coming
         # for it while we do (push() still queues here): still registered until the queue is
         # empty, so nothing newer can reach the store ahead of it (per-conversation order).
-        self._handing_back = True
         leftovers = list(unacked)
-        while leftovers:
-            for env in leftovers:
-                await self.c.bounce(env)
-            leftovers = [*self._receipts]
+        while True:
+            leftovers += self._receipts
             leftovers += [item for item in self._inbox if isinstance(item, im_pb2.Envelope)]
             self._receipts.clear()
             self._inbox.clear()
+            if not leftovers:
+                break
+            for env in leftovers:
+                await self.c.bounce(env)
+            leftovers = []
         # Only the session still registered for this device may take it offline: a reconnect
         # to this same connector has already replaced us, and its entry must stay.
         if self.user_id and self.c.unregister(self):

@@ -120,3 +120,25 @@ async def poll_until(cond: Callable[[], bool], timeout: float, step: float = 0.1
             return True
         await asyncio.sleep(step)
     return cond()
+
+
+async def drop_namespace(redis_url: str, tag: str, amqp_url: str, database: str) -> None:
+    """Remove what one test's stack left: ``imtest:{tag}:*`` keys, the ``imtest.{tag}`` queue
+    (one shard and the dead letters) and the MySQL database ``database``."""
+    import aio_pika
+
+    r = aioredis.from_url(redis_url)
+    keys = [k async for k in r.scan_iter(match=f"imtest:{tag}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+    conn = await aio_pika.connect(amqp_url)
+    ch = await conn.channel()
+    for suffix in ("0", "dead"):
+        await ch.queue_delete(f"imtest.{tag}.{suffix}")
+    await conn.close()
+    db = await open_database(MYSQL_URL, pool_size=1)
+    try:
+        await db.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    finally:
+        await db.close()

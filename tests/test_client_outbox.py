@@ -24,6 +24,7 @@ class FakeLink:
     def __init__(self) -> None:
         self.sent: list[im_pb2.Envelope] = []
         self.closing = False
+        self.window_full = False
         self._seq = 0
 
     async def send(self, env: im_pb2.Envelope) -> int:
@@ -246,3 +247,27 @@ async def test_a_chat_just_sent_is_not_resent_when_overtaken() -> None:
     link.sent.clear()
     await c._flush(force=False)
     assert link.chats() == []
+
+
+async def test_a_receipt_made_by_the_reader_never_waits_for_window_room() -> None:
+    """The reader makes DELIVERED; waiting there for room would stop the reading of the very
+    LinkAcks that make room. It stays in the outbox, due, for the keeper's next flush."""
+    c, link = client()
+    link.window_full = True
+    await asyncio.wait_for(feed(c, chat_from("bob", 5, "hi")), 1.0)
+    assert link.receipts() == [] and c.pending == 1
+    link.window_full = False
+    await c._flush(force=False)
+    assert [r.ack_msg_id for r in link.receipts()] == [5]
+
+
+async def test_a_send_cancelled_while_waiting_for_room_takes_no_place_in_the_stream() -> None:
+    c, link = client(outbox_size=1)
+    m1 = await c.send_text("bob", "one")
+    waiting = asyncio.create_task(c.send_text("bob", "never"))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await feed(c, ack(im_pb2.SENT, m1))
+    await c.send_text("bob", "two")
+    assert [x.stream_seq for x in link.chats()] == [1, 2]

@@ -19,14 +19,14 @@ import aio_pika
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from conftest import MYSQL_URL, REDIS_URL, require_service
+from conftest import MYSQL_URL, REDIS_URL, drop_namespace, require_service
 from netproxy import TcpProxy
 
 from cli.migrate import run_migrate
 from cli.stack import Stack
 from client.core import IMClient, Message, Receipt
 from common.config import Settings
-from common.db import MySQLParams, create_database, open_database
+from common.db import MySQLParams, create_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -96,21 +96,7 @@ async def faulty(tmp_path: object) -> AsyncIterator[Faulty]:
         await stack.stop()
         for proxy in (redis_proxy, amqp_proxy, mysql_proxy):
             await proxy.close()
-        r = aioredis.from_url(FAULT_REDIS_URL)
-        keys = [k async for k in r.scan_iter(match=f"imtest:{tag}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
-        conn = await aio_pika.connect(AMQP_URL)
-        ch = await conn.channel()
-        for suffix in ("0", "dead"):
-            await ch.queue_delete(f"imtest.{tag}.{suffix}")
-        await conn.close()
-        db = await open_database(MYSQL_URL, pool_size=1)
-        try:
-            await db.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        finally:
-            await db.close()
+        await drop_namespace(FAULT_REDIS_URL, tag, AMQP_URL, database)
 
 
 async def pair(rest: str, tag: str) -> tuple[IMClient, IMClient]:

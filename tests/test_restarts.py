@@ -24,7 +24,14 @@ import aio_pika
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from conftest import MYSQL_URL, REDIS_URL, free_port, poll_until, require_service
+from conftest import (
+    MYSQL_URL,
+    REDIS_URL,
+    drop_namespace,
+    free_port,
+    poll_until,
+    require_service,
+)
 from services import restart_mariadb, restart_rabbitmq, restart_redis, restarts_allowed
 from test_faults import AMQP_URL
 
@@ -32,7 +39,7 @@ from cli.migrate import run_migrate
 from cli.stack import Stack
 from client.core import IMClient, Message, Receipt
 from common.config import Settings
-from common.db import MySQLParams, open_database
+from common.db import MySQLParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
@@ -79,21 +86,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield st
     finally:
         await st.stop()
-        r = aioredis.from_url(RESTART_REDIS_URL)
-        keys = [k async for k in r.scan_iter(match=f"imtest:{tag}:*")]
-        if keys:
-            await r.delete(*keys)
-        await r.aclose()
-        conn = await aio_pika.connect(AMQP_URL)
-        ch = await conn.channel()
-        for suffix in ("0", "dead"):
-            await ch.queue_delete(f"imtest.{tag}.{suffix}")
-        await conn.close()
-        db = await open_database(MYSQL_URL, pool_size=1)
-        try:
-            await db.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        finally:
-            await db.close()
+        await drop_namespace(RESTART_REDIS_URL, tag, AMQP_URL, database)
 
 
 async def conversation_through(
