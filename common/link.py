@@ -10,6 +10,9 @@ Used on every hop (client <-> connector, connector <-> transfer) by both ends. R
   backlog passes a hard limit, never buffered without bound;
 - windowed sends wait for window room (back-pressure), are retransmitted by one timer, and after
   the retry limit the link closes and hands its unacked frames to the handler;
+- that timer is shared: one task per event loop and tick length walks every open link for
+  retransmits, heartbeats and the idle timeout, so an idle link costs no task and no timer
+  handle of its own, and a read costs no timeout context;
 - a ``ProtocolError`` from the handler becomes an ERROR frame; a fatal one also closes the link.
 """
 
@@ -20,7 +23,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from common.codec import DEFAULT_MAX_FRAME, FrameDecoder, encode
 from common.config import Settings
@@ -118,6 +121,7 @@ class Link:
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
+        self._last_received = self._last_sent
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._ended = False
@@ -235,7 +239,8 @@ class Link:
     async def run(self) -> None:
         """Read until the link ends; then hand unacked frames to the handler. Never raises
         for peer misbehaviour (that closes the link); CancelledError propagates."""
-        timer = asyncio.create_task(self._timer(), name=f"timer {self.name}")
+        ticker = _Ticker.of(self._loop, _tick_of(self.config))
+        ticker.add(self)
         try:
             await self._read_loop()
         except ProtocolError as err:
@@ -244,7 +249,7 @@ class Link:
         except (ConnectionError, OSError) as exc:
             log.debug("%s: connection error: %s", self.name, exc)
         finally:
-            timer.cancel()
+            ticker.discard(self)
             self.close()
             unacked = self._send_win.take_unacked()
             try:
@@ -257,17 +262,10 @@ class Link:
     async def _read_loop(self) -> None:
         reader = self._reader
         while not self._closing:
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):
-                    data = await reader.read(READ_CHUNK)
-            except TimeoutError:
-                raise ProtocolError(
-                    f"nothing received for {self.config.idle_timeout:g}s",
-                    code=im_pb2.IDLE_TIMEOUT,
-                    fatal=True,
-                ) from None
+            data = await reader.read(READ_CHUNK)  # the ticker closes us when idle too long
             if not data:
                 return
+            self._last_received = self._loop.time()
             try:
                 envs = self._decoder.feed(data)
             except FrameError:
@@ -354,21 +352,77 @@ class Link:
                 ref_msg_id=_msg_id(env),
             )
 
-    async def _timer(self) -> None:
+    def _tick(self, now: float) -> None:
+        """The shared timer's visit: idle timeout, retransmits, heartbeat."""
+        if self._closing:
+            return
         cfg = self.config
-        tick = max(0.05, min(cfg.retry_timeout / 4, cfg.heartbeat / 4, 1.0))
-        while not self._closing:
-            await asyncio.sleep(tick)
-            now = self._loop.time()
-            try:
-                for _seq, env in self._send_win.due(now):
-                    self._queue(encode(env))
-            except ProtocolError as err:
-                log.info("%s: %s", self.name, err.detail)
-                self.close(err)
-                return
-            if now - self._last_sent >= cfg.heartbeat:
-                self.send_control(im_pb2.Envelope(ping=im_pb2.Ping(nonce=int(time.time()))))
+        if now - self._last_received >= cfg.idle_timeout:
+            err = ProtocolError(
+                f"nothing received for {cfg.idle_timeout:g}s", code=im_pb2.IDLE_TIMEOUT, fatal=True
+            )
+            log.info("%s: closing on %s: %s", self.name, err.code_name, err.detail)
+            self.close(err)
+            return
+        try:
+            for _seq, env in self._send_win.due(now):
+                self._queue(encode(env))
+        except ProtocolError as err:
+            log.info("%s: %s", self.name, err.detail)
+            self.close(err)
+            return
+        if now - self._last_sent >= cfg.heartbeat:
+            self.send_control(im_pb2.Envelope(ping=im_pb2.Ping(nonce=int(time.time()))))
+
+
+def _tick_of(cfg: LinkConfig) -> float:
+    """How often a link's timers are looked at: a quarter of the shortest, 50 ms to 1 s."""
+    return max(0.05, min(cfg.retry_timeout / 4, cfg.heartbeat / 4, cfg.idle_timeout / 4, 1.0))
+
+
+class _Ticker:
+    """The timer of every open link of one event loop with one tick length."""
+
+    _all: ClassVar[dict[tuple[int, float], _Ticker]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+        self._loop = loop
+        self._tick = tick
+        self._links: set[Link] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, tick: float) -> _Ticker:
+        key = (id(loop), tick)
+        ticker = cls._all.get(key)
+        if ticker is None or ticker._loop is not loop:
+            ticker = cls._all[key] = cls(loop, tick)
+        return ticker
+
+    def add(self, link: Link) -> None:
+        self._links.add(link)
+        if self._task is None:
+            self._task = self._loop.create_task(self._run(), name=f"link timer {self._tick:g}s")
+
+    def discard(self, link: Link) -> None:
+        self._links.discard(link)
+
+    async def _run(self) -> None:
+        try:
+            while self._links:
+                await asyncio.sleep(self._tick)
+                now = self._loop.time()
+                for link in list(self._links):
+                    try:
+                        link._tick(now)
+                    except Exception:
+                        log.exception("%s: timer failed", link.name)
+        finally:
+            # no await between the last look at the links and this: an add() that comes
+            # later finds no task and starts one
+            self._task = None
+            if not self._links and _Ticker._all.get((id(self._loop), self._tick)) is self:
+                del _Ticker._all[(id(self._loop), self._tick)]
 
 
 def fresh(env: im_pb2.Envelope) -> im_pb2.Envelope:
