@@ -325,10 +325,20 @@ def ok(report: dict[str, object]) -> bool:
     )
 
 
+async def _run_stoppable(settings: Settings, opts: Options) -> dict[str, object]:
+    """run_chaos, cancelled by SIGTERM as by Ctrl-C, so its cluster is stopped either way (the
+    children run in sessions of their own and would outlive a killed parent)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_chaos(settings, opts, quiet=False)
+
+
 def main(settings: Settings, opts: Options, as_json: bool) -> int:
     try:
-        report = asyncio.run(run_chaos(settings, opts, quiet=False))
-    except KeyboardInterrupt:
+        report = asyncio.run(_run_stoppable(settings, opts))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("chaos | stopped before the end: no verdict", file=sys.stderr)
         return 130
     good = ok(report)
     if not as_json:

@@ -134,9 +134,7 @@ async def _stop(children: list[Child]) -> None:
                 await asyncio.wait_for(t, 2)
 
 
-async def wait_port(
-    host: str, port: int, proc: asyncio.subprocess.Process, timeout: float
-) -> bool:
+async def wait_port(host: str, port: int, proc: asyncio.subprocess.Process, timeout: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:

@@ -457,8 +457,14 @@ async def test_im_cluster_command_runs_demo_and_stops_on_ctrl_c() -> None:
         assert "stopping" in rest_of_output.decode()
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            # SIGTERM first: im cluster stops its children (their own sessions) itself; a
+            # SIGKILL here would leave them running
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         await cleanup({**env, "IM_AMQP_QUEUE": env["IM_AMQP_QUEUE"]})
 
 
