@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cli import cluster
 from cli import loop as eventloop
 from client import bench, benchstats
 from client.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
@@ -98,17 +99,10 @@ class Proc:
 
 
 async def wait_port(port: int, proc: Proc, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.returncode is not None:
-            raise IMError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.tail()}")
-        try:
-            _, w = await asyncio.open_connection(HOST, port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        w.close()
+    if await cluster.wait_port(HOST, port, proc.proc, timeout):
         return
+    if proc.proc.returncode is not None:
+        raise IMError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.tail()}")
     raise IMError(f"{proc.name} did not listen on {port} within {timeout:g}s:\n{proc.tail()}")
 
 

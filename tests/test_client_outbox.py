@@ -7,10 +7,11 @@ import asyncio
 from typing import Any, cast
 
 import pytest
+import test_session_fuzz as session_fuzz
 
 from client.core import IMClient, Message, Receipt, ServerError
 from common.crypto import new_pair_key, seal
-from common.link import Link, LinkClosed
+from common.link import Link
 from proto import im_pb2
 
 pytestmark = pytest.mark.asyncio
@@ -18,25 +19,12 @@ pytestmark = pytest.mark.asyncio
 KEY = new_pair_key()
 
 
-class FakeLink:
-    """What IMClient uses of a Link: windowed sends and close."""
+class FakeLink(session_fuzz.FakeLink):
+    """What IMClient uses of a Link (the session tests' fake), plus the window's state."""
 
     def __init__(self) -> None:
-        self.sent: list[im_pb2.Envelope] = []
-        self.closing = False
+        super().__init__()
         self.window_full = False
-        self._seq = 0
-
-    async def send(self, env: im_pb2.Envelope) -> int:
-        if self.closing:
-            raise LinkClosed("closed")
-        self._seq += 1
-        env.seq = self._seq
-        self.sent.append(env)
-        return self._seq
-
-    def close(self, error: object = None) -> None:
-        self.closing = True
 
     def chats(self) -> list[im_pb2.ChatMsg]:
         return [e.chat for e in self.sent if e.WhichOneof("body") == "chat"]
