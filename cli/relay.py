@@ -24,48 +24,24 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import cast
 
 from cli import loop as eventloop
-from common.codec import FrameDecoder, encode
-from common.errors import FrameError
+from client.benchload import FramedProtocol
 from proto import im_pb2
 
 HOST = "127.0.0.1"
 
 
-class _Conn(asyncio.Protocol):
-    """One socket: decode what arrives, hand envelopes to ``on_env``, coalesce what leaves."""
+class _Conn(FramedProtocol):
+    """One socket of a relay node: envelopes go to the node, which knows where they go."""
 
     def __init__(self, node: _Node) -> None:
+        super().__init__()
         self.node = node
-        self.transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder()
-        self._out: list[bytes] = []
         self.users: list[str] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            envs = self._decoder.feed(data)
-        except FrameError:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        for env in envs:
-            self.node.on_env(self, env)
-
-    def send(self, env: im_pb2.Envelope) -> None:
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(encode(env))
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self._out))
-        self._out.clear()
+    def on_envelope(self, env: im_pb2.Envelope) -> None:
+        self.node.on_env(self, env)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.node.forget(self)

@@ -230,53 +230,32 @@ async def _progress(label: str, stats: Stats, start: float, until: float, on: bo
 # -- the bare relay's client ---------------------------------------------------------------
 
 
-class RelayClient(asyncio.Protocol):
-    """A user on the bare relay (cli/relay.py): GREET with its id, send chats, answer each
-    chat with DELIVERED, and report receipts to its :class:`Flow`."""
+class FramedProtocol(asyncio.Protocol):
+    """The bare relay's wire on ``asyncio.Protocol``, for its servers (cli/relay.py) and its
+    client: frames decoded as they arrive and handed to :meth:`on_envelope`; frames sent in one
+    loop turn coalesced into one write; a bad frame closes the socket."""
 
-    def __init__(self, user: str, flow: Flow | None) -> None:
-        self.user = user
-        self.flow = flow
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder()
         self._out: list[bytes] = []
-        self._next_id = 0
-        self.received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._write(im_pb2.Envelope(greet=im_pb2.Greet(token=self.user, device_id="bench")))
 
     def data_received(self, data: bytes) -> None:
         try:
             envs = self._decoder.feed(data)
         except FrameError:
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
             return
         for env in envs:
-            kind = env.WhichOneof("body")
-            if kind == "chat":
-                c = env.chat
-                self.received += 1
-                ack = im_pb2.AckMsg(
-                    id=c.id, from_id=self.user, dest_id=c.from_id, ack_type=im_pb2.DELIVERED,
-                    ack_msg_id=c.id,
-                )  # fmt: skip
-                self._write(im_pb2.Envelope(ack=ack))
-            elif kind == "ack" and self.flow is not None:
-                self.flow.receipt(im_pb2.AckType.Name(env.ack.ack_type), env.ack.ack_msg_id)
+            self.on_envelope(env)
 
-    def send_chat(self, dest: str) -> int:
-        self._next_id += 1
-        chat = im_pb2.ChatMsg(
-            id=self._next_id, from_id=self.user, dest_id=dest, dest_type=im_pb2.SINGLE,
-            msg_type=im_pb2.TEXT, body=RELAY_BODY, create_time=int(time.time() * 1000),
-        )  # fmt: skip
-        self._write(im_pb2.Envelope(seq=self._next_id, chat=chat))
-        return self._next_id
+    def on_envelope(self, env: im_pb2.Envelope) -> None:
+        raise NotImplementedError
 
-    def _write(self, env: im_pb2.Envelope) -> None:
+    def send(self, env: im_pb2.Envelope) -> None:
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(encode(env))
@@ -289,6 +268,44 @@ class RelayClient(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class RelayClient(FramedProtocol):
+    """A user on the bare relay (cli/relay.py): GREET with its id, send chats, answer each
+    chat with DELIVERED, and report receipts to its :class:`Flow`."""
+
+    def __init__(self, user: str, flow: Flow | None) -> None:
+        super().__init__()
+        self.user = user
+        self.flow = flow
+        self._next_id = 0
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.send(im_pb2.Envelope(greet=im_pb2.Greet(token=self.user, device_id="bench")))
+
+    def on_envelope(self, env: im_pb2.Envelope) -> None:
+        kind = env.WhichOneof("body")
+        if kind == "chat":
+            c = env.chat
+            self.received += 1
+            ack = im_pb2.AckMsg(
+                id=c.id, from_id=self.user, dest_id=c.from_id, ack_type=im_pb2.DELIVERED,
+                ack_msg_id=c.id,
+            )  # fmt: skip
+            self.send(im_pb2.Envelope(ack=ack))
+        elif kind == "ack" and self.flow is not None:
+            self.flow.receipt(im_pb2.AckType.Name(env.ack.ack_type), env.ack.ack_msg_id)
+
+    def send_chat(self, dest: str) -> int:
+        self._next_id += 1
+        chat = im_pb2.ChatMsg(
+            id=self._next_id, from_id=self.user, dest_id=dest, dest_type=im_pb2.SINGLE,
+            msg_type=im_pb2.TEXT, body=RELAY_BODY, create_time=int(time.time() * 1000),
+        )  # fmt: skip
+        self.send(im_pb2.Envelope(seq=self._next_id, chat=chat))
+        return self._next_id
 
 
 def relay_frame_size() -> int:
