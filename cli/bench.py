@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -73,23 +72,10 @@ class Proc:
     @classmethod
     async def start(cls, name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc:
         log = logdir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        return cls(name, proc, log)
+        return cls(name, await cluster.spawn(args, env, log), log)
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)  # the group of our own child
-            try:
-                await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
+        await cluster.stop_gently(self.proc, STOP_GRACE)
 
     def tail(self, lines: int = 20) -> str:
         try:

@@ -27,9 +27,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from cli.cluster import Child, check_services, cluster_settings, plan, wait_port
+from cli.cluster import (
+    Child,
+    check_services,
+    cluster_settings,
+    plan,
+    spawn,
+    stop_gently,
+    wait_port,
+)
 from client.traffic import Users, check
 from common.config import Settings
 from common.db import MySQLParams, open_database
@@ -62,21 +69,9 @@ class Proc:
     port: int
     proc: asyncio.subprocess.Process | None = None
     killed_by_us: bool = False
-    _out: IO[bytes] | None = None
 
     async def start(self) -> None:
-        if self._out is None:
-            self._out = self.log.open("ab")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cli.main",
-            self.child.role,
-            env=self.child.env,
-            stdout=self._out,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = await spawn(["-m", "cli.main", self.child.role], self.child.env, self.log)
         # only now: until the new process exists, the old one is still the dead one we killed
         self.proc, self.killed_by_us = proc, False
 
@@ -92,16 +87,8 @@ class Proc:
             await self.proc.wait()
 
     async def stop(self, grace: float) -> None:
-        if self.proc is not None and self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                await self.kill()
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        if self.proc is not None:
+            await stop_gently(self.proc, grace)
 
     async def wait_ready(self, host: str) -> bool:
         """Until the port accepts (a queue consumer has none: until it has run a moment)."""

@@ -18,6 +18,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from common.config import Settings
 from common.redact import redact_url
@@ -148,6 +149,35 @@ async def wait_port(host: str, port: int, proc: asyncio.subprocess.Process, time
         writer.close()
         return True
     return False
+
+
+async def spawn(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """``python args...`` in a session of its own (so Ctrl-C reaches only us), its output
+    appended to ``log``."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+async def stop_gently(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM to the child's process group, SIGKILL after ``grace`` seconds."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 async def check_services(settings: Settings) -> None:
