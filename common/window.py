@@ -92,6 +92,21 @@ class SendWindow(Generic[T]):
             done.append((seq, self._pending.popitem(last=False)[1].item))
         return done
 
+    def release(self, upto: int) -> int:
+        """Apply a cumulative ack like :meth:`ack`, returning only how many frames it covered."""
+        if upto >= self._next:
+            raise ProtocolError(
+                f"link ack {upto} for a frame never sent (next is {self._next})",
+                code=im_pb2.BAD_MESSAGE,
+                fatal=True,
+            )
+        pending = self._pending
+        n = 0
+        while pending and next(iter(pending)) <= upto:
+            pending.popitem(last=False)
+            n += 1
+        return n
+
     def due(self, now: float) -> list[tuple[int, T]]:
         """Frames whose timer ran out, to resend now; raises once one has used every retry."""
         out: list[tuple[int, T]] = []
@@ -104,6 +119,14 @@ class SendWindow(Generic[T]):
             p.deadline = now + self.timeout
             out.append((seq, p.item))
         return out
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    def next_deadline(self) -> float | None:
+        """When the earliest retransmit timer runs out (None: nothing unacked)."""
+        return min((p.deadline for p in self._pending.values()), default=None)
 
     def take_unacked(self) -> list[T]:
         """Empty the window, returning what the peer never acknowledged, oldest first."""
