@@ -162,6 +162,7 @@ class LinkState:
         "_send",
         "_stamp",
         "_tokens",
+        "_fail_after",
         "_verdict",
         "acked",
         "authenticated",
@@ -192,6 +193,7 @@ class LinkState:
         self._ack_sent = 0
         self._ack_every = max(1, config.window // 4)
         self._verdict = False  # a GREET is with the handler
+        self._fail_after: ProtocolError | None = None  # close once the queued frames are handled
         self._opened = self._clock = self._last_sent = self._last_received = now
         self._tokens = float(config.control_burst)
         self._stamp = now
@@ -213,7 +215,7 @@ class LinkState:
     @property
     def reading(self) -> bool:
         """Whether the transport should hand over more payloads now."""
-        return not self.closing and not self._verdict
+        return not self.closing and not self._verdict and self._fail_after is None
 
     @property
     def pending_frames(self) -> int:
@@ -237,6 +239,9 @@ class LinkState:
         handled)."""
         inbox = self._inbox
         if not inbox:
+            if self._fail_after is not None and not self.closing:
+                self.ack_handled()
+                self.close(self._fail_after)
             return None
         item = inbox.popleft()
         if not inbox:
@@ -260,7 +265,7 @@ class LinkState:
 
     def receive(self, payload: bytes, now: float) -> None:
         """One frame payload, as the framer cut it."""
-        if self.closing:
+        if self.closing or self._fail_after is not None:
             return
         self._last_received = self._clock = now
         env = im_pb2.Envelope()
@@ -273,13 +278,13 @@ class LinkState:
             env.DiscardUnknownFields()
         kind = env.WhichOneof("body")
         if kind is None:
-            self.close(
+            self.fail(
                 ProtocolError("envelope without a body", code=im_pb2.UNKNOWN_TYPE, fatal=True)
             )
             return
         seq = env.seq
         if (seq != 0) != (kind in WINDOWED):
-            self.close(
+            self.fail(
                 ProtocolError(
                     f"{kind} with link seq {seq}: chat, ack, drain "
                     "and bounce are windowed (seq > 0), every other body has seq 0",
@@ -289,7 +294,7 @@ class LinkState:
             )
             return
         if not self.authenticated and kind not in PREAUTH_KINDS:
-            self.close(
+            self.fail(
                 ProtocolError(f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED, fatal=True)
             )
             return
@@ -301,7 +306,7 @@ class LinkState:
 
     def refuse_frame(self, skipped: Skipped) -> None:
         """The framer threw a frame away (length 0 or over ``frame_limit``)."""
-        if self.closing:
+        if self.closing or self._fail_after is not None:
             return
         self._bad_frame(
             skipped.head, f"frame length {skipped.length} outside 1..{self.frame_limit}"
@@ -309,7 +314,7 @@ class LinkState:
 
     def _bad_frame(self, head: bytes, detail: str) -> None:
         if not self.config.node:
-            self.close(FrameError(detail))
+            self.fail(FrameError(detail))
             return
         self.bad_frames += 1
         self.last_refusal = detail
@@ -323,7 +328,7 @@ class LinkState:
         try:
             batch = self._recv.offer(seq, env)
         except WindowError as err:
-            self.close(err)
+            self.fail(err)
             return
         if batch is None:  # a duplicate: the sender missed our ack, or resent early
             if self._handled:
@@ -338,7 +343,7 @@ class LinkState:
 
     def _control(self, kind: str, env: im_pb2.Envelope, now: float) -> None:
         if self.config.control_rate and not self._take_token(now):
-            self.close(
+            self.fail(
                 ProtocolError("too many control frames", code=im_pb2.RATE_LIMITED, fatal=True)
             )
             return
@@ -346,7 +351,7 @@ class LinkState:
             try:
                 n = self._send.release(env.link_ack.seq)
             except ProtocolError as err:
-                self.close(err)
+                self.fail(err)
                 return
             if n:
                 self.acked = env.link_ack.seq
@@ -360,6 +365,15 @@ class LinkState:
             if self._inbox is None:
                 self._inbox = deque()
             self._inbox.append((0, env))
+
+    def fail(self, err: ProtocolError) -> None:
+        """A fatal breach in what was received: the frames before it are still handled (and
+        acked), in order, then the link closes; nothing after it is taken."""
+        if self._inbox and self.authenticated:
+            if self._fail_after is None:
+                self._fail_after = err
+        else:
+            self.close(err)
 
     def _take_token(self, now: float) -> bool:
         cfg = self.config

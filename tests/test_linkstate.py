@@ -317,3 +317,16 @@ def test_payloads_start_with_their_seq_and_send_body_matches_send() -> None:
     pa, pb = a.take_output(), b.take_output()
     assert pa == pb and peek_seq(pa[0]) == 1 and env.seq == 77
     assert parse(pa[0]) == im_pb2.Envelope(seq=1, chat=chat(9, b"hi").chat)
+
+
+def test_a_fatal_frame_closes_the_link_only_after_the_frames_before_it() -> None:
+    s = LinkState(LinkConfig(), 0.0)
+    s.receive(windowed(1, 1), 0.0)
+    s.receive(chat(2).SerializeToString(), 0.0)  # seq 0 on a chat: fatal
+    s.receive(windowed(2, 3), 0.0)  # after the breach: not taken
+    assert not s.closing and not s.reading
+    assert s.pop_frame() == (1, chat(1))
+    s.handled(1)
+    assert s.pop_frame() is None and s.closing
+    assert s.close_error is not None and s.close_error.code == im_pb2.BAD_MESSAGE
+    assert kinds(s.take_output()) == ["link_ack", "error"]
