@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
+from test_security import until
 
 from common import link as link_mod
 from common.admission import PreAuthLimits
@@ -68,9 +69,7 @@ async def server() -> AsyncIterator[Server]:
         return handlers[-1]
 
     admission = PreAuthLimits(per_address=3, total=5)
-    srv = await serve_links(
-        "127.0.0.1", 0, make, LinkConfig(greet_timeout=30), admission=admission
-    )
+    srv = await serve_links("127.0.0.1", 0, make, LinkConfig(greet_timeout=30), admission=admission)
     try:
         yield Server(srv.sockets[0].getsockname()[1], links, handlers, admission)
     finally:
@@ -80,17 +79,11 @@ async def server() -> AsyncIterator[Server]:
         await srv.wait_closed()
 
 
-async def until(cond: object, timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-
-
 async def greeted(server: Server, handler: Recorder | None = None) -> tuple[Link, Recorder]:
     client_handler = handler or Recorder()
     link = await open_link("127.0.0.1", server.port, client_handler, LinkConfig())
     link.send_control(im_pb2.Envelope(greet=im_pb2.Greet(token="t")))
-    await until(lambda: server.links and server.links[-1].authenticated)
+    await until(lambda: bool(server.links) and server.links[-1].authenticated)
     return link, client_handler
 
 
@@ -112,7 +105,7 @@ async def test_frames_flow_both_ways_and_an_idle_link_has_no_task(server: Server
 async def test_send_body_and_cheap_acks_and_unacked_handed_back(server: Server) -> None:
     client, handler = await greeted(server)
     seq = await client.send_body("chat", chat(7, b"pre-encoded").chat.SerializeToString())
-    await until(lambda: handler.acked and handler.acked[-1] == seq)
+    await until(lambda: bool(handler.acked) and handler.acked[-1] == seq)
     assert server.handlers[0].got[-1].chat.body == b"pre-encoded"
     server.handlers[0].gate = asyncio.Event()  # stop handling: nothing more gets acked
     await client.send(chat(8))
@@ -140,13 +133,13 @@ async def test_reading_pauses_above_the_high_water_mark(server: Server) -> None:
 
 
 async def test_writes_of_one_loop_turn_are_coalesced(server: Server) -> None:
-    client, _ = await greeted(server)
+    _client, _ = await greeted(server)
     served = server.links[0]
     assert served._transport is not None
     writes: list[bytes] = []
     real_write = served._transport.write
 
-    def counting(data: bytes) -> None:
+    def counting(data: bytes | bytearray | memoryview) -> None:
         writes.append(bytes(data))
         real_write(data)
 
@@ -164,7 +157,7 @@ async def test_a_peer_that_stops_reading_is_cut_off(
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.sendall(encode(im_pb2.Envelope(greet=im_pb2.Greet(token="t"))))
-    await until(lambda: server.links and server.links[-1].authenticated)
+    await until(lambda: bool(server.links) and server.links[-1].authenticated)
     served = server.links[-1]
     big = im_pb2.Envelope(error=im_pb2.Error(detail="x" * 200))
     sent = 0
@@ -173,7 +166,7 @@ async def test_a_peer_that_stops_reading_is_cut_off(
             served.send_control(big)
         sent += 100 * 210
         await asyncio.sleep(0)
-    await until(lambda: server.handlers[-1].closed)
+    await until(lambda: bool(server.handlers[-1].closed))
     assert sent < 100 * 2**20
     sock.close()
 
