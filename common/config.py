@@ -124,10 +124,10 @@ class Settings(BaseSettings):
     )
     login_window: float = Field(60 * SECONDS, gt=0, description="login throttle window")
     rest_max_body: int = Field(64 * KIB, ge=1 * KIB, description="largest REST request body")
-    # Connections that have not yet sent an accepted GREET, per connector (docs/security.md): one
-    # costs about 5 KB of RSS (measured: tests/test_preauth_flood.py), so the total bounds what
-    # anonymous sockets can pin to ~20 MB; per address, 64 leaves a NAT of busy users room to
-    # log in at once while one host alone cannot take the whole budget.
+    # Connections that have not yet sent an accepted GREET, per connector (docs/security.md): a
+    # silent one costs about 5.5 KB of server RSS (tests/test_preauth.py prints it), so the total
+    # bounds what anonymous sockets can pin to ~23 MB; per address, 64 leaves a NAT of busy users
+    # room to log in at once while one host alone cannot take the whole budget.
     preauth_per_address: int = Field(
         64, ge=1, description="unauthenticated connections per source address"
     )
