@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -185,3 +186,76 @@ async def test_unauthenticated_connections_are_bounded_at_accept(server: Server)
     for s in [*socks, fifth]:
         s.close()
     await until(lambda: server.admission.count == 0)
+
+
+async def _raw_session(
+    port: int, frames: bytes, wait: float = 1.0
+) -> tuple[list[im_pb2.Envelope], bool]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(frames)
+    dec = FrameDecoder(1 << 20)
+    out: list[im_pb2.Envelope] = []
+    closed = False
+    try:
+        async with asyncio.timeout(wait):
+            while chunk := await reader.read(65536):
+                out.extend(dec.feed(chunk))
+            closed = True
+    except TimeoutError:
+        pass
+    writer.close()
+    return out, closed
+
+
+def _framed_payload(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize("node", [True, False])
+async def test_one_bad_frame_is_refused_alone_on_a_node_link_only(node: bool) -> None:
+    """Over the limit, or not protobuf: on a node link an ERROR naming the frame, which is
+    skipped unread and acked so the sender's window moves on, and the link stays for the frames
+    after it; on a client link the link closes, as before."""
+    handlers: list[Recorder] = []
+
+    def make(link: Link) -> Recorder:
+        handlers.append(Recorder())
+        return handlers[-1]
+
+    cfg = LinkConfig(max_frame=8 * 1024, node=node)
+    srv = await serve_links("127.0.0.1", 0, make, cfg)
+    port = srv.sockets[0].getsockname()[1]
+    big = chat(2, b"z" * 20_000)
+    big.seq = 2
+    stream = (
+        encode(im_pb2.Envelope(greet=im_pb2.Greet(token="t")))
+        + encode(im_pb2.Envelope(seq=1, chat=chat(1).chat))
+        + encode(big)  # over the 8 KiB limit
+        + _framed_payload(b"\x08\x03\xff\xff\xff")  # seq 3, then not protobuf
+        + encode(im_pb2.Envelope(seq=4, chat=chat(4).chat))
+    )
+    try:
+        envs, closed = await _raw_session(port, stream)
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    errs = [(im_pb2.ErrorCode.Name(e.error.code), e.error.ref_seq) for e in envs if e.error.code]
+    if node:
+        assert errs == [("BAD_FRAME", 2), ("BAD_FRAME", 3)] and not closed
+        assert [e.chat.id for e in handlers[0].got[1:]] == [1, 4]
+        assert max(e.link_ack.seq for e in envs) == 4
+    else:
+        assert errs == [("BAD_FRAME", 0)] and closed
+        assert [e.chat.id for e in handlers[0].got[1:]] == [1]
+
+
+async def test_node_links_have_headroom_above_the_client_limit() -> None:
+    from common.config import Settings
+
+    s = Settings()
+    client, node = LinkConfig.from_settings(s), LinkConfig.from_settings(s, node=True)
+    assert client.max_frame == 64 * 1024 and node.max_frame == 80 * 1024
+    assert node.node and not client.node and client.discard_unknown and not node.discard_unknown
+    assert (
+        LinkConfig.from_settings(Settings(node_max_frame=100_000), node=True).max_frame == 100_000
+    )
