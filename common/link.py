@@ -82,6 +82,39 @@ class LinkHandler(Protocol):
         ...
 
 
+class Wire(Protocol):
+    """How payloads travel on one kind of connection (sans-IO, like the state)."""
+
+    def start(self) -> bytes:
+        """Bytes to send as soon as connected (a handshake), or b""."""
+        ...
+
+    def feed(self, data: bytes, limit: int) -> None:
+        """Received bytes; ``limit`` is the largest payload the state takes now."""
+        ...
+
+    def next_payload(self, limit: int) -> bytes | Skipped | None:
+        """The next payload, a refused one, or None; raises FrameError on a broken stream."""
+        ...
+
+    def encode(self, payloads: list[bytes]) -> bytes:
+        """The bytes that carry these payloads."""
+        ...
+
+    def take_output(self) -> bytes:
+        """Bytes the framing itself must send now (handshake answer, pong, close)."""
+        ...
+
+    def finish(self, error: ProtocolError | None) -> bytes:
+        """Bytes to send before the connection is closed (a close frame), or b""."""
+        ...
+
+    @property
+    def ended(self) -> bool:
+        """The framing is over (the peer closed, a handshake failed): close the link."""
+        ...
+
+
 class _TcpWire:
     """Length-prefixed frames on a byte stream."""
 
@@ -90,8 +123,21 @@ class _TcpWire:
     def __init__(self, skip_oversize: bool) -> None:
         self._framer = LengthPrefixFramer(skip_oversize=skip_oversize)
 
-    def feed(self, data: bytes) -> None:
+    def start(self) -> bytes:
+        return b""
+
+    def feed(self, data: bytes, limit: int) -> None:
         self._framer.feed(data)
+
+    def take_output(self) -> bytes:
+        return b""
+
+    def finish(self, error: ProtocolError | None) -> bytes:
+        return b""
+
+    @property
+    def ended(self) -> bool:
+        return False
 
     def next_payload(self, limit: int) -> bytes | Skipped | None:
         return self._framer.next_payload(limit)
@@ -142,6 +188,7 @@ class Link(asyncio.Protocol):
         authenticated: bool = True,
         make_handler: Callable[[Link], LinkHandler] | None = None,
         admission: PreAuthLimits | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -151,7 +198,7 @@ class Link(asyncio.Protocol):
         self._admission = admission
         self._address = ""  # the admission place this link holds ("" = none)
         self._state = LinkState(config, self._loop.time(), authenticated=authenticated)
-        self._wire = _TcpWire(config.node)
+        self._wire: Wire = wire if wire is not None else _TcpWire(config.node)
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
         self._finisher: asyncio.Task[None] | None = None
@@ -226,6 +273,9 @@ class Link(asyncio.Protocol):
         if self._make_handler is not None:
             self._handler = self._make_handler(self)
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
+        first = self._wire.start()
+        if first:
+            self._transport.write(first)
         _Ticker.of(self._loop, _tick_of(self.config)).add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -233,8 +283,14 @@ class Link(asyncio.Protocol):
         if st.closing:
             return
         st.data_arrived(self._loop.time())
-        self._wire.feed(data)
+        wire = self._wire
+        wire.feed(data, st.frame_limit)
+        extra = wire.take_output()
+        if extra and self._transport is not None:
+            self._transport.write(extra)
         self._intake()
+        if wire.ended:
+            self.close()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -457,6 +513,9 @@ class Link(asyncio.Protocol):
         self._flush()
         t = self._transport
         if t is not None:
+            tail = self._wire.finish(err)
+            if tail and not t.is_closing():
+                t.write(tail)
             if t.get_write_buffer_size() > HIGH_WATER:
                 t.abort()  # a peer this far behind would keep the socket open for ever
             else:

@@ -46,6 +46,7 @@ from common.link import (
 )
 from common.tls import server_context
 from common.tokens import Claims, RevokedSet, TokenSigner
+from common.wslink import serve_ws_links
 from connector import rules
 from connector.rules import State
 from offline.base import OfflineStore
@@ -574,9 +575,11 @@ class Connector:
         self._reroute_done = asyncio.Event()
         self._reroute_done.set()
         self._server: asyncio.Server | None = None
+        self._ws_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.port = settings.connector_port
+        self.ws_port = 0  # the WebSocket port once listening (0: off)
         self.address = ""
 
     # -- routing table -----------------------------------------------------------------------
@@ -873,6 +876,19 @@ class Connector:
             ssl_handshake_timeout=s.greet_timeout if tls is not None else None,
             admission=self.preauth,
         )
+        if s.ws_port:
+            # browsers: the same sessions, limits and admission bounds over WebSocket
+            self._ws_server = await serve_ws_links(
+                s.bind_host,
+                s.ws_port,
+                self._on_client,
+                self.client_link_config,
+                start_serving=False,
+                ssl=tls,
+                ssl_handshake_timeout=s.greet_timeout if tls is not None else None,
+                admission=self.preauth,
+            )
+            self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         sock = self._server.sockets[0].getsockname()
         self.port = sock[1]
         if not s.node_id and s.connector_port == 0:
@@ -899,6 +915,8 @@ class Connector:
         else:
             log.warning("no transfer reachable yet; clients will get errors until one is")
         await self._server.start_serving()
+        if self._ws_server is not None:
+            await self._ws_server.start_serving()
 
     def _on_client(self, link: Link) -> ClientSession:
         """A client connection was accepted (the GREET deadline is the link's own)."""
@@ -915,6 +933,8 @@ class Connector:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._ws_server is not None:
+            self._ws_server.close()
         sessions = [s for d in self._sessions.values() for s in d.values()]
         for s in sessions:
             if s.link is not None:
@@ -946,3 +966,5 @@ class Connector:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._ws_server is not None:
+            await self._ws_server.wait_closed()
