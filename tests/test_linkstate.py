@@ -330,3 +330,15 @@ def test_a_fatal_frame_closes_the_link_only_after_the_frames_before_it() -> None
     assert s.pop_frame() is None and s.closing
     assert s.close_error is not None and s.close_error.code == im_pb2.BAD_MESSAGE
     assert kinds(s.take_output()) == ["link_ack", "error"]
+
+
+def test_a_refused_frame_out_of_order_keeps_its_place() -> None:
+    node = LinkState(LinkConfig(node=True), 0.0)
+    node.refuse_frame(Skipped(90_000, windowed(2)[:11]))  # ahead of a gap: parked as nothing
+    node.receive(windowed(3, 3), 0.0)
+    assert node.pop_frame() is None
+    node.receive(windowed(1, 1), 0.0)
+    got = []
+    while (item := node.pop_frame()) is not None:
+        got.append((item[0], None if item[1] is None else item[1].chat.id))
+    assert got == [(1, 1), (2, None), (3, 3)]
