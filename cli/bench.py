@@ -105,6 +105,9 @@ def _base_env(server_loop: str) -> dict[str, str]:
     env["IM_LOOP"] = server_loop
     env["IM_RATE_LIMIT"] = str(BENCH_RATE_LIMIT)
     env["IM_RATE_BURST"] = str(BENCH_RATE_LIMIT)
+    env["IM_WS_PORT"] = "0"  # the bench speaks TCP; 9083 may be someone else's
+    # every bench connection comes from this one host, up to 200 connecting at once
+    env["IM_PREAUTH_PER_ADDRESS"] = "4096"
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

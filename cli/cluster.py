@@ -84,6 +84,9 @@ def plan(settings: Settings, connectors: int, transfers: int, writers: int) -> l
     for i in range(connectors):
         port = settings.connector_port + PORT_STEP * i
         env = {**base, "IM_NODE_ID": f"connector-{i + 1}", "IM_CONNECTOR_PORT": str(port)}
+        # WebSocket ports step like the TCP ones (0 stays off)
+        ws = settings.ws_port + PORT_STEP * i if settings.ws_port else 0
+        env["IM_WS_PORT"] = str(ws)
         children.append(Child(f"connector-{i + 1}", "connector", env))
     for k in range(writers):
         env = {**base, "IM_NODE_ID": f"writer-{k + 1}"}

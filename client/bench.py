@@ -160,7 +160,7 @@ class _Idle:
         elif kind == "error":
             self.error = f"{im_pb2.ErrorCode.Name(env.error.code)} {env.error.detail}"
 
-    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+    def on_acked(self, link: Link, upto: int) -> None:
         pass
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:

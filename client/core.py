@@ -704,7 +704,7 @@ class IMClient:
         with contextlib.suppress(LinkClosed):
             await link.send(im_pb2.Envelope(drain=im_pb2.Drain(user_id=self.user_id)))
 
-    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+    def on_acked(self, link: Link, upto: int) -> None:
         pass
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     db_pool: int = Field(10, ge=1, description="database connections per process")
 
     max_frame: int = 64 * KIB
+    # Connector <-> transfer links carry what clients sent plus what the servers add on the way
+    # (a longer link seq, the read tag, a Bounce wrapper, server stamps): under 512 bytes today
+    # (connector/rules.py ENVELOPE_HEADROOM). 16 KiB above the client limit is 32 times that, room
+    # for stamps yet to come without re-tuning, while a node link's window still pins at most
+    # 1.25 times what a client link's may.
+    node_max_frame: int = Field(0, ge=0, description="node link frame limit; 0: max_frame + 16 KiB")
     window: int = 1024
     retry_timeout: float = 5 * SECONDS
     max_retries: int = 3
@@ -118,6 +124,15 @@ class Settings(BaseSettings):
     )
     login_window: float = Field(60 * SECONDS, gt=0, description="login throttle window")
     rest_max_body: int = Field(64 * KIB, ge=1 * KIB, description="largest REST request body")
+    # Connections that have not yet sent an accepted GREET, per connector (docs/security.md): a
+    # silent one costs about 5.5 KB of server RSS (tests/test_preauth.py prints it), so the total
+    # bounds what anonymous sockets can pin to ~23 MB; per address, 64 leaves a NAT of busy users
+    # room to log in at once while one host alone cannot take the whole budget.
+    preauth_per_address: int = Field(
+        64, ge=1, description="unauthenticated connections per source address"
+    )
+    preauth_max: int = Field(4096, ge=1, description="unauthenticated connections in all")
+    ws_port: int = Field(9083, ge=0, description="WebSocket client port (path /ws); 0: off")
     tls_cert: str = Field("", description="PEM certificate chain: TLS on the client port")
     tls_key: str = Field("", description="PEM private key of tls_cert")
 
@@ -126,6 +141,9 @@ class Settings(BaseSettings):
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("set both IM_TLS_CERT and IM_TLS_KEY for TLS, or neither")
         return bool(self.tls_cert)
+
+    def node_frame_limit(self) -> int:
+        return self.node_max_frame or self.max_frame + 16 * KIB
 
     def transfers(self) -> list[tuple[str, int]]:
         return _addr_list(self.transfer_addrs)

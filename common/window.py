@@ -45,8 +45,16 @@ class _Pending(Generic[T]):
     retries: int
 
 
+# An idle link keeps no dict of its own: the windows share these (never written to) while empty.
+_NO_PENDING: OrderedDict[int, _Pending[object]] = OrderedDict()
+_NO_PARKED: dict[int, object] = {}
+_MISSING = object()
+
+
 class SendWindow(Generic[T]):
     """Sender half: sequence numbers, unacked frames, retransmit deadlines."""
+
+    __slots__ = ("_next", "_pending", "capacity", "max_retries", "timeout")
 
     def __init__(
         self,
@@ -58,7 +66,7 @@ class SendWindow(Generic[T]):
         self.timeout = timeout
         self.max_retries = max_retries
         self._next = 1
-        self._pending: OrderedDict[int, _Pending[T]] = OrderedDict()
+        self._pending: OrderedDict[int, _Pending[T]] = _NO_PENDING  # type: ignore[assignment]
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -73,6 +81,8 @@ class SendWindow(Generic[T]):
             raise WindowError(f"send window full ({self.capacity} unacked)")
         seq = self._next
         self._next += 1
+        if self._pending is _NO_PENDING:
+            self._pending = OrderedDict()
         self._pending[seq] = _Pending(item, now + self.timeout, 0)
         return seq
 
@@ -90,7 +100,26 @@ class SendWindow(Generic[T]):
             if seq > upto:
                 break
             done.append((seq, self._pending.popitem(last=False)[1].item))
+        if not self._pending:
+            self._pending = _NO_PENDING  # type: ignore[assignment]
         return done
+
+    def release(self, upto: int) -> int:
+        """Apply a cumulative ack like :meth:`ack`, returning only how many frames it covered."""
+        if upto >= self._next:
+            raise ProtocolError(
+                f"link ack {upto} for a frame never sent (next is {self._next})",
+                code=im_pb2.BAD_MESSAGE,
+                fatal=True,
+            )
+        pending = self._pending
+        n = 0
+        while pending and next(iter(pending)) <= upto:
+            pending.popitem(last=False)
+            n += 1
+        if not pending:
+            self._pending = _NO_PENDING  # type: ignore[assignment]
+        return n
 
     def due(self, now: float) -> list[tuple[int, T]]:
         """Frames whose timer ran out, to resend now; raises once one has used every retry."""
@@ -105,20 +134,30 @@ class SendWindow(Generic[T]):
             out.append((seq, p.item))
         return out
 
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    def next_deadline(self) -> float | None:
+        """When the earliest retransmit timer runs out (None: nothing unacked)."""
+        return min((p.deadline for p in self._pending.values()), default=None)
+
     def take_unacked(self) -> list[T]:
         """Empty the window, returning what the peer never acknowledged, oldest first."""
         items = [p.item for p in self._pending.values()]
-        self._pending.clear()
+        self._pending = _NO_PENDING  # type: ignore[assignment]
         return items
 
 
 class RecvWindow(Generic[T]):
     """Receiver half: in-order release, duplicate detection, bounded reorder buffer."""
 
+    __slots__ = ("_parked", "capacity", "last")
+
     def __init__(self, capacity: int = DEFAULT_WINDOW) -> None:
         self.capacity = capacity
         self.last = 0  # highest sequence released in order; the cumulative ack to send
-        self._parked: dict[int, T] = {}
+        self._parked: dict[int, T] = _NO_PARKED  # type: ignore[assignment]
 
     @property
     def parked(self) -> int:
@@ -131,11 +170,18 @@ class RecvWindow(Generic[T]):
         if seq > self.last + self.capacity:
             raise WindowError(f"frame {seq} is beyond the window (last in order {self.last})")
         if seq != self.last + 1:
+            if self._parked is _NO_PARKED:
+                self._parked = {}
             self._parked[seq] = item
             return []
         out = [item]
         self.last = seq
-        while (nxt := self._parked.pop(self.last + 1, None)) is not None:
-            out.append(nxt)
-            self.last += 1
+        parked = self._parked
+        if parked:
+            # items may be None (a refused frame's place): look them up, don't test them
+            while (nxt := parked.pop(self.last + 1, _MISSING)) is not _MISSING:
+                out.append(nxt)  # type: ignore[arg-type]
+                self.last += 1
+            if not parked:
+                self._parked = _NO_PARKED  # type: ignore[assignment]
         return out

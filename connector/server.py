@@ -23,7 +23,6 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import zlib
@@ -32,12 +31,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from common.admission import PreAuthLimits
 from common.config import Settings
 from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
-from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, open_link
+from common.link import (
+    Link,
+    LinkClosed,
+    LinkConfig,
+    fresh,
+    log_peer_error,
+    open_link,
+    serve_links,
+)
 from common.tls import server_context
 from common.tokens import Claims, RevokedSet, TokenSigner
+from common.wslink import serve_ws_links
 from connector import rules
 from connector.rules import State
 from offline.base import OfflineStore
@@ -125,6 +134,9 @@ class ClientSession:
         self._handing_back = False  # closed, still taking pushes to hand them back in order
         self._drain_queued = False
         self._drained_seqs: dict[int, int] = {}  # link seq of a drained frame -> its store row
+        # link seq -> what was pushed with it, until the device acks it (at most a window)
+        self._pushed: dict[int, im_pb2.Envelope] = {}
+        self._acked_upto = 0
         self.session_key = f"{connector.node_id}#{next(_SESSION_IDS)}"
         loop = asyncio.get_running_loop()
         self._bucket = TokenBucket(
@@ -153,12 +165,16 @@ class ClientSession:
                 self.c.counters.error(err.code_name)
             raise
 
-    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
-        """The device has these frames. A live chat is now SENT (the server handed it over); a
-        client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
+    def on_acked(self, link: Link, upto: int) -> None:
+        """The device has the frames up to ``upto``. A live chat is now SENT (the server handed
+        it over); a client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
         delivered_rows: list[int] = []
-        for seq, env in acked:
+        first, self._acked_upto = self._acked_upto + 1, max(self._acked_upto, upto)
+        for seq in range(first, upto + 1):
+            env = self._pushed.pop(seq, None)
             row_id = self._drained_seqs.pop(seq, None)
+            if env is None:
+                continue
             drained = row_id is not None
             if row_id:
                 delivered_rows.append(row_id)
@@ -234,6 +250,7 @@ class ClientSession:
         self.claims = claims
         self.user_id, self.device_id = claims.user_id, device
         self.state = State.AUTHENTICATED
+        link.authenticated = True
         link.name = f"{link.name} {self.user_id}/{device}"
         s = self.c.settings
         link.send_control(
@@ -360,8 +377,8 @@ class ClientSession:
         """Send the receipt lane; an item leaves the lane only once it is in the window, so a
         link that closes meanwhile finds it there and on_closed hands it back."""
         while self._receipts:
-            await link.send(self._receipts[0])
-            self._receipts.popleft()
+            seq = await link.send(self._receipts[0])
+            self._pushed[seq] = self._receipts.popleft()
 
     async def _run_pump(self, link: Link) -> None:
         store = self.c.store
@@ -377,7 +394,8 @@ class ClientSession:
                     continue
                 item = self._inbox[0]
                 if isinstance(item, im_pb2.Envelope):
-                    await link.send(self._tag(item))
+                    seq = await link.send(self._tag(item))
+                    self._pushed[seq] = item
                     self._inbox.popleft()
                     continue
                 self._inbox.popleft()
@@ -394,13 +412,15 @@ class ClientSession:
                         try:
                             if self._receipts:
                                 await self._send_receipts(link)
-                            seq = await link.send(self._tag(_from_store(row.envelope())))
+                            env = self._tag(_from_store(row.envelope()))
+                            seq = await link.send(env)
                         except LinkClosed:
                             # claimed but not pushed: back to the store, armed again
                             for rest in rows[i:]:
                                 await self.c.bounce(rest.envelope())
                             raise
                         self._drained_seqs[seq] = row.row_id
+                        self._pushed[seq] = env
                     if len(rows) < DRAIN_BATCH:
                         break
         except LinkClosed:
@@ -482,7 +502,7 @@ class TransferLinkHandler:
         else:
             raise ProtocolError(f"unexpected {kind} from a transfer", code=im_pb2.UNKNOWN_TYPE)
 
-    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+    def on_acked(self, link: Link, upto: int) -> None:
         pass
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
@@ -540,12 +560,10 @@ class Connector:
         self.ids = MessageIdGen()
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings, node=True)
-        # clients are untrusted: their PINGs and LinkAcks are rate limited too
-        self.client_link_config = dataclasses.replace(
-            LinkConfig.from_settings(settings),
-            control_rate=settings.rate_limit,
-            control_burst=settings.rate_burst,
-        )
+        # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET
+        # deadline, and a place among the unauthenticated until the GREET is accepted
+        self.client_link_config = LinkConfig.from_settings(settings)
+        self.preauth = PreAuthLimits(settings.preauth_per_address, settings.preauth_max)
         # None: no revocations reach this connector (a deployment without REST logout)
         self.revocations = revocations
         self.revocation_check = revocation_check
@@ -557,9 +575,11 @@ class Connector:
         self._reroute_done = asyncio.Event()
         self._reroute_done.set()
         self._server: asyncio.Server | None = None
+        self._ws_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.port = settings.connector_port
+        self.ws_port = 0  # the WebSocket port once listening (0: off)
         self.address = ""
 
     # -- routing table -----------------------------------------------------------------------
@@ -845,16 +865,30 @@ class Connector:
     async def start(self, *, wait_transfers: float = 5.0) -> None:
         s = self.settings
         tls = server_context(s.tls_cert, s.tls_key) if s.tls_enabled() else None
-        self._server = await asyncio.start_server(
-            self._on_client,
+        self._server = await serve_links(
             s.bind_host,
             s.connector_port,
-            limit=64 * 1024,
+            self._on_client,
+            self.client_link_config,
             start_serving=False,
             ssl=tls,
             # a handshake that stalls is closed like a missing GREET
             ssl_handshake_timeout=s.greet_timeout if tls is not None else None,
+            admission=self.preauth,
         )
+        if s.ws_port:
+            # browsers: the same sessions, limits and admission bounds over WebSocket
+            self._ws_server = await serve_ws_links(
+                s.bind_host,
+                s.ws_port,
+                self._on_client,
+                self.client_link_config,
+                start_serving=False,
+                ssl=tls,
+                ssl_handshake_timeout=s.greet_timeout if tls is not None else None,
+                admission=self.preauth,
+            )
+            self.ws_port = self._ws_server.sockets[0].getsockname()[1]
         sock = self._server.sockets[0].getsockname()
         self.port = sock[1]
         if not s.node_id and s.connector_port == 0:
@@ -881,28 +915,17 @@ class Connector:
         else:
             log.warning("no transfer reachable yet; clients will get errors until one is")
         await self._server.start_serving()
+        if self._ws_server is not None:
+            await self._ws_server.start_serving()
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._stopping:
-            writer.close()
-            return
+    def _on_client(self, link: Link) -> ClientSession:
+        """A client connection was accepted (the GREET deadline is the link's own)."""
         self.counters.connections += 1
         session = ClientSession(self)
-        link = Link(reader, writer, session, self.client_link_config)
         session.link = link
-        deadline = asyncio.get_running_loop().call_later(
-            self.settings.greet_timeout, self._greet_deadline, session
-        )
-        try:
-            await link.run()
-        finally:
-            deadline.cancel()
-
-    def _greet_deadline(self, session: ClientSession) -> None:
-        if session.state is State.CONNECTED and session.link is not None:
-            session.link.close(
-                ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True)
-            )
+        if self._stopping:
+            link.close()
+        return session
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close sessions (their leftovers bounce), leave the registry, then drop
@@ -910,6 +933,8 @@ class Connector:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        if self._ws_server is not None:
+            self._ws_server.close()
         sessions = [s for d in self._sessions.values() for s in d.values()]
         for s in sessions:
             if s.link is not None:
@@ -941,3 +966,5 @@ class Connector:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._ws_server is not None:
+            await self._ws_server.wait_closed()

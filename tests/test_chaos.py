@@ -39,6 +39,7 @@ async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
             "IM_REST_PORT": str(free_port()),
             "IM_CONNECTOR_PORT": str(free_port()),
             "IM_TRANSFER_PORT": str(free_port()),
+            "IM_WS_PORT": "0",
         }
     )
     cmd = [sys.executable, "-m", "cli.main", "chaos", "--seconds", "12", "--users", "8"]

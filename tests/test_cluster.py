@@ -123,6 +123,7 @@ def services_env(tag: str) -> dict[str, str]:
         "IM_SECRET": "cluster-test-secret-0123456789",
         "IM_NODE_TTL": "3",
         "IM_LOG_LEVEL": "WARNING",
+        "IM_WS_PORT": "0",  # 9083 is the machine's; these tests speak TCP
     }
 
 
@@ -372,6 +373,7 @@ async def test_dead_service_at_start_is_named(
         "IM_CONNECTOR_PORT": str(free_port()),
         "IM_TRANSFER_PORT": str(free_port()),
         "IM_REST_PORT": str(free_port()),
+        "IM_WS_PORT": "0",
         "IM_AMQP_URL": AMQP_URL,  # the writer needs one to get as far as connecting
         "IM_SECRET": "cluster-test-secret-0123456789",  # cluster mode refuses to start without
         key: url.format(port=free_port()),

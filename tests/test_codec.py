@@ -87,3 +87,35 @@ def test_random_bytes_never_raise_anything_but_frame_error(data: bytes) -> None:
     except FrameError:
         pass
     assert dec.buffered <= 4 + 512
+
+
+def test_oversize_frames_are_skipped_unbuffered_on_request() -> None:
+    """A node link's framer throws an over-size frame away as it arrives, keeping only the start
+    of its payload (where the seq is), and goes on with the next frame."""
+    from common.codec import LengthPrefixFramer, Skipped, peek_seq
+
+    big = chat(6, b"z" * 5000).SerializeToString()
+    small = chat(7).SerializeToString()
+    stream = struct.pack(">I", len(big)) + big + struct.pack(">I", 0) + encode(chat(7))
+    framer = LengthPrefixFramer(skip_oversize=True)
+    got: list[object] = []
+    for i in range(0, len(stream), 100):
+        framer.feed(stream[i : i + 100])
+        assert framer.buffered <= 200  # never the big frame
+        while (item := framer.next_payload(1024)) is not None:
+            got.append(item)
+    assert len(got) == 3
+    first, second, third = got
+    assert isinstance(first, Skipped) and first.length == len(big) and peek_seq(first.head) == 6
+    assert second == Skipped(0, b"")
+    assert third == small
+
+
+def test_the_limit_is_given_per_pull() -> None:
+    from common.codec import LengthPrefixFramer
+
+    framer = LengthPrefixFramer()
+    framer.feed(encode(chat(1, b"a" * 100)) + encode(chat(2, b"b" * 100)))
+    assert framer.next_payload(200) is not None
+    with pytest.raises(FrameError):
+        framer.next_payload(50)

@@ -34,6 +34,7 @@ def stack_settings(tmp_path: Path, **overrides: Any) -> Settings:
         connector_port=0,
         transfer_port=0,
         rest_port=free_port(),
+        ws_port=0,  # off unless a test asks: 9083 is the machine's, not a test's
         secret="test-secret-0123456789",
     )
     return Settings(**{**base, **overrides})

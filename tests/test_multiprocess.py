@@ -55,6 +55,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
         "IM_TRANSFER_ADDRS": f"127.0.0.1:{ports['t']}",
         "IM_CONNECTOR_ADDRS": f"127.0.0.1:{ports['c1']},127.0.0.1:{ports['c2']}",
         "IM_REST_PORT": str(ports["rest"]),
+        "IM_WS_PORT": "0",
         "IM_LOG_LEVEL": "WARNING",
     }
     procs: list[subprocess.Popen[bytes]] = []

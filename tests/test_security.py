@@ -716,3 +716,32 @@ async def test_a_ping_flood_is_closed_as_rate_limited(stack: Stack) -> None:
     assert codes(envs) == ["RATE_LIMITED"] and closed
     pongs = [e for e in envs if e.WhichOneof("body") == "pong"]
     assert len(pongs) <= burst + 10
+
+
+@pytest.mark.asyncio
+async def test_unknown_fields_are_dropped_at_the_edge(stack: Stack) -> None:
+    """A chat padded with a field this build does not know reaches its recipient without it:
+    nothing a client adds survives a hop (so it can't grow a frame past a later hop's limit)."""
+    alice, bob = await make_users(stack, "alice", "bob")
+    seen: list[bytes] = []
+    on_chat = bob._on_chat
+
+    async def record(chat: im_pb2.ChatMsg) -> None:
+        seen.append(chat.SerializeToString())
+        await on_chat(chat)
+
+    bob._on_chat = record  # type: ignore[method-assign]
+    try:
+        assert alice._link is not None
+        body = seal(alice.friends["bob"], 77, "alice", "bob", b"padded")
+        chat = raw_chat(77, "alice", "bob", body).chat
+        padding = b"\xa2\x06\x82\x01" + b"p" * 130  # field 100, length-delimited, 130 bytes
+        padded = im_pb2.ChatMsg.FromString(chat.SerializeToString() + padding)
+        assert padding in padded.SerializeToString()  # protobuf keeps what it doesn't know
+        await alice._link.send(im_pb2.Envelope(chat=padded))
+        msg = await expect(bob, Message)
+        assert isinstance(msg, Message) and msg.msg_id == 77 and msg.text == "padded"
+        assert seen and all(b"p" * 130 not in s for s in seen)
+    finally:
+        await alice.close()
+        await bob.close()

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from common.config import Settings
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
-from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error
+from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, serve_links
 from common.tokens import TokenSigner
 from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
 from offline.errors import RejectedError
@@ -110,6 +110,7 @@ class ConnectorLink:
                     "node id does not match the node token", code=im_pb2.BAD_TOKEN, fatal=True
                 )
             self.node_id = claims.user_id
+            link.authenticated = True
             link.name = f"connector {self.node_id}"
             self.t.attach(self.node_id, link)
             link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
@@ -137,10 +138,11 @@ class ConnectorLink:
         else:
             raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
 
-    def on_acked(self, link: Link, acked: list[tuple[int, im_pb2.Envelope]]) -> None:
+    def on_acked(self, link: Link, upto: int) -> None:
         pass
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
+        self.t._conns.discard(link)
         if self.node_id:
             self.t.detach(self.node_id, link)
             log.info("connector %s unlinked (%d unacked)", self.node_id, len(unacked))
@@ -156,11 +158,6 @@ class ConnectorLink:
                 conversation_key(item.from_id, item.to_user_id),
                 functools.partial(self.t.store_offline, item),
             )
-
-
-def _greet_deadline(handler: ConnectorLink, link: Link) -> None:
-    if not handler.node_id:
-        link.close(ProtocolError("no GREET in time", code=im_pb2.GREET_TIMEOUT, fatal=True))
 
 
 def _bounced_item(b: im_pb2.Bounce) -> OfflineItem | None:
@@ -303,7 +300,9 @@ class Transfer:
 
     async def start(self) -> None:
         s = self.settings
-        self._server = await asyncio.start_server(self._on_conn, s.bind_host, s.transfer_port)
+        self._server = await serve_links(
+            s.bind_host, s.transfer_port, self._on_conn, self.link_config
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         if not s.node_id and s.transfer_port == 0:
             self.node_id = s.name(self.port)
@@ -315,18 +314,10 @@ class Transfer:
             name="transfer heartbeat",
         )
 
-    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handler = ConnectorLink(self)
-        link = Link(reader, writer, handler, self.link_config)
+    def _on_conn(self, link: Link) -> ConnectorLink:
+        """A connector dialed in (the GREET deadline is the link's own)."""
         self._conns.add(link)
-        deadline = asyncio.get_running_loop().call_later(
-            self.settings.greet_timeout, _greet_deadline, handler, link
-        )
-        try:
-            await link.run()
-        finally:
-            deadline.cancel()
-            self._conns.discard(link)
+        return ConnectorLink(self)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give connectors that are leaving a moment to finish sending (their
