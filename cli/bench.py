@@ -106,6 +106,7 @@ def _base_env(server_loop: str) -> dict[str, str]:
     env["IM_RATE_LIMIT"] = str(BENCH_RATE_LIMIT)
     env["IM_RATE_BURST"] = str(BENCH_RATE_LIMIT)
     env["PYTHONUNBUFFERED"] = "1"
+    env["IM_METRICS_PORT"] = "0"  # `im up` and `im cluster` would take 9090 and up
     return env
 
 
