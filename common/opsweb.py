@@ -5,9 +5,8 @@ Why this shape: a bare ASGI app on uvicorn in the process's own event loop. The 
 in-memory state (the metrics registry, readiness results cached by :mod:`common.health`), so a
 thread would buy nothing and would need locks; and the loop is never blocked, since nothing here
 waits on I/O but the readiness checks, which run under their own timeout. Rules:
-- off costs nothing: with port 0 neither uvicorn nor this app is even imported by the caller's
-  path (``cli/ops.py`` imports it only when a port is set);
-- bounded: at most :data:`MAX_CONNECTIONS` connections at once (uvicorn answers 503 beyond),
+- off costs nothing: with port 0 no server, socket or task exists (cli/ops.py);
+- bounded: beyond :data:`MAX_CONNECTIONS` open connections uvicorn answers 503 at once,
   idle keep-alives closed after :data:`KEEP_ALIVE` seconds; request bodies are never read;
 - only GET and HEAD, only these three paths.
 """
@@ -129,12 +128,11 @@ class OpsServer:
             ) from None
 
     async def stop(self) -> None:
-        if self._task is None:
+        task = self._task
+        if task is None:
             return
         self._server.should_exit = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._task), 3)
-        if not self._task.done():
-            self._task.cancel()
+        await asyncio.wait([task], timeout=3)
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConfigError):
-            await self._task
+            await task
