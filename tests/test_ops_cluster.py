@@ -203,11 +203,11 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
 
             # a kick and a disable, from REST to whichever connector holds the session
             for user in ("kicked", "disabled"):
-                c = IMClient(rest, user, PW, device_id="phone")
-                clients.append(c)
-                await c.register()
-                await c.login()
-                await c.connect()
+                client = IMClient(rest, user, PW, device_id="phone")
+                clients.append(client)
+                await client.register()
+                await client.login()
+                await client.connect()
             started = time.monotonic()
             r = await http.post("/admin/users/kicked/kick", headers=root, json={})
             assert r.status_code == 202
@@ -226,8 +226,8 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         await pump
     finally:
-        for c in clients:
-            await c.close()
+        for client in clients:
+            await client.close()
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
