@@ -201,6 +201,9 @@ class AuditedRoute(APIRoute):
             except RequestValidationError:
                 code = 422
                 raise
+            except BackendError:
+                code = 503  # what the app's handler answers (rest_web/app.py)
+                raise
             finally:
                 await _record(request, action, code)
 
