@@ -641,7 +641,7 @@ class Connector:
 
     async def _follow_kicks(self, bus: KickBus) -> None:
         """An admin kicked a device (user_status/kick.py): close its session if it is here.
-        REPLACED, so the client library does not reconnect at once."""
+        REPLACED, so the client library does not reconnect by itself."""
         async for kick in bus.follow():
             for session in self.sessions_of(kick.user_id):
                 if kick.matches(session.user_id, session.device_id) and session.link is not None:

@@ -13,7 +13,10 @@ Rules:
   file uploads have their own, larger limit and stream to storage (rest_web/files.py);
 - login goes through the configured provider (rest_web/login.py); a provider that cannot answer
   makes login answer 503 and nothing else;
-- a failing database answers 503, never a stack trace.
+- a failing database answers 503, never a stack trace;
+- ``/healthz`` is liveness and ``/readyz`` readiness (rest_web/ops_routes.py); ``/admin`` is
+  for admins only, and every call to it is audited (rest_web/admin.py); user.registered and
+  friend.accepted go to the webhooks (hooks/), which never make a request wait.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at definition
