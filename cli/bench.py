@@ -109,6 +109,7 @@ def _base_env(server_loop: str) -> dict[str, str]:
     # every bench connection comes from this one host, up to 200 connecting at once
     env["IM_PREAUTH_PER_ADDRESS"] = "4096"
     env["PYTHONUNBUFFERED"] = "1"
+    env["IM_METRICS_PORT"] = "0"  # `im up` and `im cluster` would take 9090 and up
     return env
 
 

@@ -28,6 +28,9 @@ LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 STOP_GRACE = 10.0
 PORT_STEP = 10  # connector i listens on connector_port + 10 * i, transfer j likewise
+# ops endpoints (IM_METRICS_PORT): process i of a role on metrics_port + 10 * i + offset, so
+# with the defaults (9090) they sit between the service ports: 9093 9094 9095, 9103 9104 ...
+METRICS_OFFSET = {"connector": 3, "transfer": 4, "offline-writer": 5}
 
 
 @dataclass
@@ -76,10 +79,12 @@ def plan(settings: Settings, connectors: int, transfers: int, writers: int) -> l
     for key, value in os.environ.items():
         if key.startswith("IM_") and key not in base and key != "IM_NODE_ID":
             base[key] = value
-    children = [Child("rest", "rest", {**base, "IM_REST_PORT": str(settings.rest_port)})]
+    rest_env = {**base, "IM_REST_PORT": str(settings.rest_port), "IM_METRICS_PORT": "0"}
+    children = [Child("rest", "rest", rest_env)]
     for j in range(transfers):
         port = settings.transfer_port + PORT_STEP * j
         env = {**base, "IM_NODE_ID": f"transfer-{j + 1}", "IM_TRANSFER_PORT": str(port)}
+        env |= _metrics(settings, "transfer", j)
         children.append(Child(f"transfer-{j + 1}", "transfer", env))
     for i in range(connectors):
         port = settings.connector_port + PORT_STEP * i
@@ -87,11 +92,47 @@ def plan(settings: Settings, connectors: int, transfers: int, writers: int) -> l
         # WebSocket ports step like the TCP ones (0 stays off)
         ws = settings.ws_port + PORT_STEP * i if settings.ws_port else 0
         env["IM_WS_PORT"] = str(ws)
+        env |= _metrics(settings, "connector", i)
         children.append(Child(f"connector-{i + 1}", "connector", env))
     for k in range(writers):
         env = {**base, "IM_NODE_ID": f"writer-{k + 1}"}
+        env |= _metrics(settings, "offline-writer", k)
         children.append(Child(f"writer-{k + 1}", "offline-writer", env))
     return children
+
+
+def _metrics(settings: Settings, role: str, index: int) -> dict[str, str]:
+    if not settings.metrics_port:
+        return {"IM_METRICS_PORT": "0"}
+    port = settings.metrics_port + PORT_STEP * index + METRICS_OFFSET[role]
+    return {"IM_METRICS_PORT": str(port)}
+
+
+def metrics_port_of(child: Child) -> int:
+    """The child's ops endpoint port; 0 when it has none."""
+    return int(child.env.get("IM_METRICS_PORT", "0"))
+
+
+async def wait_ready(
+    host: str, port: int, proc: asyncio.subprocess.Process, timeout: float
+) -> bool:
+    """Poll ``GET /readyz`` on ``host:port`` until it answers 200 (True), the process exits or
+    ``timeout`` passes (False)."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                return False
+            try:
+                if (await http.get(f"http://{host}:{port}/readyz")).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    return False
 
 
 async def _pump(name: str, stream: asyncio.StreamReader | None, width: int) -> None:
@@ -223,7 +264,12 @@ async def run_cluster(settings: Settings, connectors: int, transfers: int, write
         for child in order:
             assert child.proc is not None
             port = _port_of(child, settings)
-            if port and not await wait_port(host, port, child.proc, 30.0):
+            ready = metrics_port_of(child) or (port if child.role == "rest" else 0)
+            if ready:
+                up = await wait_ready(host, ready, child.proc, 30.0)
+            else:
+                up = not port or await wait_port(host, port, child.proc, 30.0)
+            if not up:
                 print(f"{'cluster':<12} | {child.name} did not come up", file=sys.stderr)
                 code = 1
                 return code
@@ -232,7 +278,9 @@ async def run_cluster(settings: Settings, connectors: int, transfers: int, write
             port = _port_of(child, settings)
             where = f"{host}:{port}" if port else "(queue consumer)"
             if child.role == "rest":
-                where = f"http://{host}:{port}"
+                where = f"http://{host}:{port}  (/metrics, /readyz here too)"
+            if metrics_port_of(child):
+                where = f"{where:<22} metrics http://{host}:{metrics_port_of(child)}/metrics"
             print(f"{'cluster':<12} |   {child.name:<12} {where}", flush=True)
         print(f"{'cluster':<12} |   database {redact_url(settings.database_url)}", flush=True)
         print(f"{'cluster':<12} |   redis    {redact_url(settings.redis_url)}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -42,9 +43,25 @@ async def _serve(settings: Settings, roles: frozenset[str], banner: bool) -> Non
         await stack.stop()
 
 
+def _log_setup(settings: Settings, role: str) -> None:
+    process = f"{role}/{settings.node_id}" if settings.node_id else role
+    logsetup.setup(settings.log_level, fmt=settings.log_format, process=process)
+
+
+def _metrics_default(settings: Settings) -> Settings:
+    """`im up` and `im cluster` serve metrics unless IM_METRICS_PORT says otherwise (0: off)."""
+    from cli.ops import DEFAULT_METRICS_PORT
+
+    if "IM_METRICS_PORT" in os.environ:
+        return settings
+    return settings.model_copy(update={"metrics_port": DEFAULT_METRICS_PORT})
+
+
 def cmd_serve(args: argparse.Namespace, roles: frozenset[str]) -> int:
     settings = _settings(args)
-    logsetup.setup(settings.log_level)
+    if roles == frozenset({"rest", "transfer", "connector", "writer"}):
+        settings = _metrics_default(settings)
+    _log_setup(settings, "+".join(sorted(roles)))
     try:
         eventloop.run(_serve(settings, roles, banner=True))
     except (IMError, OSError) as exc:
@@ -74,7 +91,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from cli.migrate import run_migrate
 
     settings = _settings(args)
-    logsetup.setup(settings.log_level)
+    _log_setup(settings, "migrate")
     try:
         lines = eventloop.run(run_migrate(settings))
     except (IMError, OSError) as exc:
@@ -88,8 +105,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from cli.cluster import run_cluster
 
-    settings = _settings(args)
-    logsetup.setup(settings.log_level)
+    settings = _metrics_default(_settings(args))
+    _log_setup(settings, "cluster")
     for name in ("connectors", "transfers", "writers"):
         if getattr(args, name) < 1:
             print(f"im: --{name} must be at least 1", file=sys.stderr)
@@ -128,6 +145,21 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from cli.admin import run_admin
+
+    settings = _settings(args)
+    _log_setup(settings, "admin")
+    try:
+        code, lines = eventloop.run(run_admin(settings, args.action, args.user))
+    except (IMError, OSError) as exc:
+        print(f"im: admin: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from client import demo
 
@@ -163,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="create or upgrade the database schema (IM_DATABASE_URL)")
     mg.add_argument("--data-dir")
     mg.set_defaults(func=cmd_migrate)
+
+    ad = sub.add_parser("admin", help="grant or revoke the admin role (the admin API, /admin)")
+    ad.add_argument("action", choices=("grant", "revoke", "list"))
+    ad.add_argument("user", nargs="?", default="", help="user id (not for list)")
+    ad.add_argument("--data-dir")
+    ad.set_defaults(func=cmd_admin)
 
     cl = sub.add_parser(
         "cluster", help="REST, transfers, connectors, writers as processes on MySQL/Redis/RabbitMQ"

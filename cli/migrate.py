@@ -13,7 +13,9 @@ from common.db import create_database, open_database, schema_version
 from common.files import FileStore
 from offline import sqlstore
 from offline.sqlstore import SQLOfflineStore
+from rest_web import admin_store
 from rest_web import store as userstore
+from rest_web.admin_store import AdminStore
 from rest_web.store import UserStore
 
 
@@ -28,10 +30,11 @@ async def run_migrate(settings: Settings) -> list[str]:
     db = await open_database(url, pool_size=1)
     try:
         lines: list[str] = []
-        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore]] = [
+        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore]] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
+            (admin_store.COMPONENT, AdminStore(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

@@ -19,6 +19,7 @@ import uvicorn
 
 import offline
 import user_status
+from cli.ops import Ops
 from common.config import Settings
 from common.db import Database, open_database
 from common.files import FileStore
@@ -69,6 +70,7 @@ class Stack:
     _rest: uvicorn.Server | None = None
     _rest_task: asyncio.Task[None] | None = None
     _login: Login | None = None
+    ops: Ops | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -85,10 +87,10 @@ class Stack:
             # a shared server is migrated by the operator (`im migrate`), once per release
             for component in (users, store, files):
                 await component.check_schema()
-        # REST only needs the registry when it hands out live connectors
-        needs_status = bool(self.roles & {"transfer", "connector", "writer"}) or (
-            bool(s.redis_url) and not s.connector_addrs
-        )
+        self.ops = Ops(s, self.roles)
+        await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
+        # REST needs the registry to hand out live connectors, and for the admin API
+        needs_status = bool(self.roles & {"transfer", "connector", "writer"}) or bool(s.redis_url)
         if needs_status:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
@@ -123,6 +125,7 @@ class Stack:
                 files=files,
                 revocations=self.revocations,
                 revocation_check=RevocationReader(self.db),
+                kicks=self.ops.kicks,
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -140,6 +143,9 @@ class Stack:
                 files=file_service,
                 logins=self._login,
                 revocations=self.revocations.publish if self.revocations is not None else None,
+                readiness=self.ops.readiness,
+                hooks=self.ops.hooks,
+                admin=self.ops.admin_deps(self.status, file_service.blobs),
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
@@ -160,6 +166,13 @@ class Stack:
                     raise RuntimeError("REST server stopped at start")
                 await asyncio.sleep(0.01)
             self.rest_port = self._rest.servers[0].sockets[0].getsockname()[1]
+        node = self.connector or self.transfer
+        await self.ops.start(
+            self.db,
+            self.status,
+            node.node_id if node is not None else s.name(self.rest_port),
+            self.connector.node_id if self.connector is not None else "",
+        )
 
     def describe(self) -> list[str]:
         s = self.settings
@@ -172,9 +185,14 @@ class Stack:
             lines.append(f"rest       http://{s.bind_host}:{self.rest_port}  (docs at /docs)")
         if "writer" in self.roles:
             lines.append("writer     offline queue -> " + redact_url(s.db_url()))
+        if self.ops is not None and self.ops.metrics_port:
+            where = f"http://{s.bind_host}:{self.ops.metrics_port}"
+            lines.append(f"metrics    {where}/metrics  (/healthz, /readyz)")
         return lines
 
     async def stop(self) -> None:
+        if self.ops is not None:
+            self.ops.drain()  # not ready from now on, while the services below stop
         if self._rest is not None:
             self._rest.should_exit = True
         if self.connector is not None:
@@ -189,6 +207,8 @@ class Stack:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ops is not None:
+            await self.ops.stop()
         if self._login is not None:
             await self._login.close()
         if self.status is not None:

@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -135,6 +136,42 @@ class Settings(BaseSettings):
     ws_port: int = Field(9083, ge=0, description="WebSocket client port (path /ws); 0: off")
     tls_cert: str = Field("", description="PEM certificate chain: TLS on the client port")
     tls_key: str = Field("", description="PEM private key of tls_cert")
+
+    # operations (docs/operations.md)
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="/metrics, /healthz, /readyz of a non-REST process; 0: off "
+        "(`im up` and `im cluster` default to 9090 and up)",
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one object a line")
+    admins: str = Field(
+        "",
+        description="comma list of user ids that are admins, besides "
+        "those granted with `im admin grant`",
+    )
+    delete_messages: Literal["anonymize", "delete"] = Field(
+        "anonymize",
+        description="what deleting an account does to the messages it sent: kept for the "
+        "others as from a deleted user, or deleted",
+    )
+    webhook_url: str = Field("", description="where signed event POSTs go; empty: off")
+    webhook_secret: str = Field("", description="HMAC-SHA256 key of the signature header")
+    webhook_timeout: float = Field(5 * SECONDS, gt=0, description="per delivery attempt")
+    webhook_retries: int = Field(6, ge=0, le=20, description="retries after the first attempt")
+    webhook_queue: int = Field(10_000, ge=1, description="events waiting; beyond: oldest dropped")
+    webhook_events: str = Field("", description="comma list of events to send; empty: all")
+    webhook_before_send_url: str = Field(
+        "", description="synchronous message.before_send hook; empty: off"
+    )
+    webhook_before_send_timeout: float = Field(1 * SECONDS, gt=0, le=30)
+    webhook_before_send_fail: Literal["open", "closed"] = Field(
+        "open", description="when the hook does not answer: open lets the message through"
+    )
+
+    def admin_ids(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.admins.split(",") if u.strip())
 
     def tls_enabled(self) -> bool:
         """TLS on the client port: both paths set (one alone is refused)."""

@@ -108,11 +108,17 @@ class SQLiteDatabase:
     """aiosqlite engine. One connection, serialized by a lock: SQLite has one writer anyway."""
 
     dialect = "sqlite"
+    pool_size = 1
 
     def __init__(self, conn: aiosqlite.Connection, label: str = "sqlite") -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.label = label
+
+    @property
+    def in_use(self) -> int:
+        """1 while a statement holds the connection (``im_db_pool_in_use``)."""
+        return int(self._lock.locked())
 
     @classmethod
     async def open(cls, path: str | Path) -> SQLiteDatabase:
@@ -399,6 +405,7 @@ class MySQLDatabase:
         self._slots = asyncio.Semaphore(params.pool_size)
         self._idle: deque[tuple[Any, float]] = deque()  # (connection, when it was given back)
         self._open = 0
+        self._busy = 0
         self._closed = False
 
     @classmethod
@@ -414,6 +421,11 @@ class MySQLDatabase:
     def open_connections(self) -> int:
         """Connections open now, idle or in use; never more than ``pool_size``."""
         return self._open
+
+    @property
+    def in_use(self) -> int:
+        """Connections busy with a statement right now (``im_db_pool_in_use``)."""
+        return self._busy
 
     def _discard(self, conn: Any) -> None:
         conn.close()
@@ -455,18 +467,22 @@ class MySQLDatabase:
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[_MySQLSession]:
         async with self._slots:
-            conn = await self._take()
+            self._busy += 1
             try:
-                yield _MySQLSession(conn)
-            except BaseException as exc:
-                self._discard(conn)
-                if isinstance(exc, _LostConnection):
-                    self._drop_idle()
-                raise
-            if self._closed:
-                self._discard(conn)
-            else:
-                self._idle.append((conn, asyncio.get_running_loop().time()))
+                conn = await self._take()
+                try:
+                    yield _MySQLSession(conn)
+                except BaseException as exc:
+                    self._discard(conn)
+                    if isinstance(exc, _LostConnection):
+                        self._drop_idle()
+                    raise
+                if self._closed:
+                    self._discard(conn)
+                else:
+                    self._idle.append((conn, asyncio.get_running_loop().time()))
+            finally:
+                self._busy -= 1
 
     async def _once(self, op: Callable[[_MySQLSession], Awaitable[T]]) -> T:
         try:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from common import health
 from common.admission import PreAuthLimits
 from common.config import Settings
 from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
@@ -53,6 +54,7 @@ from offline.base import OfflineStore
 from proto import im_pb2
 from user_status.base import StatusBackend
 from user_status.heartbeat import keep_alive
+from user_status.kick import KickBus
 from user_status.revocation import RevocationBus
 
 log = logging.getLogger(__name__)
@@ -497,6 +499,7 @@ class TransferLinkHandler:
                 s.queue_drain()
         elif kind == "welcome":
             self.ready.set()
+            health.LINKS.up(self.c.node_id, "transfer", self.node_id)  # readiness, im_node_links
         elif kind == "error":
             log_peer_error(log, link, env)
         else:
@@ -507,6 +510,7 @@ class TransferLinkHandler:
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.ready.clear()
+        health.LINKS.down(self.c.node_id, "transfer", self.node_id)
         if unacked:
             log.warning(
                 "transfer %s gone with %d unacked frames; sending them through another",
@@ -549,6 +553,7 @@ class Connector:
         files: FileGrants | None = None,
         revocations: RevocationBus | None = None,
         revocation_check: RevocationCheck | None = None,
+        kicks: KickBus | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -567,6 +572,7 @@ class Connector:
         # None: no revocations reach this connector (a deployment without REST logout)
         self.revocations = revocations
         self.revocation_check = revocation_check
+        self.kicks = kicks  # None: no admin API reaches this connector
         self.revoked = RevokedSet()
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self._transfers: dict[str, TransferLinkHandler] = {}
@@ -652,6 +658,15 @@ class Connector:
             for session in self.sessions_of(rev.user_id):
                 if session.claims is not None and rev.covers(session.claims):
                     session.revoke()
+
+    async def _follow_kicks(self, bus: KickBus) -> None:
+        """An admin kicked a device (user_status/kick.py): close its session if it is here.
+        REPLACED, so the client library does not reconnect by itself."""
+        async for kick in bus.follow():
+            for session in self.sessions_of(kick.user_id):
+                if kick.matches(session.user_id, session.device_id) and session.link is not None:
+                    log.info("%s: kicked (%s)", session, kick.reason)
+                    session.link.close(ProtocolError(kick.reason, code=im_pb2.REPLACED, fatal=True))
 
     @property
     def online_sessions(self) -> int:
@@ -905,6 +920,8 @@ class Connector:
         self._spawn(self._follow_drain_requests())
         if self.revocations is not None:
             self._spawn(self._follow_revocations(self.revocations))
+        if self.kicks is not None:
+            self._spawn(self._follow_kicks(self.kicks))
         self._spawn(self._watch_transfers())
         # serve once a transfer link is up: transfers started beside us may not be in the
         # registry at the first look, so keep looking (the watcher adds them) for a while

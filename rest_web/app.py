@@ -13,7 +13,10 @@ Rules:
   file uploads have their own, larger limit and stream to storage (rest_web/files.py);
 - login goes through the configured provider (rest_web/login.py); a provider that cannot answer
   makes login answer 503 and nothing else;
-- a failing database answers 503, never a stack trace.
+- a failing database answers 503, never a stack trace;
+- ``/healthz`` is liveness and ``/readyz`` readiness (rest_web/ops_routes.py); ``/admin`` is
+  for admins only, and every call to it is audited (rest_web/admin.py); user.registered and
+  friend.accepted go to the webhooks (hooks/), which never make a request wait.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at definition
@@ -37,11 +40,16 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import metrics
 from common.config import Settings
 from common.db import Database, open_database
 from common.errors import AuthError, BackendError, ConfigError
+from common.health import Readiness
 from common.tokens import Claims, Revocation, TokenSigner
+from hooks import Webhooks, events
+from rest_web import admin as admin_routes
 from rest_web import files as file_routes
+from rest_web import ops_routes
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
 from rest_web.passwords import hash_password, verify_password
@@ -99,10 +107,6 @@ class LoginOut(BaseModel):
     connectors: list[str] = Field(description="every connector, to fall back on")
     tls: bool = Field(False, description="the connectors speak TLS: connect with it, verifying")
     friends: list[FriendOut]
-
-
-class HealthOut(BaseModel):
-    status: str
 
 
 class PasswordIn(BaseModel):
@@ -218,13 +222,18 @@ def create_app(
     logins: Login | None = None,
     revocations: RevocationPublisher | None = None,
     throttle: LoginThrottle | None = None,
+    readiness: Readiness | None = None,
+    hooks: Webhooks | None = None,
+    admin: admin_routes.AdminDeps | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
     ``files`` adds the file endpoints; ``logins`` is the login provider (default: the built-in
     password store); ``revocations`` is told about every logout and password change (default:
     nobody, for a REST process without connectors to tell); ``throttle`` counts failed logins
-    (default: one from the settings)."""
+    (default: one from the settings); ``readiness`` answers /readyz (default: a database
+    ping); ``hooks`` gets user.registered and friend.accepted; ``admin`` adds /admin (and
+    refuses logins of disabled accounts)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -296,10 +305,11 @@ def create_app(
 
     Caller = Annotated[Claims, Depends(caller)]
 
-    @app.get("/healthz", tags=["ops"], responses={503: {"model": ErrorOut}})
-    async def healthz() -> HealthOut:
-        await store.ping()
-        return HealthOut(status="ok")
+    if readiness is None:
+        readiness = Readiness()
+        readiness.add("database", lambda: store.ping())
+    ops_routes.add_routes(app, readiness)
+    emit = hooks.emit if hooks is not None else _no_hooks
 
     @app.post(
         "/users",
@@ -313,8 +323,10 @@ def create_app(
                 status.HTTP_403_FORBIDDEN, f"accounts come from the {logins.name} login provider"
             )
         encoded = await hash_password(body.password)
-        if not await store.create_user(body.user_id, encoded, body.display_name or body.user_id):
+        name = body.display_name or body.user_id
+        if not await store.create_user(body.user_id, encoded, name):
             raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
+        emit(events.USER_REGISTERED, events.user_registered(body.user_id, name, logins.name))
         return RegisterOut(user_id=body.user_id)
 
     @app.post(
@@ -331,17 +343,25 @@ def create_app(
             user_id = await logins.login(body.user_id, body.password)
         except LoginUnavailable as exc:
             log.error("login of %s: %s", body.user_id, exc)
+            metrics.login("unavailable")
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, "login service unavailable, try again later"
             ) from None
         if user_id is None:
+            metrics.login("failed")
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid user id or password")
         connectors = sorted(await connectors_of())
         if not connectors:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no connector is up")
         token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id)
+        # checked after issuing: a disable that lands meanwhile has set its cutoff after this
+        # token was made, so the token is refused either way (rest_web/admin.py)
+        if admin is not None and await admin.store.is_disabled(user_id):
+            metrics.login("disabled")
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "account disabled")
         claims = signer.verify(token)
         friends = await store.relations_of(user_id)
+        metrics.login("ok")
         return LoginOut(
             user_id=user_id,
             token=token,
@@ -430,7 +450,11 @@ def create_app(
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "cannot befriend yourself")
         if not await store.user_exists(friend_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
-        return FriendOut(user_id=friend_id, key=await store.add_relation(me.user_id, friend_id))
+        existed = await store.relation_key(me.user_id, friend_id) is not None
+        key = await store.add_relation(me.user_id, friend_id)
+        if not existed:  # the relation was made now: with requests, this moves to "accept"
+            emit(events.FRIEND_ACCEPTED, events.friend_accepted(me.user_id, friend_id))
+        return FriendOut(user_id=friend_id, key=key)
 
     @app.delete(
         "/friends/{friend_id}",
@@ -444,7 +468,13 @@ def create_app(
 
     if files is not None:
         file_routes.add_routes(app, caller, files)
+    if admin is not None:
+        admin_routes.add_routes(app, caller, store, publish, admin)
     return app
+
+
+def _no_hooks(event: str, data: events.Data) -> None:
+    pass
 
 
 def _unauthorized(detail: str) -> HTTPException:

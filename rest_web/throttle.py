@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from common import metrics
+
 MAX_KEYS = 100_000
 
 
@@ -135,6 +137,7 @@ class LoginThrottleMiddleware:
         wait = self.throttle.retry_after(keys)
         if wait > 0:
             self.throttle.refused += 1
+            metrics.login("throttled")
             await too_many(wait)(scope, _no_receive, send)
             return
         replayed = False

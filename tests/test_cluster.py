@@ -400,6 +400,7 @@ async def test_im_cluster_command_runs_demo_and_stops_on_ctrl_c() -> None:
         IM_REST_PORT=str(free_port()),
         IM_CONNECTOR_PORT=str(free_port()),
         IM_TRANSFER_PORT=str(free_port()),
+        IM_METRICS_PORT="0",  # tests/test_ops_cluster.py runs it with them
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -111,16 +111,24 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.asyncio
-async def test_healthz_503_when_database_fails(
+async def test_readyz_503_when_database_fails_while_healthz_stays_live(
     client: httpx.AsyncClient, store: UserStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert (await client.get("/readyz")).json() == {
+        "status": "ready",
+        "checks": {"database": "ok"},
+        "failed": {},
+    }
+
     async def down() -> None:
         raise BackendError("sqlite", "disk I/O error")
 
     monkeypatch.setattr(store, "ping", down)
-    r = await client.get("/healthz")
+    await asyncio.sleep(1.1)  # past the cached answer (common.health.CHECK_TTL)
+    r = await client.get("/readyz")
     assert r.status_code == 503
-    assert r.json() == {"detail": "storage unavailable"}
+    assert r.json()["failed"] == {"database": "sqlite: disk I/O error"}
+    assert (await client.get("/healthz")).status_code == 200
 
 
 @pytest.mark.asyncio

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from conftest import connect_redis
+from conftest import REDIS_URL, connect_redis
 
 from common.config import Settings
 from common.db import Database, SQLiteDatabase
@@ -23,6 +23,7 @@ from user_status import (
     create,
 )
 from user_status.cache import RouteCache
+from user_status.kick import Kick, KickBus, MemoryKickBus, RedisKickBus
 from user_status.relations import RelationReader
 
 SWEEP = 0.5  # seconds a silent node stays in the registry, in these tests
@@ -231,6 +232,116 @@ async def test_route_cache_keeps_nothing_while_not_following(status: StatusBacke
     await status.online("alice", "phone", "c2")
     assert await routes.lookup("alice") == {"phone": "c2"}
     assert routes.hits == 0
+
+
+# --- the whole table, for the admin API -------------------------------------------------------
+
+
+async def all_online(status: StatusBackend, count: int) -> list[tuple[str, dict[str, str]]]:
+    out: list[tuple[str, dict[str, str]]] = []
+    cursor, pages = "", 0
+    while True:
+        page, cursor = await status.online_page(cursor, count)
+        out += page
+        pages += 1
+        assert pages < 1000, "the cursor never ends"
+        if not cursor:
+            return out
+
+
+@pytest.mark.asyncio
+async def test_online_page_lists_everyone_with_live_devices(status: StatusBackend) -> None:
+    assert await all_online(status, 10) == []
+    for i in range(57):
+        await status.online(f"user{i:02d}", "phone", f"c{i % 3}")
+    await status.online("user00", "laptop", "c1")
+    await status.online("gone", "phone", "dead-connector")  # never registered: left out
+    await status.online("user*[x]", "phone", "c0")  # glob characters are just characters
+    listed = await all_online(status, 10)
+    by_user = dict(listed)  # Redis SCAN may repeat a user: the set is what counts
+    assert set(by_user) == {f"user{i:02d}" for i in range(57)} | {"user*[x]"}
+    assert by_user["user00"] == {"phone": "c0", "laptop": "c1"}
+    assert by_user["user05"] == {"phone": "c2"}
+    await status.offline("user05", "phone", "c2")
+    assert "user05" not in dict(await all_online(status, 1000))
+
+
+@pytest.mark.asyncio
+async def test_online_page_leaves_out_lapsed_connectors(backend: StatusBackend) -> None:
+    assert await backend.beat("connector", "short", "s:1", 0.2)
+    assert await backend.beat("connector", "long", "l:1", 60.0)
+    await backend.online("alice", "phone", "short")
+    await backend.online("bob", "phone", "long")
+    assert dict(await all_online(backend, 10)) == {
+        "alice": {"phone": "short"},
+        "bob": {"phone": "long"},
+    }
+    await asyncio.sleep(0.4)
+    assert dict(await all_online(backend, 10)) == {"bob": {"phone": "long"}}
+
+
+@pytest.mark.asyncio
+async def test_online_page_refuses_a_bad_cursor_on_redis(status: StatusBackend) -> None:
+    if isinstance(status, MemoryUserStatus):
+        assert await status.online_page("zzz", 10) == ([], "")  # ids after zzz: none
+        return
+    with pytest.raises(ValueError, match="cursor"):
+        await status.online_page("not-a-number", 10)
+
+
+# --- kicks --------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def kick_bus(request: pytest.FixtureRequest) -> AsyncIterator[KickBus]:
+    if request.param == "memory":
+        bus: KickBus = MemoryKickBus()
+    else:
+        client = await connect_redis(request.getfixturevalue("redis_url"))
+        bus = RedisKickBus(client, prefix=f"imtest:{uuid.uuid4().hex}:")
+    yield bus
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_kicks_reach_every_follower(kick_bus: KickBus) -> None:
+    followers = [kick_bus.follow(), kick_bus.follow()]
+    pending = [asyncio.ensure_future(anext(f)) for f in followers]
+    await asyncio.sleep(0.3)  # subscribed (Redis needs a moment)
+    await kick_bus.publish(Kick("alice", "phone"))
+    got = await asyncio.wait_for(asyncio.gather(*pending), 5)
+    assert got == [Kick("alice", "phone"), Kick("alice", "phone")]
+    await kick_bus.publish(Kick("bob"))
+    assert await asyncio.wait_for(anext(followers[0]), 5) == Kick("bob")
+    for f in followers:
+        await f.aclose()
+
+
+def test_kick_matching_and_wire_form() -> None:
+    k = Kick("alice", "phone", "spam")
+    assert k.matches("alice", "phone") and not k.matches("alice", "laptop")
+    assert Kick("alice").matches("alice", "laptop") and not Kick("alice").matches("bob", "x")
+    assert Kick.decode(k.encode()) == k
+    assert Kick.decode(Kick("a", reason="r" * 500).encode()).reason == "r" * 200
+    for bad in (b"", b"[]", b'{"d": "x"}', b"\xff"):
+        with pytest.raises(ValueError):
+            Kick.decode(bad)
+
+
+@pytest.mark.redis
+@pytest.mark.asyncio
+async def test_redis_kick_bus_skips_malformed_messages(redis_client: aioredis.Redis) -> None:
+    prefix = f"imtest:{uuid.uuid4().hex}:"
+    client = await connect_redis(REDIS_URL)
+    bus = RedisKickBus(client, prefix=prefix)
+    follower = bus.follow()
+    pending = asyncio.ensure_future(anext(follower))
+    await asyncio.sleep(0.3)
+    await redis_client.publish(f"{prefix}kick", b"not json")
+    await bus.publish(Kick("carol"))
+    assert await asyncio.wait_for(pending, 5) == Kick("carol")
+    await follower.aclose()
+    await bus.close()
 
 
 # --- Redis specifics and create() -------------------------------------------------------------

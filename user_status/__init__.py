@@ -9,7 +9,13 @@ the server answers before the process starts serving.
 from __future__ import annotations
 
 from common.config import Settings
-from user_status.base import DrainBus, NodeRegistry, StatusBackend, UserStatusService
+from user_status.base import (
+    DrainBus,
+    NodeRegistry,
+    OnlineDirectory,
+    StatusBackend,
+    UserStatusService,
+)
 from user_status.memory import MemoryUserStatus
 from user_status.redis import RedisUserStatus, connect
 
@@ -17,6 +23,7 @@ __all__ = [
     "DrainBus",
     "MemoryUserStatus",
     "NodeRegistry",
+    "OnlineDirectory",
     "RedisUserStatus",
     "StatusBackend",
     "UserStatusService",

@@ -71,5 +71,18 @@ class DrainBus(Protocol):
         ...
 
 
-class StatusBackend(UserStatusService, NodeRegistry, DrainBus, Protocol):
-    """What one backend provides: all three, sharing one store."""
+class OnlineDirectory(Protocol):
+    """The whole table, page by page, for the admin API (not a routing path: it may be slow)."""
+
+    async def online_page(
+        self, cursor: str = "", count: int = 100
+    ) -> tuple[list[tuple[str, dict[str, str]]], str]:
+        """About ``count`` online users from ``cursor`` ("" to start), each with its devices on
+        live connectors as :meth:`UserStatusService.lookup` gives them, and the cursor of the
+        next page ("" when there is none). A page may be empty before the end. A user online
+        for the whole listing appears at least once; one may appear twice (Redis SCAN)."""
+        ...
+
+
+class StatusBackend(UserStatusService, NodeRegistry, DrainBus, OnlineDirectory, Protocol):
+    """What one backend provides: all four, sharing one store."""

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import OrderedDict
 
+from common import metrics
 from common.errors import IMError
 from user_status.base import UserStatusService
 
@@ -48,8 +49,10 @@ class RouteCache:
         if entry is not None and entry[0] > now and self._following:
             self._entries.move_to_end(user_id)
             self.hits += 1
+            metrics.route_cache_hit()
             return entry[1]
         self.misses += 1
+        metrics.route_cache_miss()
         generation = self._generation
         devices = await self._status.lookup(user_id)
         if generation == self._generation and self._following:

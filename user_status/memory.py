@@ -71,6 +71,19 @@ class MemoryUserStatus:
             del self._users[user_id]
         return out
 
+    async def online_page(
+        self, cursor: str = "", count: int = 100
+    ) -> tuple[list[tuple[str, dict[str, str]]], str]:
+        """Users in id order after ``cursor`` (the last id of the previous page)."""
+        after = sorted(u for u in self._users if u > cursor)
+        page: list[tuple[str, dict[str, str]]] = []
+        for user in after[: max(1, count)]:
+            devices = await self.lookup(user)
+            if devices:
+                page.append((user, devices))
+        more = len(after) > max(1, count)
+        return page, after[max(1, count) - 1] if more else ""
+
     async def beat(self, kind: str, node_id: str, addr: str, ttl: float) -> bool:
         now = time.monotonic()
         nodes = self._expiry.setdefault(kind, {})

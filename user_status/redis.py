@@ -156,6 +156,11 @@ async def follow_channel(
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN MATCH pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -218,6 +223,40 @@ class RedisUserStatus:
         except (RedisError, OSError) as exc:
             raise BackendError("redis", f"lookup {user_id}: {exc}") from exc
         return _pairs(flat)
+
+    async def online_page(
+        self, cursor: str = "", count: int = 100
+    ) -> tuple[list[tuple[str, dict[str, str]]], str]:
+        """One SCAN step over ``u:*`` (``cursor`` is SCAN's own), its hashes in one pipeline,
+        kept to devices on connectors live now."""
+        try:
+            position = int(cursor or 0)
+        except ValueError:
+            raise ValueError(f"bad cursor {cursor!r}") from None
+        match = _glob_escape(self._key("")) + "*"
+        try:
+            position, keys = await self._client.scan(cursor=position, match=match, count=count)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                hashes = await pipe.execute()
+            live = set(_pairs(await self._live_script(keys=self._nodes("connector"))))
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"online users: {exc}") from exc
+        start = len(self._key(""))
+        page: list[tuple[str, dict[str, str]]] = []
+        for key, devices in zip(keys, hashes, strict=True):
+            here = {_text(d): _text(c) for d, c in devices.items() if _text(c) in live}
+            if here:
+                page.append((_text(key)[start:], here))
+        return page, str(position) if position else ""
+
+    async def ping(self) -> None:
+        """Raise :class:`BackendError` unless Redis answers (a readiness check)."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise BackendError("redis", f"ping: {exc}") from exc
 
     # -- node registry -----------------------------------------------------------------------
 
