@@ -208,6 +208,8 @@ _LOST_CODES = frozenset({1047, 1053, 1927, 4031})
 # 1213: deadlock, and Galera's certification failure; the server rolled the transaction back
 _CONFLICT_CODES = frozenset({1213})
 _SYNCED = "4"  # Galera's wsrep_local_state of a node in step with the cluster
+_SYNC_WAIT_MAX = 15  # wsrep_sync_wait is a bit mask of 4 statement kinds (MariaDB 10.11)
+_SQL_MODE = "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,9 @@ class MySQLParams:
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
     # every server of a cluster's URL in order, (host, port) first; one entry for one server
     addresses: tuple[tuple[str, int], ...] = ()
+    # Galera's causality checks for each session (None: the server's setting; 1: reads wait
+    # until the node has applied everything the cluster committed before them)
+    wsrep_sync_wait: int | None = None
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -266,7 +271,13 @@ class MySQLParams:
                 f"got {database!r}"
             )
         options: dict[str, float] = {}
+        sync_wait: int | None = None
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "wsrep_sync_wait":
+                if not value.isdigit() or int(value) > _SYNC_WAIT_MAX:
+                    raise ConfigError(f"mysql URL: wsrep_sync_wait is 0-{_SYNC_WAIT_MAX}")
+                sync_wait = int(value)
+                continue
             if key not in ("pool_size", "connect_timeout", "query_timeout"):
                 raise ConfigError(f"mysql URL: unknown option {key!r}")
             try:
@@ -286,6 +297,7 @@ class MySQLParams:
             connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
             query_timeout=options.get("query_timeout", DEFAULT_QUERY_TIMEOUT),
             addresses=addresses,
+            wsrep_sync_wait=sync_wait,
         )
 
 
@@ -366,7 +378,12 @@ async def _connect_mysql(
                 autocommit=False,
                 connect_timeout=params.connect_timeout,
                 # strict: an over-long value is an error, not a silently truncated row
-                init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+                init_command=f"SET SESSION {_SQL_MODE}"
+                + (
+                    ""
+                    if params.wsrep_sync_wait is None
+                    else f", wsrep_sync_wait = {params.wsrep_sync_wait}"
+                ),
             )
     except TimeoutError as exc:
         raise BackendError(
@@ -688,7 +705,8 @@ async def open_database(
 
     ``sqlite:///relative/or/absolute/path`` or ``sqlite://:memory:``; or
     ``mysql://user:password@host:port/database`` with optional ``?pool_size=``,
-    ``connect_timeout=`` and ``query_timeout=`` (seconds). ``pool_size`` and ``connect_timeout``
+    ``connect_timeout=`` and ``query_timeout=`` (seconds), and ``wsrep_sync_wait=`` (Galera's
+    causality checks, set for every session). ``pool_size`` and ``connect_timeout``
     given here win over the URL's.
     """
     scheme, sep, rest = url.partition("://")

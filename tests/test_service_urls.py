@@ -104,6 +104,14 @@ def test_mysql_address_list() -> None:
     one = MySQLParams.from_url("mysql://root@127.0.0.1:3306/im")
     assert one.addresses == (("127.0.0.1", 3306),) and not one.clustered
     assert one.label == "mysql root@127.0.0.1:3306/im"
-    for bad in ("mysql://root@a,,b/im", "mysql://root@a,b:x/im", "mysql://root@a:1,a:1/im"):
+    assert MySQLParams.from_url("mysql://h/im?wsrep_sync_wait=1").wsrep_sync_wait == 1
+    assert one.wsrep_sync_wait is None
+    for bad in (
+        "mysql://root@a,,b/im",
+        "mysql://root@a,b:x/im",
+        "mysql://root@a:1,a:1/im",
+        "mysql://h/im?wsrep_sync_wait=16",
+        "mysql://h/im?wsrep_sync_wait=x",
+    ):
         with pytest.raises(ConfigError):
             MySQLParams.from_url(bad)
