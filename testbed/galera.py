@@ -252,6 +252,13 @@ class GaleraCluster:
                 return host
         raise TestbedError("no galera node runs")
 
+    def kill_writer_node(self, order: Sequence[str] | None = None) -> str:
+        """SIGKILL the node the app's writers use (given ``url(..., order)``, every process
+        is on the first live node of that order); its host."""
+        host = self.first_alive(order)
+        self.kill(host)
+        return host
+
     def recovered_position(self, host: str) -> str:
         """The last committed ``uuid:seqno`` in the node's InnoDB (``--wsrep-recover``)."""
         node = self.nodes[host]

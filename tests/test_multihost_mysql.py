@@ -125,7 +125,7 @@ async def test_writes_and_reads_move_to_the_next_node_when_theirs_dies(
         traffic = Traffic(db)
         try:
             await poll(lambda: len(traffic.acked) >= 50, 30, "writing")
-            await asyncio.to_thread(galera.kill, "app1")
+            assert await asyncio.to_thread(galera.kill_writer_node) == "app1"
             dead_at = time.monotonic()
             await poll(lambda: traffic.acked_since(dead_at) >= AFTER, 60, "writing again")
         finally:
