@@ -338,6 +338,7 @@ class Testbed:
         cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` in ``host`` in a session of its own, output appended to ``log``."""
+        self.reap()  # keeps the list to the children alive, however many restarts
         with log.open("ab") as out:
             child = subprocess.Popen(
                 self[host].argv(argv),
