@@ -202,10 +202,15 @@ async def test_conflicting_writes_through_two_nodes_are_run_again(
 
         try:
             await asyncio.gather(bump(one), bump(one), bump(two), bump(two))
-            row = await one.fetchone("SELECT v FROM im_t WHERE id = 1")
         finally:
             await one.close()
             await two.close()
+        # causal: app1 may not have applied app2's last increments yet
+        check = await open_database(f"{galera.url(name)}?wsrep_sync_wait=1", pool_size=1)
+        try:
+            row = await check.fetchone("SELECT v FROM im_t WHERE id = 1")
+        finally:
+            await check.close()
     retried = one.conflicts_retried + two.conflicts_retried
     assert retried > 0, "the two nodes never collided: the test proved nothing"
     assert row == (4 * rounds - gave_up,)
