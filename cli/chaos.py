@@ -195,17 +195,16 @@ def chaos_settings(settings: Settings, tag: str) -> Settings:
 
 async def cleanup(settings: Settings) -> None:
     """Drop this run's database, Redis keys and queues."""
-    import aio_pika
-    import redis.asyncio as aioredis
+    from common import amqpconn, redisconn
 
     with contextlib.suppress(Exception):
-        r = aioredis.from_url(settings.redis_url)
+        r = await redisconn.connect(settings.redis_url)  # one server or Sentinel
         keys = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}*")]
         if keys:
             await r.delete(*keys)
         await r.aclose()
     with contextlib.suppress(Exception):
-        conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+        conn = await amqpconn.connect(settings.amqp_url, timeout=5)  # one node or several
         channel = await conn.channel()
         for i in range(settings.amqp_shards):
             await channel.queue_delete(f"{settings.amqp_queue}.{i}")

@@ -6,6 +6,17 @@ the embedded engine (aiosqlite, WAL mode so readers don't block the writer);
 connections. Driver exceptions are translated to :class:`BackendError` here, at the boundary;
 ``CancelledError`` passes through.
 
+``mysql://user:pass@host1:port,host2:port,host3:port/db`` names the servers of one cluster (a
+Galera cluster, or a primary and the replicas it may fail over to). A pool then uses one server
+at a time for all its connections: the first that answers and may take writes (Galera: Synced;
+otherwise: not ``read_only``), in the order given. When its server fails (a connection lost, a
+query timed out, a new connection refused) it moves to the next usable one, searching from the
+top of the list, so that every process given the same list lands on the same server; it does
+not move back by itself. Galera turns concurrent writes to one row through two nodes into
+deadlock errors at commit (certification), and a transaction that got one has been rolled
+back: with a list, single statements that get one (:class:`ConflictError`) are run again, a
+few times. One address behaves exactly as before.
+
 Both engines count affected rows the same way for the statements the stores use: an INSERT that
 was ignored (``INSERT OR IGNORE`` / ``INSERT IGNORE`` / ``ON DUPLICATE KEY UPDATE id = id``)
 counts 0, an UPDATE counts the rows it changed. SQLite counts an UPDATE's matched rows even when
@@ -22,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import re
 import sqlite3
 from collections import deque
@@ -35,16 +47,22 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import aiosqlite
 import pymysql  # type: ignore[import-untyped]
 
+from common.addrlist import format_address, parse_host_list
 from common.errors import BackendError, ConfigError
 
 Row = tuple[Any, ...]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_POOL_SIZE = 10
 DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds; a server that is down should fail a start quickly
 DEFAULT_QUERY_TIMEOUT = 30.0  # seconds; a server that stops answering must not hang callers
 LOCK_WAIT = 120.0  # seconds a migration waits for another process's migration to finish
 _PING_AFTER = 30.0  # a connection idle this long is pinged before it is handed out
+# A conflict is rolled back whole, so running the statement again is safe; a few tries, backing
+# off, because two writers on two Galera nodes that collided once collide again if in step.
+CONFLICT_RETRIES = 3
+CONFLICT_BACKOFF = 0.02  # seconds, doubled per try
 
 
 class Session(Protocol):
@@ -189,7 +207,15 @@ _DB_NAME = re.compile(r"[A-Za-z0-9_$]{1,64}")
 # Server errors after which the connection is gone: 1053 shutdown in progress, 1927 connection
 # killed (MariaDB), 4031 disconnected for inactivity (MySQL 8). 2000-2999 are client-side errors
 # (lost connection, server gone away, commands out of sync): all of them end the connection.
-_LOST_CODES = frozenset({1053, 1927, 4031})
+# 1047 is a Galera node that left the primary component ("WSREP has not yet prepared node for
+# application use"): it refuses everything until it rejoins, so the connection is as good as
+# lost, and a list moves on to another node.
+_LOST_CODES = frozenset({1047, 1053, 1927, 4031})
+# 1213: deadlock, and Galera's certification failure; the server rolled the transaction back
+_CONFLICT_CODES = frozenset({1213})
+_SYNCED = "4"  # Galera's wsrep_local_state of a node in step with the cluster
+_SYNC_WAIT_MAX = 15  # wsrep_sync_wait is a bit mask of 4 statement kinds (MariaDB 10.11)
+_SQL_MODE = "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
 
 
 @dataclass(frozen=True)
@@ -204,22 +230,42 @@ class MySQLParams:
     pool_size: int = DEFAULT_POOL_SIZE
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    # every server of a cluster's URL in order, (host, port) first; one entry for one server
+    addresses: tuple[tuple[str, int], ...] = ()
+    # Galera's causality checks for each session (None: the server's setting; 1: reads wait
+    # until the node has applied everything the cluster committed before them)
+    wsrep_sync_wait: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            object.__setattr__(self, "addresses", ((self.host, self.port),))
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     @property
+    def clustered(self) -> bool:
+        """Several servers: the pool picks one that answers and may fail over."""
+        return len(self.addresses) > 1
+
+    @property
     def label(self) -> str:
         who = f"{self.user}@" if self.user else ""
-        return f"mysql {who}{self.address}/{self.database}"
+        where = ",".join(map(format_address, self.addresses)) if self.clustered else self.address
+        return f"mysql {who}{where}/{self.database}"
 
     @classmethod
     def from_url(cls, url: str) -> MySQLParams:
-        """Parse ``mysql://user:pass@host:port/db?pool_size=N&connect_timeout=S&query_timeout=S``."""
+        """Parse ``mysql://user:pass@host:port/db?pool_size=N&connect_timeout=S&query_timeout=S``,
+        where ``host:port`` may be a list, ``host1:port,host2:port,...``."""
+        addresses: tuple[tuple[str, int], ...] = ()
         try:
             parts = urlsplit(url)
-            port = parts.port or 3306
+            hosts = parts.netloc.rpartition("@")[2]
+            if "," in hosts and parts.scheme == "mysql":
+                addresses = parse_host_list(hosts, 3306, "mysql URL")
+            port = addresses[0][1] if addresses else parts.port or 3306
         except ValueError as exc:
             raise ConfigError(f"database URL is not a valid mysql:// URL: {exc}") from None
         if parts.scheme != "mysql":
@@ -231,7 +277,13 @@ class MySQLParams:
                 f"got {database!r}"
             )
         options: dict[str, float] = {}
+        sync_wait: int | None = None
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "wsrep_sync_wait":
+                if not value.isdigit() or int(value) > _SYNC_WAIT_MAX:
+                    raise ConfigError(f"mysql URL: wsrep_sync_wait is 0-{_SYNC_WAIT_MAX}")
+                sync_wait = int(value)
+                continue
             if key not in ("pool_size", "connect_timeout", "query_timeout"):
                 raise ConfigError(f"mysql URL: unknown option {key!r}")
             try:
@@ -242,7 +294,7 @@ class MySQLParams:
                 raise ConfigError(f"mysql URL: {key} must be positive")
             options[key] = number
         return cls(
-            host=parts.hostname or "127.0.0.1",
+            host=addresses[0][0] if addresses else parts.hostname or "127.0.0.1",
             port=port,
             user=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password or ""),
@@ -250,11 +302,18 @@ class MySQLParams:
             pool_size=int(options.get("pool_size", DEFAULT_POOL_SIZE)),
             connect_timeout=options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
             query_timeout=options.get("query_timeout", DEFAULT_QUERY_TIMEOUT),
+            addresses=addresses,
+            wsrep_sync_wait=sync_wait,
         )
 
 
 class _LostConnection(BackendError):
     """The connection died under a statement; the server may or may not have run it."""
+
+
+class ConflictError(BackendError):
+    """The server rolled the transaction back to resolve a conflict (a deadlock, or a Galera
+    certification failure): none of it committed, so it is safe to run again."""
 
 
 def _aiomysql() -> Any:
@@ -294,21 +353,30 @@ def _mysql_params(params: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(bytes(p) if isinstance(p, bytearray | memoryview) else p for p in params)
 
 
+def _code(exc: BaseException) -> int:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+
+
 def _lost(exc: BaseException, conn: Any) -> bool:
     if conn.closed or isinstance(exc, pymysql.err.InterfaceError | OSError):
         return True
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    code = _code(exc)
     return code in _LOST_CODES or 2000 <= code < 3000
 
 
-async def _connect_mysql(params: MySQLParams, *, database: bool = True) -> Any:
-    """One new connection: autocommit off, utf8mb4, strict SQL mode, bounded connect time."""
+async def _connect_mysql(
+    params: MySQLParams, *, database: bool = True, address: tuple[str, int] | None = None
+) -> Any:
+    """One new connection to ``address`` (default: the URL's first): autocommit off, utf8mb4,
+    strict SQL mode, bounded connect time."""
     driver = _aiomysql()
+    host, port = address or (params.host, params.port)
+    where = format_address((host, port)) if address else params.address
     try:
         async with asyncio.timeout(params.connect_timeout):
             return await driver.connect(
-                host=params.host,
-                port=params.port,
+                host=host,
+                port=port,
                 user=params.user,
                 password=params.password,
                 db=params.database if database else None,
@@ -316,19 +384,75 @@ async def _connect_mysql(params: MySQLParams, *, database: bool = True) -> Any:
                 autocommit=False,
                 connect_timeout=params.connect_timeout,
                 # strict: an over-long value is an error, not a silently truncated row
-                init_command="SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+                init_command=f"SET SESSION {_SQL_MODE}"
+                + (
+                    ""
+                    if params.wsrep_sync_wait is None
+                    else f", wsrep_sync_wait = {params.wsrep_sync_wait}"
+                ),
             )
     except TimeoutError as exc:
         raise BackendError(
             "mysql",
-            f"cannot connect to {params.address}: no answer within {params.connect_timeout:g} s",
+            f"cannot connect to {where}: no answer within {params.connect_timeout:g} s",
         ) from exc
     except (pymysql.err.Error, OSError) as exc:
         detail = str(exc) or type(exc).__name__
         hint = ""
         if isinstance(exc, pymysql.err.Error) and exc.args and exc.args[0] == 1049:
             hint = " (run `im migrate` to create it)"
-        raise BackendError("mysql", f"cannot connect to {params.address}: {detail}{hint}") from exc
+        raise BackendError("mysql", f"cannot connect to {where}: {detail}{hint}") from exc
+
+
+async def _unusable(conn: Any) -> str | None:
+    """Why the server of ``conn`` must not take the app's writes, or None: a Galera node that is
+    not Synced (joining, donating a snapshot, cut off from the primary component) or a server
+    that is ``read_only`` (a replica not yet promoted)."""
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute("SHOW GLOBAL STATUS LIKE 'wsrep_local_state'")
+            row = await cur.fetchone()
+            if row is not None and str(row[1]) != _SYNCED:
+                return f"Galera node not synced (wsrep_local_state {row[1]})"
+            await cur.execute("SELECT @@global.read_only")
+            row = await cur.fetchone()
+            if row is not None and int(row[0]):
+                return "read_only (a replica?)"
+        await conn.rollback()  # end the probe's transaction: no snapshot kept from it
+    except (pymysql.err.Error, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+async def _connect_any(
+    params: MySQLParams, first: int, *, database: bool = True
+) -> tuple[Any, int]:
+    """A connection to the first usable server of the list, trying ``first`` and then the rest
+    from the top; with its index. One address: just the connection, as always."""
+    if not params.clustered:
+        return await _connect_mysql(params, database=database), 0
+    failures: list[str] = []
+    order = [first, *(i for i in range(len(params.addresses)) if i != first)]
+    for i in order:
+        address = params.addresses[i]
+        try:
+            conn = await _connect_mysql(params, database=database, address=address)
+        except BackendError as exc:
+            failures.append(exc.detail)
+            continue
+        try:
+            async with asyncio.timeout(params.connect_timeout):
+                problem = await _unusable(conn)
+        except TimeoutError:
+            problem = f"no answer within {params.connect_timeout:g} s"
+        except BaseException:
+            conn.close()
+            raise
+        if problem is None:
+            return conn, i
+        conn.close()
+        failures.append(f"{format_address(address)}: {problem}")
+    raise BackendError("mysql", "no usable server: " + "; ".join(failures))
 
 
 class _MySQLSession:
@@ -345,6 +469,8 @@ class _MySQLSession:
             return result
         except (pymysql.err.Error, OSError) as exc:
             kind = _LostConnection if _lost(exc, self._conn) else BackendError
+            if _code(exc) in _CONFLICT_CODES:
+                kind = ConflictError
             raise kind("mysql", str(exc) or type(exc).__name__) from exc
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -394,6 +520,10 @@ class MySQLDatabase:
     Reads are retried once on a fresh connection after a lost connection; writes are not, since
     the lost statement may have committed: the caller decides (the offline writer retries, REST
     answers 503).
+
+    With several addresses (module docstring) every connection is to the server at
+    ``self._active``; a connection to any other is dropped when it comes back, so a failover
+    leaves no connection behind on the old server.
     """
 
     dialect = "mysql"
@@ -403,19 +533,30 @@ class MySQLDatabase:
         self.label = params.label
         self.pool_size = params.pool_size
         self._slots = asyncio.Semaphore(params.pool_size)
-        self._idle: deque[tuple[Any, float]] = deque()  # (connection, when it was given back)
+        # (connection, when it was given back, index of its server in params.addresses)
+        self._idle: deque[tuple[Any, float, int]] = deque()
         self._open = 0
         self._busy = 0
         self._closed = False
+        self._active = 0  # the server new connections go to
+        self.failovers = 0  # times the pool moved to another server
+        self.conflicts_retried = 0  # statements run again after a conflict rolled them back
 
     @classmethod
     async def open(cls, params: MySQLParams) -> MySQLDatabase:
         """Connect once now, so a wrong address or a server that is down fails the start."""
         db = cls(params)
-        conn = await _connect_mysql(params)
+        conn, db._active = await _connect_any(params, 0)
         db._open += 1
-        db._idle.append((conn, asyncio.get_running_loop().time()))
+        db._idle.append((conn, asyncio.get_running_loop().time(), db._active))
         return db
+
+    @property
+    def server(self) -> str:
+        """The address this pool uses now."""
+        if not self.params.clustered:
+            return self.params.address
+        return format_address(self.params.addresses[self._active])
 
     @property
     def open_connections(self) -> int:
@@ -435,15 +576,16 @@ class MySQLDatabase:
         while self._idle:
             self._discard(self._idle.pop()[0])
 
-    async def _take(self) -> Any:
+    async def _take(self) -> tuple[Any, int]:
         if self._closed:
             raise RuntimeError(f"{self.label}: database is closed")
         now = asyncio.get_running_loop().time()
         while self._idle:
-            conn, since = self._idle.pop()
+            conn, since, where = self._idle.pop()
             reader = getattr(conn, "_reader", None)
             if (
-                conn.closed
+                where != self._active
+                or conn.closed
                 or reader is None
                 or reader.at_eof()
                 or getattr(reader, "eof_received", False)  # aiomysql's reader: EOF after data
@@ -459,17 +601,27 @@ class MySQLDatabase:
                 except BaseException:
                     self._discard(conn)
                     raise
-            return conn
-        conn = await _connect_mysql(self.params)
+            return conn, where
+        conn, where = await _connect_any(self.params, self._active)
         self._open += 1
-        return conn
+        if where != self._active:
+            log.warning(
+                "%s: %s is not usable, moving to %s",
+                self.label,
+                self.server,
+                format_address(self.params.addresses[where]),
+            )
+            self._active = where
+            self.failovers += 1
+            self._drop_idle()
+        return conn, where
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[_MySQLSession]:
         async with self._slots:
             self._busy += 1
             try:
-                conn = await self._take()
+                conn, where = await self._take()
                 try:
                     yield _MySQLSession(conn)
                 except BaseException as exc:
@@ -477,30 +629,43 @@ class MySQLDatabase:
                     if isinstance(exc, _LostConnection):
                         self._drop_idle()
                     raise
-                if self._closed:
+                if self._closed or where != self._active:
                     self._discard(conn)
                 else:
-                    self._idle.append((conn, asyncio.get_running_loop().time()))
+                    self._idle.append((conn, asyncio.get_running_loop().time(), where))
             finally:
                 self._busy -= 1
 
     async def _once(self, op: Callable[[_MySQLSession], Awaitable[T]]) -> T:
+        server = self.server
         try:
             async with asyncio.timeout(self.params.query_timeout):
                 async with self._session() as session:
                     return await op(session)
         except TimeoutError as exc:
+            if self.params.clustered:
+                # a server that stopped answering: its idle connections would hang the same way
+                self._drop_idle()
             raise BackendError(
-                "mysql", f"{self.params.address}: no result within {self.params.query_timeout:g} s"
+                "mysql", f"{server}: no result within {self.params.query_timeout:g} s"
             ) from exc
 
     async def _call(self, op: Callable[[_MySQLSession], Awaitable[T]], *, read: bool) -> T:
-        try:
-            return await self._once(op)
-        except _LostConnection:
-            if not read:
-                raise
-        return await self._once(op)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                try:
+                    return await self._once(op)
+                except _LostConnection:
+                    if not read:
+                        raise
+                return await self._once(op)
+            except ConflictError:
+                # rolled back whole: safe to run again; expected only between Galera nodes
+                if not self.params.clustered or attempt == CONFLICT_RETRIES:
+                    raise
+                self.conflicts_retried += 1
+                await asyncio.sleep(CONFLICT_BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return await self._call(lambda s: s.execute(sql, params), read=False)
@@ -556,7 +721,8 @@ async def open_database(
 
     ``sqlite:///relative/or/absolute/path`` or ``sqlite://:memory:``; or
     ``mysql://user:password@host:port/database`` with optional ``?pool_size=``,
-    ``connect_timeout=`` and ``query_timeout=`` (seconds). ``pool_size`` and ``connect_timeout``
+    ``connect_timeout=`` and ``query_timeout=`` (seconds), and ``wsrep_sync_wait=`` (Galera's
+    causality checks, set for every session). ``pool_size`` and ``connect_timeout``
     given here win over the URL's.
     """
     scheme, sep, rest = url.partition("://")
@@ -587,7 +753,7 @@ async def create_database(url: str) -> None:
     if not url.startswith("mysql://"):
         return
     params = MySQLParams.from_url(url)
-    conn = await _connect_mysql(params, database=False)
+    conn, _ = await _connect_any(params, 0, database=False)
     try:
         await _MySQLSession(conn).execute(
             f"CREATE DATABASE IF NOT EXISTS `{params.database}`"

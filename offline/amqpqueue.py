@@ -33,8 +33,8 @@ from aio_pika.abc import (
 )
 from google.protobuf.message import DecodeError
 
+from common import amqpconn
 from common.errors import BackendError
-from common.redact import redact_url
 from offline.base import KIND_CHAT, Delivery, OfflineItem
 from offline.errors import RejectedError
 from offline.sqlstore import item_problem
@@ -191,10 +191,7 @@ class AmqpOfflineQueue:
         """Connect, declare the queues, and check the broker answers: ``BackendError`` if not."""
         if shards < 1 or prefetch < 1:
             raise ValueError("shards and prefetch must be at least 1")
-        try:
-            connection = await aio_pika.connect_robust(url, timeout=timeout)
-        except (TimeoutError, *_AMQP_ERRORS, ValueError) as exc:
-            raise BackendError(_SERVICE, f"cannot reach {redact_url(url)}: {exc}") from exc
+        connection = await amqpconn.connect(url, timeout=timeout)  # one node or a cluster's
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             queue = cls(connection, channel, name, shards, prefetch)
@@ -257,6 +254,9 @@ class AmqpOfflineQueue:
             )
         except TimeoutError:
             raise BackendError(_SERVICE, f"no confirm within {PUBLISH_TIMEOUT:.0f}s") from None
+        except aio_pika.exceptions.DeliveryError as exc:  # nacked: the channel may be stuck
+            await amqpconn.renew_channel(self._channel)
+            raise BackendError(_SERVICE, f"publish: {exc}") from exc
         except _AMQP_ERRORS as exc:
             raise BackendError(_SERVICE, f"publish: {exc}") from exc
 

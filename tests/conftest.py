@@ -142,3 +142,8 @@ async def drop_namespace(redis_url: str, tag: str, amqp_url: str, database: str)
         await db.execute(f"DROP DATABASE IF EXISTS `{database}`")
     finally:
         await db.close()
+
+
+# session fixtures of the multi-host tests (test hosts, clustered services); imported last
+# because that module uses require_service from here
+from multihost import bed, galera, rabbit, sentinels  # noqa: E402, F401

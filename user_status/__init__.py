@@ -9,6 +9,7 @@ the server answers before the process starts serving.
 from __future__ import annotations
 
 from common.config import Settings
+from common.redisconn import connect
 from user_status.base import (
     DrainBus,
     NodeRegistry,
@@ -17,7 +18,7 @@ from user_status.base import (
     UserStatusService,
 )
 from user_status.memory import MemoryUserStatus
-from user_status.redis import RedisUserStatus, connect
+from user_status.redis import RedisUserStatus
 
 __all__ = [
     "DrainBus",
@@ -32,7 +33,8 @@ __all__ = [
 
 
 async def create(settings: Settings) -> StatusBackend:
-    """Redis when ``settings.redis_url`` is set (pinged once here), else in-memory."""
+    """Redis when ``settings.redis_url`` is set (one server or a Sentinel group; pinged once
+    here), else in-memory."""
     if not settings.redis_url:
         return MemoryUserStatus()
     client = await connect(settings.redis_url)

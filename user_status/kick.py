@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
-from user_status.redis import connect, follow_channel
+from common.redisconn import connect
+from user_status.redis import follow_channel
 
 log = logging.getLogger(__name__)
 

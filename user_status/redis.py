@@ -19,7 +19,8 @@ then are its users' entries dropped, lazily, by the lookups that meet them. A no
 itself missing at a heartbeat (``beat`` returns True: new, lapsed, swept, or Redis restarted
 empty) announces its sessions again.
 
-Driver errors become ``BackendError("redis", ...)``; the client reconnects by itself.
+Driver errors become ``BackendError("redis", ...)``; the client reconnects by itself (to the new
+primary after a Sentinel failover: :mod:`common.redisconn` makes every client).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.errors import BackendError
-from common.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -108,26 +108,6 @@ end
 return out
 """
 )
-
-
-CONNECT_TIMEOUT = 5.0
-
-
-async def connect(url: str) -> aioredis.Redis:
-    """A client on ``url``, pinged once: ``BackendError`` naming Redis if it does not answer."""
-    try:
-        # URL query options (e.g. ?socket_connect_timeout=1) override these defaults
-        client = aioredis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
-        )
-    except (RedisError, ValueError) as exc:
-        raise BackendError("redis", f"bad URL {redact_url(url)}: {exc}") from exc
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise BackendError("redis", f"cannot reach {redact_url(url)}: {exc}") from exc
-    return client
 
 
 async def follow_channel(

@@ -24,8 +24,9 @@ from redis.exceptions import RedisError
 
 from common.db import Database
 from common.errors import BackendError
+from common.redisconn import connect
 from common.tokens import Claims, Revocation
-from user_status.redis import connect, follow_channel
+from user_status.redis import follow_channel
 
 log = logging.getLogger(__name__)
 
