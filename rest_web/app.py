@@ -45,6 +45,7 @@ from rest_web import files as file_routes
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
 from rest_web.passwords import hash_password, verify_password
+from rest_web.static_app import mount_webapp
 from rest_web.store import UserStore
 from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
 
@@ -444,6 +445,7 @@ def create_app(
 
     if files is not None:
         file_routes.add_routes(app, caller, files)
+    mount_webapp(app)
     return app
 
 
