@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from conftest import free_port, require_service
@@ -26,6 +27,7 @@ from conftest import free_port, require_service
 from common.config import Settings
 from rest_web.app import serve
 
+T = TypeVar("T")
 CHROMIUM = "/usr/bin/chromium"
 # headless without a sandbox (root in CI) or a GPU, and no background traffic to the outside
 CHROMIUM_ARGS = [
@@ -107,6 +109,13 @@ class RestServer:
         assert r.status_code == 200, r.text
         data: dict[str, Any] = r.json()
         return data
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end on a loop of its own in another thread: Playwright's sync API
+    keeps an event loop running in the test's thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _playwright() -> Any:
