@@ -290,3 +290,27 @@ def test_chat_against_a_scripted_connector(page: Any, rest: RestServer) -> None:
     print(f"screenshots: {out} {narrow}")
     assert out.stat().st_size > 10_000
     assert real_errors(page) == [], json.dumps(page.errors)
+
+
+def test_every_app_file_is_package_data() -> None:
+    """`pip install .` alone must serve the app: each file under rest_web/webapp/ matches one of
+    pyproject's package-data patterns (a missed pattern left js/main.js out of the wheel once)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["rest_web"]
+    base = root / "rest_web"
+    files = [p.relative_to(base).as_posix() for p in (base / "webapp").rglob("*") if p.is_file()]
+    assert "webapp/js/main.js" in files
+    missing = [
+        f
+        for f in files
+        if not any(
+            fnmatch.fnmatchcase(f, pat) and f.count("/") == pat.count("/") for pat in patterns
+        )
+    ]
+    assert missing == []
