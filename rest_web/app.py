@@ -53,6 +53,7 @@ from rest_web import ops_routes
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
 from rest_web.passwords import hash_password, verify_password
+from rest_web.static_app import mount_webapp
 from rest_web.store import UserStore
 from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
 
@@ -470,6 +471,7 @@ def create_app(
         file_routes.add_routes(app, caller, files)
     if admin is not None:
         admin_routes.add_routes(app, caller, store, publish, admin)
+    mount_webapp(app)
     return app
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import pytest_asyncio
@@ -142,6 +142,45 @@ async def drop_namespace(redis_url: str, tag: str, amqp_url: str, database: str)
         await db.execute(f"DROP DATABASE IF EXISTS `{database}`")
     finally:
         await db.close()
+
+
+# -- the web app's browser tests (tests/browser.py); imported late: most tests need none of it
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium under Playwright; skips (fails in CI) without them."""
+    from browser import chromium
+
+    yield from chromium()
+
+
+@pytest.fixture(scope="module")
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A REST server with the web app at /app/, on SQLite, for one test module."""
+    from browser import rest_server
+
+    yield from rest_server(tmp_path_factory.mktemp("webapp-rest"))
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (its own storage): one user's browser."""
+    from browser import new_context
+
+    ctx = new_context(browser)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def page(context: Any, rest: Any) -> Any:
+    """A page on the app at /app/."""
+    from browser import open_app
+
+    return open_app(context, rest)
 
 
 # session fixtures of the multi-host tests (test hosts, clustered services); imported last
