@@ -147,9 +147,11 @@ async def drop_namespace(redis_url: str, tag: str, amqp_url: str, database: str)
 # -- the web app's browser tests (tests/browser.py); imported late: most tests need none of it
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's headless Chromium under Playwright; skips (fails in CI) without them."""
+    """Debian's headless Chromium under Playwright; skips (fails in CI) without them. Per module:
+    Playwright's sync API runs an event loop in this thread while it lives, and the asyncio tests
+    of later modules need the thread without one."""
     from browser import chromium
 
     yield from chromium()
