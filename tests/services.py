@@ -34,11 +34,18 @@ REDIS_START = [
     "--logfile",
     "/var/log/redis/ci.log",
 ]
+# The pid file matters: without one, start-stop-daemon's --oknodo takes *any* running
+# /usr/sbin/mariadbd for "already started" -- and the multi-host tests' Galera nodes (their
+# session fixture lives until the end of the run) are exactly that, so MariaDB stayed down.
+MARIADB_PIDFILE = "/tmp/im-test-mariadbd.pid"
 MARIADB_START = [
     "start-stop-daemon",
     "--start",
     "--oknodo",
     "--background",
+    "--pidfile",
+    MARIADB_PIDFILE,
+    "--make-pidfile",
     "--exec",
     "/usr/sbin/mariadbd",
 ]
