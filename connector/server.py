@@ -611,7 +611,11 @@ class Connector:
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         # None: one of this connector's own (the embedded mode shares one with its transfer)
-        self.ledger = ledger or MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+        self.ledger: MessageLedger = (
+            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+            if ledger is None
+            else ledger
+        )
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings, node=True)
         # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET

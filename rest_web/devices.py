@@ -6,7 +6,7 @@ while both could be online.
 
 Rules kept here:
 - a device keeps its slot across logins (the row stays; ``last_used`` is the last login);
-- a new device takes the lowest free slot;
+- a new device takes the lowest free slot (a random free one after losing a race to it);
 - with all 64 taken, the least recently used slot whose last login is older than the token
   lifetime is handed over: no token naming it can still be valid, so its old device can't GREET
   with it any more (it gets a slot again at its next login). If every slot was used within the
@@ -20,6 +20,7 @@ The table ``im_device_slot`` is the component ``devices`` of :func:`common.db.ap
 
 from __future__ import annotations
 
+import random
 import time
 
 from common.db import Database, apply_migrations, require_schema
@@ -27,7 +28,7 @@ from common.errors import BackendError, ConfigError
 from common.ids import SLOTS
 
 COMPONENT = "devices"
-ATTEMPTS = 8  # a login that loses this many races in a row gives up (503)
+ATTEMPTS = 16  # a login that loses this many races in a row gives up (503)
 
 _TABLE = (
     "CREATE TABLE IF NOT EXISTS im_device_slot ("
@@ -85,7 +86,7 @@ class DeviceSlots:
         if self._auto and not self._ready:
             await self.migrate()
         device = device_key(device_id)
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             now = int(time.time())
             rows = await self._db.fetchall(
                 "SELECT slot, device_id, last_used FROM im_device_slot WHERE user_id = ?",
@@ -100,8 +101,10 @@ class DeviceSlots:
                 )
                 return mine[0]
             taken = {int(slot) for slot, _, _ in rows}
-            free = next((s for s in range(SLOTS) if s not in taken), None)
-            if free is not None:
+            free_slots = [s for s in range(SLOTS) if s not in taken]
+            if free_slots:
+                # logins of one user at once all want the lowest: spread the ones that lost
+                free = random.choice(free_slots) if attempt else free_slots[0]
                 added = await self._db.execute(
                     _INSERT[self._db.dialect], (user_id, device, free, now)
                 )

@@ -188,7 +188,11 @@ class Transfer:
         self.queue = queue
         self.signer = signer
         # None: one of this transfer's own (the embedded mode shares one with its connector)
-        self.ledger = ledger or MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+        self.ledger: MessageLedger = (
+            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+            if ledger is None
+            else ledger
+        )
         self.receipts_dropped = 0  # repeats of a receipt already forwarded
         self.node_id = settings.name(settings.transfer_port)
         self.ids = MessageIdGen()
