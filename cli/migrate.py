@@ -1,8 +1,9 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``offline.sqlstore`` the offline rows); this only runs them, in one place an operator can call
-before starting a new release. Safe to run again, and from several hosts at once.
+``offline.sqlstore`` the offline rows, ``rest_web.devices`` the message id slots); this only
+runs them, in one place an operator can call before starting a new release. Safe to run again,
+and from several hosts at once.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from common.db import create_database, open_database, schema_version
 from common.files import FileStore
 from offline import sqlstore
 from offline.sqlstore import SQLOfflineStore
-from rest_web import admin_store
+from rest_web import admin_store, devices
 from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
+from rest_web.devices import DeviceSlots
 from rest_web.store import UserStore
 
 
@@ -30,11 +32,14 @@ async def run_migrate(settings: Settings) -> list[str]:
     db = await open_database(url, pool_size=1)
     try:
         lines: list[str] = []
-        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore]] = [
+        components: list[
+            tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore | DeviceSlots]
+        ] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
             (admin_store.COMPONENT, AdminStore(db)),
+            (devices.COMPONENT, DeviceSlots(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

@@ -23,6 +23,7 @@ from cli.ops import Ops
 from common.config import Settings
 from common.db import Database, open_database
 from common.files import FileStore
+from common.ledger import MessageLedger, open_ledger
 from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
@@ -30,6 +31,7 @@ from offline.base import OfflineQueue
 from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
 from rest_web.app import create_app
+from rest_web.devices import DeviceSlots
 from rest_web.files import FileService
 from rest_web.login import Login, open_login
 from rest_web.store import UserStore
@@ -65,6 +67,7 @@ class Stack:
     transfer: Transfer | None = None
     connector: Connector | None = None
     revocations: RevocationBus | None = None
+    ledger: MessageLedger | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -79,13 +82,14 @@ class Stack:
         users = UserStore(self.db)
         store = SQLOfflineStore(self.db)
         files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
+        devices = DeviceSlots(self.db)  # message id slots, handed out at REST login
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            for component in (users, store, files):
+            for component in (users, store, files, devices):
                 await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            for component in (users, store, files):
+            for component in (users, store, files, devices):
                 await component.check_schema()
         self.ops = Ops(s, self.roles)
         await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
@@ -99,6 +103,9 @@ class Stack:
             # REST publishes logouts and password changes, connectors close what they cover:
             # on Redis across the cluster, in-process when both run here
             self.revocations = await create_bus(s.redis_url, s.redis_prefix)
+        if self.roles & {"transfer", "connector"}:
+            # one ledger for the connector and the transfer of this process (Redis: the cluster's)
+            self.ledger = await open_ledger(s)
         if "writer" in self.roles and self.queue is not None:
             notify = None
             if s.amqp_url and self.status is not None:
@@ -107,7 +114,7 @@ class Stack:
             self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
         if "transfer" in self.roles:
             assert self.status is not None and self.queue is not None
-            self.transfer = Transfer(s, self.status, self.queue, signer)
+            self.transfer = Transfer(s, self.status, self.queue, signer, ledger=self.ledger)
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -126,6 +133,7 @@ class Stack:
                 revocations=self.revocations,
                 revocation_check=RevocationReader(self.db),
                 kicks=self.ops.kicks,
+                ledger=self.ledger,
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -146,6 +154,7 @@ class Stack:
                 readiness=self.ops.readiness,
                 hooks=self.ops.hooks,
                 admin=self.ops.admin_deps(self.status, file_service.blobs),
+                devices=devices,
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
@@ -215,6 +224,8 @@ class Stack:
             await self.status.close()
         if self.revocations is not None:
             await self.revocations.close()
+        if self.ledger is not None:
+            await self.ledger.close()
         if self.db is not None:
             await self.db.close()
 

@@ -85,6 +85,7 @@ FINAL_ERRORS = frozenset(
         im_pb2.NOT_AUTHENTICATED,
         im_pb2.NOT_RECEIVED,
         im_pb2.NO_SUCH_FILE,
+        im_pb2.ID_REUSED,
     }
 )
 
@@ -223,6 +224,8 @@ class IMClient:
 
     async def login(self) -> LoginAnswer:
         self._login = await self.rest.login(self.user_id, self._password, self.device_id)
+        # ids from now on carry this device's slot, so no other device of ours can make them
+        self._ids.slot = self._login.slot
         self.friends = dict(self._login.friends)
         return self._login
 
@@ -314,7 +317,9 @@ class IMClient:
             err = link.close_error
             link.close()
             raise IMError(f"GREET refused: {err.detail if err else 'connection closed'}")
-        self.node_id = self._welcome.result().node_id
+        welcome = self._welcome.result()
+        self.node_id = welcome.node_id
+        self._ids.slot = welcome.id_slot  # the connector's word on our token's slot
         for pending in self._outbox.values():
             pending.sent_at, pending.seq = 0.0, 0
         await self._flush(force=True)

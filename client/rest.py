@@ -29,6 +29,7 @@ class LoginAnswer:
     friends: dict[str, str]  # friend id -> pair key
     connectors: list[tuple[str, int]]  # every live connector, to fall back on
     tls: bool = False  # the connectors speak TLS
+    slot: int = 0  # this device's message id slot (common/ids.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class RestClient:
             friends={f["user_id"]: f["key"] for f in data["friends"]},
             connectors=[_addr(c) for c in data.get("connectors", [])],
             tls=bool(data.get("tls", False)),
+            slot=int(data.get("slot", 0)),
         )
 
     async def add_friend(self, friend_id: str) -> str:

@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     max_devices: int = Field(
         8, ge=1, description="devices one user may have online at once, cluster-wide"
     )
+    # The message ledger (common/ledger.py): how long a message id is remembered, to answer a
+    # resend SENT once more and refuse the id's reuse for other content, and to forward each
+    # receipt once. In Redis one small hash per message for this long; in memory (no Redis) at
+    # most id_ledger_memory messages, the oldest forgotten first.
+    id_ledger_ttl: float = Field(
+        7 * 24 * 3600 * SECONDS, gt=0, description="seconds a message id is remembered"
+    )
+    id_ledger_memory: int = Field(
+        200_000, ge=1, description="message ids remembered in memory without Redis"
+    )
     login_failures_per_user: int = Field(
         5, ge=1, description="failed logins per user id per login_window, then 429"
     )

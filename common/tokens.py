@@ -2,9 +2,10 @@
 
 Format: ``v1.<payload>.<signature>``, both base64url without padding; the payload is compact JSON
 ``{"u": user, "d": device, "e": expiry (unix s), "j": token id, "r": role, "i": issued (unix
-ms)}``; the signature is HMAC-SHA256 over ``v1.<payload>``. A connector checks a GREET without a
-REST round trip. Roles: ``user`` for clients, ``node`` for a connector opening a link to a
-transfer.
+ms), "s": id slot}``; the signature is HMAC-SHA256 over ``v1.<payload>``. A connector checks a
+GREET without a REST round trip. Roles: ``user`` for clients, ``node`` for a connector opening
+a link to a transfer. The id slot (user tokens only) is the device's slot 0..63 from REST login:
+the message ids the device makes carry it (common/ids.py), which keeps two devices' ids apart.
 
 Revocation (DESIGN.md §6): a signature stays valid until expiry, so a revoked token is refused by
 a lookup. Two kinds of :class:`Revocation` exist: one token id (logout), and every token of a user
@@ -25,11 +26,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from common.errors import AuthError
+from common.ids import SLOTS
 
 _PREFIX = "v1"
 # Tokens are short; anything longer is garbage and is refused before any work is done.
 MAX_TOKEN_LEN = 1024
 TAG_BYTES = 16
+NO_SLOT = -1  # Claims.slot of a token without the claim
 
 
 def _b64(data: bytes) -> str:
@@ -48,6 +51,8 @@ class Claims:
     token_id: str
     role: str
     issued_ms: int = 0  # 0 for a token made before the claim existed: older than any cutoff
+    # the device's message id slot; NO_SLOT for a token made before slots existed (or a node's)
+    slot: int = NO_SLOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +168,14 @@ class TokenSigner:
     def check_read_tag(self, user_id: str, from_id: str, msg_id: int, tag: bytes) -> bool:
         return hmac.compare_digest(self.read_tag(user_id, from_id, msg_id), tag)
 
-    def issue(self, user_id: str, ttl: int, *, device_id: str = "", role: str = "user") -> str:
+    def issue(
+        self, user_id: str, ttl: int, *, device_id: str = "", role: str = "user", slot: int = 0
+    ) -> str:
+        """``slot``: the device's id slot, for user tokens (REST login allocates it)."""
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"id slot {slot} is not in 0..{SLOTS - 1}")
         now = time.time()
-        claims = {
+        claims: dict[str, str | int] = {
             "u": user_id,
             "d": device_id,
             "e": int(now) + ttl,
@@ -173,6 +183,8 @@ class TokenSigner:
             "r": role,
             "i": int(now * 1000),
         }
+        if role == "user":
+            claims["s"] = slot
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signed = f"{_PREFIX}.{payload}"
         return f"{signed}.{self._sig(signed.encode())}"
@@ -196,9 +208,12 @@ class TokenSigner:
                 str(raw["j"]),
                 raw["r"],
                 int(raw.get("i", 0)),
+                int(raw.get("s", NO_SLOT)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise AuthError(f"malformed token payload: {exc}") from None
+        if not (claims.slot == NO_SLOT or 0 <= claims.slot < SLOTS):
+            raise AuthError("malformed token payload: bad id slot")
         if claims.role != role:
             raise AuthError(f"token is for role {claims.role!r}, not {role!r}")
         if claims.expires <= (time.time() if now is None else now):

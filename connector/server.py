@@ -10,6 +10,11 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
   offline drain on login and live messages reach the device in one order: the drain is queued
   first, then the session is registered in ``user_status``, then drained once more (rows
   committed while it registered); a ``Drain`` from a transfer queues another drain in line;
+- a chat's id must carry the slot of the sender's token (common/ids.py), so two devices of one
+  user never make the same id; every chat then passes the message ledger (common/ledger.py): a
+  reuse of an id for other content is ``ID_REUSED``, a resend whose SENT was issued is answered
+  SENT again and goes no further, and nothing a client set in a server-stamped field
+  (``from_store``, ``read_tag``) survives the edge;
 - a FILE chat is accepted only if its file is the sender's upload with the size and checksum the
   message claims; accepting it records the recipient's right to download the file (the grant is
   written before the chat is forwarded, so the recipient can always fetch what it receives);
@@ -35,7 +40,8 @@ from common import health
 from common.admission import PreAuthLimits
 from common.config import Settings
 from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
-from common.ids import MessageIdGen, conversation_key
+from common.ids import MessageIdGen, conversation_key, slot_of
+from common.ledger import MemoryLedger, MessageLedger, Verdict, chat_digest
 from common.link import (
     Link,
     LinkClosed,
@@ -46,7 +52,7 @@ from common.link import (
     serve_links,
 )
 from common.tls import server_context
-from common.tokens import Claims, RevokedSet, TokenSigner
+from common.tokens import NO_SLOT, Claims, RevokedSet, TokenSigner
 from common.wslink import serve_ws_links
 from connector import rules
 from connector.rules import State
@@ -95,6 +101,8 @@ class Counters:
     errors: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     bounced: int = 0
+    duplicates: int = 0  # chats resent with an id the ledger knew (same message)
+    reused: int = 0  # chats refused as ID_REUSED
 
     def error(self, code_name: str) -> None:
         self.errors[code_name] = self.errors.get(code_name, 0) + 1
@@ -242,6 +250,12 @@ class ClientSession:
         bound = claims.device_id or "default"
         if device != bound:
             raise ProtocolError(f"token is for device {bound!r}", code=im_pb2.BAD_TOKEN, fatal=True)
+        if claims.slot == NO_SLOT:
+            # made before id slots: its device's ids could collide with another's. The client
+            # library logs in again after a refused GREET and gets a token with its slot.
+            raise ProtocolError(
+                "token has no message id slot: log in again", code=im_pb2.BAD_TOKEN, fatal=True
+            )
         if await self.c.is_revoked(claims):
             raise ProtocolError("token revoked", code=im_pb2.BAD_TOKEN, fatal=True)
         await self.c.check_devices(claims.user_id, device)
@@ -263,6 +277,7 @@ class ClientSession:
                     heartbeat_ms=int(s.heartbeat * 1000),
                     max_frame_bytes=s.max_frame,
                     window=s.window,
+                    id_slot=claims.slot,
                 )
             )
         )
@@ -279,14 +294,45 @@ class ClientSession:
         log.info("%s: online", self)
 
     async def _chat(self, env: im_pb2.Envelope) -> None:
-        chat = env.chat
+        out = fresh(env)
+        chat = out.chat
         rules.check_chat(self.user_id, chat, self.c.settings.max_frame - rules.ENVELOPE_HEADROOM)
+        assert self.claims is not None
+        if slot_of(chat.id) != self.claims.slot:
+            raise ProtocolError(
+                f"message id {chat.id} is of id slot {slot_of(chat.id)}, "
+                f"this device's is {self.claims.slot}"
+            )
+        # server-owned: the recipient's connector stamps these on each push
+        chat.from_store = False
+        chat.ClearField("read_tag")
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
         if chat.msg_type == im_pb2.FILE:
             await self._grant_file(chat)
-        await self.c.forward(fresh(env))
+        try:
+            verdict = await self.c.ledger.claim(
+                self.user_id, chat.id, chat.dest_id, chat_digest(chat)
+            )
+        except IMError as exc:
+            log.error("%s: message ledger unavailable: %s", self, exc)
+            raise ProtocolError(
+                "message ledger unavailable, retry later", code=im_pb2.INTERNAL
+            ) from None
+        if verdict is Verdict.REUSED:
+            self.c.counters.reused += 1
+            raise ProtocolError(
+                f"message id {chat.id} was used for another message", code=im_pb2.ID_REUSED
+            )
+        if verdict is Verdict.DONE:
+            # the sender missed its SENT: tell it again, and only it; nothing goes further
+            self.c.counters.duplicates += 1
+            self.push(_receipt(self.c, chat, im_pb2.SENT))
+            return
+        if verdict is Verdict.RESEND:
+            self.c.counters.duplicates += 1
+        await self.c.forward(out)
 
     async def _grant_file(self, chat: im_pb2.ChatMsg) -> None:
         f = chat.file
@@ -554,6 +600,7 @@ class Connector:
         revocations: RevocationBus | None = None,
         revocation_check: RevocationCheck | None = None,
         kicks: KickBus | None = None,
+        ledger: MessageLedger | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -563,6 +610,12 @@ class Connector:
         self.files = files  # None: every FILE chat is refused with NO_SUCH_FILE
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
+        # None: one of this connector's own (the embedded mode shares one with its transfer)
+        self.ledger: MessageLedger = (
+            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+            if ledger is None
+            else ledger
+        )
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings, node=True)
         # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET

@@ -61,8 +61,10 @@ class OfflineStore(Protocol):
         """Create or upgrade the ``im_offline`` table; safe to run twice."""
         ...
 
-    async def save(self, items: Sequence[OfflineItem]) -> None:
-        """Store items in one transaction; an identity already stored is not stored again."""
+    async def save(self, items: Sequence[OfflineItem]) -> Sequence[OfflineItem]:
+        """Store items in one transaction; an identity already stored is not stored again.
+        Returns the chats refused because their identity holds another message (same sender
+        and id, other content): a reused id, which must not be answered SENT."""
         ...
 
     async def drain(

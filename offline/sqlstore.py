@@ -13,6 +13,10 @@ Rules (DESIGN §5, §7):
   SIGKILL between the claim and the device's ack loses nothing; the client library dedupes;
 - order is the autoincrement ``id``, i.e. the order rows were first stored.
 - ``msg_id`` is a uint64 on the wire; it is stored as the signed BIGINT with the same 64 bits.
+- a chat row keeps the digest of its message (common/ledger.py, ``chat_digest``): a chat whose
+  identity is stored with another digest is a reuse of its id for other content, not a
+  duplicate; ``save`` leaves the stored row alone and returns it among the conflicts, and the
+  writer refuses it (no SENT) where the sender still waits for the answer.
 
 The schema is the component ``offline`` of :func:`common.db.apply_migrations`; version 1 is the
 first ``im_offline`` table, created ``IF NOT EXISTS`` so a database made before versions were
@@ -26,9 +30,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from common.db import Database, Row, apply_migrations, require_schema
 from common.errors import ConfigError
-from offline.base import OfflineItem
+from common.ledger import chat_digest
+from offline.base import KIND_CHAT, OfflineItem
+from proto import im_pb2
 
 ID_MAX_LEN = 64  # to_user_id / from_id: VARCHAR(64), like im_user's ids
 _U64 = 1 << 64
@@ -84,6 +92,11 @@ for _dialect in ("sqlite", "mysql"):
             "UPDATE im_offline SET has_read = 2 WHERE has_read = 1",
         ]
     )
+# step 3: the message digest of chat rows (empty for receipts and for rows older than the step)
+_STEPS["sqlite"].append(["ALTER TABLE im_offline ADD COLUMN digest BLOB NOT NULL DEFAULT x''"])
+_STEPS["mysql"].append(
+    ["ALTER TABLE im_offline ADD COLUMN digest VARBINARY(16) NOT NULL DEFAULT ''"]
+)
 
 
 def migrations(dialect: str) -> list[list[str]]:
@@ -94,16 +107,20 @@ def migrations(dialect: str) -> list[list[str]]:
         raise ConfigError(f"offline store: unsupported SQL dialect {dialect!r}") from None
 
 
-_COLUMNS = "to_user_id, from_id, msg_id, msg_type, content, created"
+_COLUMNS = "to_user_id, from_id, msg_id, msg_type, content, created, digest"
 # MySQL: "ON DUPLICATE KEY UPDATE id = id" ignores only a duplicate key; INSERT IGNORE would also
 # turn data errors (e.g. a too-long id) into silently truncated rows.
 _INSERT = {
-    "sqlite": f"INSERT OR IGNORE INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+    "sqlite": f"INSERT OR IGNORE INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
     "mysql": (
-        f"INSERT INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        f"INSERT INTO im_offline ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON DUPLICATE KEY UPDATE id = id"
     ),
 }
+# the stored digests of a batch's chats: one OR term per identity (each an index lookup)
+_IDENTITY = "(to_user_id = ? AND from_id = ? AND msg_id = ? AND msg_type = ?)"
+_DIGESTS = "SELECT to_user_id, from_id, msg_id, digest FROM im_offline WHERE {terms}"
+_DIGEST_CHUNK = 100
 _REARM = (
     "UPDATE im_offline SET has_read = 0"
     " WHERE to_user_id = ? AND from_id = ? AND msg_id = ? AND msg_type = ? AND has_read <> 0"
@@ -156,6 +173,16 @@ def _identity(item: OfflineItem) -> tuple[Any, ...]:
     return (item.to_user_id, item.from_id, _to_db_id(item.msg_id), item.kind)
 
 
+def _digest(item: OfflineItem) -> bytes:
+    """The chat's message digest; empty for a receipt (receipts of one identity are alike)."""
+    if item.kind != KIND_CHAT:
+        return b""
+    try:
+        return chat_digest(im_pb2.ChatMsg.FromString(item.content))
+    except DecodeError:
+        return b""
+
+
 class SQLOfflineStore:
     """:class:`offline.base.OfflineStore` on a :class:`common.db.Database`."""
 
@@ -171,23 +198,53 @@ class SQLOfflineStore:
         """Raise :class:`common.errors.ConfigError` if the schema is older than this code."""
         await require_schema(self._db, COMPONENT, len(self._steps))
 
-    async def save(self, items: Sequence[OfflineItem]) -> None:
-        """Insert new identities, re-arm existing rows of ``rearm`` items.
+    async def save(self, items: Sequence[OfflineItem]) -> list[OfflineItem]:
+        """Insert new identities, re-arm existing rows of ``rearm`` items; the chats whose
+        identity holds another message (their id reused for other content), which are neither
+        stored nor re-armed.
 
         Two statements when some item re-arms, so two transactions (the Database seam has no
         public multi-statement transaction); both are idempotent, and the writer acks only after
         both, so a crash in between is repaired by the queue's redelivery.
         """
         if not items:
-            return
+            return []
         now = int(time.time() * 1000)
+        digests = [_digest(it) for it in items]
         await self._db.executemany(
             _INSERT[self._db.dialect],
-            [(*_identity(it), bytes(it.content), now) for it in items],
+            [
+                (*_identity(it), bytes(it.content), now, d)
+                for it, d in zip(items, digests, strict=True)
+            ],
         )
-        rearm = [_identity(it) for it in items if it.rearm]
+        conflicts = await self._conflicts(
+            [(it, d) for it, d in zip(items, digests, strict=True) if d]
+        )
+        rearm = [_identity(it) for it in items if it.rearm and it not in conflicts]
         if rearm:
             await self._db.executemany(_REARM, rearm)
+        return conflicts
+
+    async def _conflicts(self, chats: list[tuple[OfflineItem, bytes]]) -> list[OfflineItem]:
+        """The chats whose stored row has another digest (a row from before digests has none:
+        it can't be told apart and counts as the same message)."""
+        out: list[OfflineItem] = []
+        for start in range(0, len(chats), _DIGEST_CHUNK):
+            chunk = chats[start : start + _DIGEST_CHUNK]
+            terms = " OR ".join(_IDENTITY for _ in chunk)
+            params = [v for it, _ in chunk for v in _identity(it)]
+            stored = {
+                (str(to), str(frm), _from_db_id(int(mid))): bytes(dig)
+                for to, frm, mid, dig in await self._db.fetchall(
+                    _DIGESTS.format(terms=terms), params
+                )
+            }
+            for it, digest in chunk:
+                have = stored.get((it.to_user_id, it.from_id, it.msg_id), b"")
+                if have and have != digest:
+                    out.append(it)
+        return out
 
     async def drain(
         self,

@@ -6,6 +6,12 @@ commit, so a crash at any point leaves the messages in the queue (G1). A failing
 never dropped. Only items that can never be stored are rejected, so one bad message can't wedge
 the queue. ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
 
+A chat the store refuses as a reused id (its identity holds another message) is logged and
+counted; where the publisher still waits for the verdict (the in-process queue: its SENT comes
+after the commit) the delivery holding it is rejected, so no SENT is given for it. With a broker
+the SENT was given at the broker's confirm; the message ledger refuses such a reuse before that,
+for as long as it remembers the id (docs/security.md).
+
 After a commit, and before the acks, ``notify`` (when given) is told whose rows were stored: with
 a durable broker the transfer's SENT came before this commit, so a recipient who came online
 meanwhile must be asked to drain again, or its rows would wait for its next login.
@@ -42,6 +48,7 @@ class OfflineWriter:
         self._backoff_max = backoff_max
         self._notify = notify
         self.stored = 0
+        self.conflicts = 0  # chats not stored: their id already named another message
 
     async def run(self) -> None:
         """Store batches until the queue is closed."""
@@ -64,7 +71,7 @@ class OfflineWriter:
         delay = self._backoff_start
         while True:
             try:
-                await self._store.save(items)
+                conflicts = await self._store.save(items)
                 break
             except BackendError as exc:
                 log.error(
@@ -84,7 +91,26 @@ class OfflineWriter:
                 # a missed drain request costs latency (the next login drains; a client that
                 # misses a message asks), never a message
                 log.exception("drain notification failed")
-        for delivery in accepted:
+        refused: set[int] = set()
+        for item in conflicts:
+            self.conflicts += 1
+            log.warning(
+                "offline chat %s/%d to %s not stored: that id holds another message",
+                item.from_id,
+                item.msg_id,
+                item.to_user_id,
+            )
+        if conflicts and self._queue.stored_on_publish:
+            for i, delivery in enumerate(accepted):
+                if any(item in conflicts for item in delivery.items):
+                    refused.add(i)
+                    try:
+                        await delivery.reject("message id reused for another message")
+                    except BackendError as exc:
+                        log.warning("offline reject failed: %s", exc)
+        for i, delivery in enumerate(accepted):
+            if i in refused:
+                continue
             try:
                 await delivery.ack()
             except BackendError as exc:

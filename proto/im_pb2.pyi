@@ -49,6 +49,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOT_RECEIVED: _ClassVar[ErrorCode]
     TOO_MANY_DEVICES: _ClassVar[ErrorCode]
     REPLACED: _ClassVar[ErrorCode]
+    ID_REUSED: _ClassVar[ErrorCode]
 DEST_TYPE_UNSPECIFIED: DestType
 SINGLE: DestType
 GROUP: DestType
@@ -80,6 +81,7 @@ NO_SUCH_FILE: ErrorCode
 NOT_RECEIVED: ErrorCode
 TOO_MANY_DEVICES: ErrorCode
 REPLACED: ErrorCode
+ID_REUSED: ErrorCode
 
 class Greet(_message.Message):
     __slots__ = ("token", "device_id", "node_id")
@@ -92,18 +94,20 @@ class Greet(_message.Message):
     def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("user_id", "node_id", "heartbeat_ms", "max_frame_bytes", "window")
+    __slots__ = ("user_id", "node_id", "heartbeat_ms", "max_frame_bytes", "window", "id_slot")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ID_SLOT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     node_id: str
     heartbeat_ms: int
     max_frame_bytes: int
     window: int
-    def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ...) -> None: ...
+    id_slot: int
+    def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ..., id_slot: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
     __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor", "from_store")

@@ -50,6 +50,7 @@ from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
 from rest_web import ops_routes
+from rest_web.devices import DeviceSlots, SlotsExhausted
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
 from rest_web.passwords import hash_password, verify_password
@@ -108,6 +109,7 @@ class LoginOut(BaseModel):
     connectors: list[str] = Field(description="every connector, to fall back on")
     tls: bool = Field(False, description="the connectors speak TLS: connect with it, verifying")
     friends: list[FriendOut]
+    slot: int = Field(0, description="this device's message id slot, 0..63 (docs/protocol.md)")
 
 
 class PasswordIn(BaseModel):
@@ -118,6 +120,7 @@ class PasswordIn(BaseModel):
 class PasswordOut(BaseModel):
     token: str = Field(description="a fresh token for this device; every older one is revoked")
     expires_at: int = Field(description="token expiry, unix seconds")
+    slot: int = Field(0, description="this device's message id slot, as at login")
 
 
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -226,6 +229,7 @@ def create_app(
     readiness: Readiness | None = None,
     hooks: Webhooks | None = None,
     admin: admin_routes.AdminDeps | None = None,
+    devices: DeviceSlots | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
@@ -234,7 +238,8 @@ def create_app(
     nobody, for a REST process without connectors to tell); ``throttle`` counts failed logins
     (default: one from the settings); ``readiness`` answers /readyz (default: a database
     ping); ``hooks`` gets user.registered and friend.accepted; ``admin`` adds /admin (and
-    refuses logins of disabled accounts)."""
+    refuses logins of disabled accounts); ``devices`` hands out message id slots (default: a
+    table beside ``store``'s, created at first use)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -252,6 +257,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_body=settings.rest_max_body, exempt=frozenset({"/files"}))
     if logins is None:
         logins = Login(BuiltinLogin(store), store)
+    slots = devices or DeviceSlots(store.database, auto_migrate=True)
 
     connectors_of = connector_source or static_connectors(settings)
     login_count = itertools.count()
@@ -335,6 +341,7 @@ def create_app(
         tags=["users"],
         responses={
             401: {"model": ErrorOut, "description": "unknown user or wrong password"},
+            409: {"model": ErrorOut, "description": "64 devices logged in within a token lifetime"},
             **_TOO_MANY,
             503: {"model": ErrorOut, "description": "login provider, storage or connectors down"},
         },
@@ -354,7 +361,11 @@ def create_app(
         connectors = sorted(await connectors_of())
         if not connectors:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no connector is up")
-        token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id)
+        try:
+            slot = await slots.slot_for(user_id, body.device_id, settings.token_ttl)
+        except SlotsExhausted as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        token = signer.issue(user_id, settings.token_ttl, device_id=body.device_id, slot=slot)
         # checked after issuing: a disable that lands meanwhile has set its cutoff after this
         # token was made, so the token is refused either way (rest_web/admin.py)
         if admin is not None and await admin.store.is_disabled(user_id):
@@ -371,6 +382,7 @@ def create_app(
             connectors=connectors,
             friends=[FriendOut(user_id=f, key=k) for f, k in friends],
             tls=bool(settings.tls_cert),
+            slot=slot,
         )
 
     @app.post(
@@ -389,6 +401,7 @@ def create_app(
         responses={
             **_UNAUTHORIZED,
             403: {"model": ErrorOut, "description": "old password is wrong"},
+            409: {"model": ErrorOut, "description": "64 devices logged in within a token lifetime"},
             **_TOO_MANY,
         },
     )
@@ -418,8 +431,13 @@ def create_app(
         until = cutoff // 1000 + settings.token_ttl + 1
         await store.set_cutoff(me.user_id, cutoff, until)
         await publish(Revocation(expires=until, user_id=me.user_id, before_ms=cutoff))
-        token = signer.issue(me.user_id, settings.token_ttl, device_id=me.device_id)
-        return PasswordOut(token=token, expires_at=signer.verify(token).expires)
+        # the device's slot from the table, so a token from before slots gets one too
+        try:
+            slot = await slots.slot_for(me.user_id, me.device_id, settings.token_ttl)
+        except SlotsExhausted as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        token = signer.issue(me.user_id, settings.token_ttl, device_id=me.device_id, slot=slot)
+        return PasswordOut(token=token, expires_at=signer.verify(token).expires, slot=slot)
 
     @app.get("/friends", tags=["friends"], responses=_UNAUTHORIZED)
     async def list_friends(me: Caller) -> list[FriendOut]:
@@ -492,15 +510,18 @@ async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Log
     try:
         store = UserStore(db)
         files = FileService.from_settings(settings, db)
+        devices = DeviceSlots(db)
         if db.dialect == "sqlite":
             await store.migrate()
             await files.migrate()
+            await devices.migrate()
         else:
             await store.check_schema()
             await files.check_schema()
+            await devices.check_schema()
         login = await open_login(settings, store, db)
         signer = TokenSigner(settings.signing_secret())
-        app = create_app(settings, store, signer, files=files, logins=login)
+        app = create_app(settings, store, signer, files=files, logins=login, devices=devices)
     except BaseException:
         await db.close()
         raise

@@ -163,6 +163,11 @@ class UserStore:
         """Raise :class:`common.errors.ConfigError` if the schema is older than this code."""
         await require_schema(self._db, COMPONENT, len(self._steps))
 
+    @property
+    def database(self) -> Database:
+        """The database under the store, for tables kept beside it (rest_web/devices.py)."""
+        return self._db
+
     async def ping(self) -> None:
         """Raise :class:`common.errors.BackendError` if the database does not answer."""
         await self._db.fetchone("SELECT 1")

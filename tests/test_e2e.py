@@ -276,9 +276,9 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
         await mallory._link.send(raw_chat(99, "alice", "bob"))  # claims to be alice
         err = await expect(mallory, ServerError)
         assert err.code == "SPOOFED_SENDER" and err.msg_id == 99  # type: ignore[attr-defined]
-        await mallory._link.send(raw_chat(100, "mallory", "bob"))  # not a friend of bob
+        await mallory._link.send(raw_chat(60, "mallory", "bob"))  # not a friend of bob
         err = await expect(mallory, ServerError)
-        assert err.code == "NOT_FRIEND" and err.msg_id == 100  # type: ignore[attr-defined]
+        assert err.code == "NOT_FRIEND" and err.msg_id == 60  # type: ignore[attr-defined]
         assert mallory.connected  # refused, not disconnected
         # bob got nothing from either, and a real message still flows
         mid = await carol.send_text("bob", "real")

@@ -199,18 +199,18 @@ async def test_file_chats_naming_files_not_the_senders_are_refused_and_not_deliv
         make_file(tmp_path / "alices", 1000)
         own = await alice.rest.upload(_body((tmp_path / "alices").read_bytes()), 1000)
         cases = {
-            101: (im_pb2.FileRef(id="Z" * 22, size=1000, checksum="0" * 64), "NO_SUCH_FILE"),
-            102: (
+            51: (im_pb2.FileRef(id="Z" * 22, size=1000, checksum="0" * 64), "NO_SUCH_FILE"),
+            52: (
                 im_pb2.FileRef(id=up.file_id, size=up.size, checksum=up.checksum),
                 "NO_SUCH_FILE",
             ),
-            103: (
+            53: (
                 im_pb2.FileRef(id=own.file_id, size=own.size + 1, checksum=own.checksum),
                 "NO_SUCH_FILE",
             ),
-            104: (im_pb2.FileRef(id=own.file_id, size=own.size, checksum="f" * 64), "NO_SUCH_FILE"),
-            105: (im_pb2.FileRef(id="../../etc/passwd", size=1, checksum="0" * 64), "BAD_MESSAGE"),
-            106: (None, "BAD_MESSAGE"),
+            54: (im_pb2.FileRef(id=own.file_id, size=own.size, checksum="f" * 64), "NO_SUCH_FILE"),
+            55: (im_pb2.FileRef(id="../../etc/passwd", size=1, checksum="0" * 64), "BAD_MESSAGE"),
+            56: (None, "BAD_MESSAGE"),
         }
         assert alice._link is not None
         for mid, (ref, code) in cases.items():
@@ -219,9 +219,9 @@ async def test_file_chats_naming_files_not_the_senders_are_refused_and_not_deliv
             assert (err.code, err.msg_id) == (code, mid)  # type: ignore[attr-defined]
         # a TEXT chat may not carry a file reference
         ref = im_pb2.FileRef(id=own.file_id, size=own.size, checksum=own.checksum)
-        await alice._link.send(file_chat(107, ref, im_pb2.TEXT))
+        await alice._link.send(file_chat(57, ref, im_pb2.TEXT))
         err = await expect(alice, ServerError)
-        assert (err.code, err.msg_id) == ("BAD_MESSAGE", 107)  # type: ignore[attr-defined]
+        assert (err.code, err.msg_id) == ("BAD_MESSAGE", 57)  # type: ignore[attr-defined]
         assert alice.connected
         # bob got none of them, and may not download carol's file
         async with httpx.AsyncClient(base_url=rest_url(stack)) as http:

@@ -181,7 +181,12 @@ async def test_concurrent_drains_never_share_a_row(store: SQLOfflineStore, db_ur
 async def test_table_from_before_schema_versions_migrates(db: Database) -> None:
     await db.script(migrations(db.dialect)[0])  # what migrate() ran before versions were kept
     legacy = SQLOfflineStore(db)
-    await legacy.save([chat("bob", "alice", 1)])
+    old = chat("bob", "alice", 1)  # a row as that release wrote it
+    await db.execute(
+        "INSERT INTO im_offline (to_user_id, from_id, msg_id, msg_type, content, created)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (old.to_user_id, old.from_id, old.msg_id, old.kind, old.content, 0),
+    )
     with pytest.raises(ConfigError, match=r"schema 'offline' is at version 0, .*`im migrate`"):
         await legacy.check_schema()
     await legacy.migrate()
@@ -224,7 +229,7 @@ class FlakyStore:
     async def migrate(self) -> None:
         pass
 
-    async def save(self, items: Sequence[OfflineItem]) -> None:
+    async def save(self, items: Sequence[OfflineItem]) -> list[OfflineItem]:
         self.calls.append(list(items))
         if len(self.calls) >= 2:
             self.retried.set()
@@ -232,6 +237,7 @@ class FlakyStore:
             self.failures -= 1
             raise BackendError("fake", "down")
         self.saved += items
+        return []
 
     async def drain(
         self,

@@ -231,8 +231,10 @@ async def test_login_answer(client: httpx.AsyncClient, signer: TokenSigner) -> N
         "connectors",
         "friends",
         "tls",
+        "slot",
     }
     assert body["tls"] is False
+    assert body["slot"] == 0  # the user's first device
     assert body["user_id"] == "alice"
     assert body["connectors"] == ["c1.example:9081", "c2.example:9091"]
     assert body["connector"] in body["connectors"]

@@ -733,14 +733,14 @@ async def test_unknown_fields_are_dropped_at_the_edge(stack: Stack) -> None:
     bob._on_chat = record  # type: ignore[method-assign]
     try:
         assert alice._link is not None
-        body = seal(alice.friends["bob"], 77, "alice", "bob", b"padded")
-        chat = raw_chat(77, "alice", "bob", body).chat
+        body = seal(alice.friends["bob"], 57, "alice", "bob", b"padded")
+        chat = raw_chat(57, "alice", "bob", body).chat
         padding = b"\xa2\x06\x82\x01" + b"p" * 130  # field 100, length-delimited, 130 bytes
         padded = im_pb2.ChatMsg.FromString(chat.SerializeToString() + padding)
         assert padding in padded.SerializeToString()  # protobuf keeps what it doesn't know
         await alice._link.send(im_pb2.Envelope(chat=padded))
         msg = await expect(bob, Message)
-        assert isinstance(msg, Message) and msg.msg_id == 77 and msg.text == "padded"
+        assert isinstance(msg, Message) and msg.msg_id == 57 and msg.text == "padded"
         assert seen and all(b"p" * 130 not in s for s in seen)
     finally:
         await alice.close()

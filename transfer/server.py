@@ -11,7 +11,10 @@ Rules it keeps:
   ``Drain`` so the row is not stranded until its next login (the hole in the seed's version);
   with RabbitMQ the row is committed later, and the writer asks for that drain itself;
 - routing lookups go through a cache that a user's move invalidates (user_status/cache.py);
-- a connector link that dies with frames unacked: those are stored offline.
+- a connector link that dies with frames unacked: those are stored offline;
+- each SENT, DELIVERED and READ of a message goes to its sender once (the message ledger,
+  common/ledger.py): a second recipient device's SENT, a replayed READ are dropped here, and a
+  dropped DELIVERED or READ is answered ACCEPTED, so the device that sent it stops resending.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from common.config import Settings
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
+from common.ledger import MemoryLedger, MessageLedger
 from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, serve_links
 from common.tokens import TokenSigner
 from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
@@ -176,11 +180,20 @@ class Transfer:
         status: StatusBackend,
         queue: OfflineQueue,
         signer: TokenSigner,
+        *,
+        ledger: MessageLedger | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
         self.queue = queue
         self.signer = signer
+        # None: one of this transfer's own (the embedded mode shares one with its connector)
+        self.ledger: MessageLedger = (
+            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
+            if ledger is None
+            else ledger
+        )
+        self.receipts_dropped = 0  # repeats of a receipt already forwarded
         self.node_id = settings.name(settings.transfer_port)
         self.ids = MessageIdGen()
         self.serial = KeyedSerial()
@@ -221,9 +234,38 @@ class Transfer:
                 delay *= 2
         raise AssertionError("unreachable")
 
+    async def _repeated(self, ack: im_pb2.AckMsg) -> bool:
+        """True if this receipt already went to the sender (and is to be dropped). A ledger
+        that does not answer lets it through: a second receipt beats a lost one."""
+        if ack.ack_type not in (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ):
+            return False
+        try:
+            first = await self.ledger.first_receipt(
+                ack.dest_id, ack.ack_msg_id, ack.from_id, ack.ack_type
+            )
+        except IMError as exc:
+            log.warning("message ledger unavailable, receipt forwarded unchecked: %s", exc)
+            return False
+        if first:
+            return False
+        self.receipts_dropped += 1
+        if ack.ack_type != im_pb2.SENT:
+            # a client's receipt: taken (it needs no second delivery), so say so
+            accepted = im_pb2.AckMsg(
+                id=self.ids(),
+                from_id=ack.dest_id,
+                dest_id=ack.from_id,
+                ack_type=im_pb2.ACCEPTED,
+                ack_msg_id=ack.id,
+            )
+            await self.route(im_pb2.Envelope(ack=accepted))
+        return True
+
     async def route(self, env: im_pb2.Envelope) -> None:
         """Forward to every connector holding the destination, or store offline."""
         body = env.chat if env.WhichOneof("body") == "chat" else env.ack
+        if isinstance(body, im_pb2.AckMsg) and await self._repeated(body):
+            return
         devices = await self._lookup(body.dest_id)
         sent = False
         for node in set(devices.values()):
