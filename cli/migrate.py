@@ -17,6 +17,8 @@ from rest_web import admin_store
 from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
 from rest_web.store import UserStore
+from timeline import schema as timeline_schema
+from timeline.store import SQLTimelineStore
 
 
 async def run_migrate(settings: Settings) -> list[str]:
@@ -30,11 +32,14 @@ async def run_migrate(settings: Settings) -> list[str]:
     db = await open_database(url, pool_size=1)
     try:
         lines: list[str] = []
-        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore]] = [
+        components: list[
+            tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore | SQLTimelineStore]
+        ] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
             (admin_store.COMPONENT, AdminStore(db)),
+            (timeline_schema.COMPONENT, SQLTimelineStore(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 import offline
+import timeline
 import user_status
 from cli.ops import Ops
 from common.config import Settings
@@ -29,6 +30,8 @@ from connector.server import Connector
 from offline.base import OfflineQueue
 from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
+from timeline import TimelineQueue, TimelineWriter
+from timeline.store import SQLTimelineStore
 from rest_web.app import create_app
 from rest_web.files import FileService
 from rest_web.login import Login, open_login
@@ -62,6 +65,7 @@ class Stack:
     db: Database | None = None
     status: StatusBackend | None = None
     queue: OfflineQueue | None = None
+    timeline: TimelineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
     revocations: RevocationBus | None = None
@@ -79,13 +83,14 @@ class Stack:
         users = UserStore(self.db)
         store = SQLOfflineStore(self.db)
         files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
+        timeline_store = SQLTimelineStore(self.db)
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            for component in (users, store, files):
+            for component in (users, store, files, timeline_store):
                 await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            for component in (users, store, files):
+            for component in (users, store, files, timeline_store):
                 await component.check_schema()
         self.ops = Ops(s, self.roles)
         await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
@@ -95,6 +100,7 @@ class Stack:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
             self.queue = await offline.create_queue(s)
+            self.timeline = await timeline.create_queue(s)
         if self.roles & {"rest", "connector"}:
             # REST publishes logouts and password changes, connectors close what they cover:
             # on Redis across the cluster, in-process when both run here
@@ -105,9 +111,12 @@ class Stack:
                 notify = functools.partial(_request_drains, self.status)
             writer = OfflineWriter(self.queue, store, notify=notify)
             self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
+        if "writer" in self.roles and self.timeline is not None:
+            appender = TimelineWriter(self.timeline, timeline_store)
+            self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
         if "transfer" in self.roles:
             assert self.status is not None and self.queue is not None
-            self.transfer = Transfer(s, self.status, self.queue, signer)
+            self.transfer = Transfer(s, self.status, self.queue, signer, self.timeline)
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -204,6 +213,8 @@ class Stack:
                 await asyncio.wait_for(asyncio.shield(self._rest_task), 5)
         if self.queue is not None:
             await self.queue.close()
+        if self.timeline is not None:
+            await self.timeline.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

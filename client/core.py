@@ -99,6 +99,11 @@ class Message:
     create_time: int
     file: FileInfo | None = None  # FILE messages only: pass the message to IMClient.download
     read_tag: bytes = b""  # the connector's proof that we were given it; echoed in receipts
+    # its place in the conversation's timeline, as the server committed it (0: a server that
+    # keeps no timeline)
+    conv_id: str = ""
+    seq: int = 0
+    server_time: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,9 +559,11 @@ class IMClient:
         return out
 
     async def send_read(self, msg: Message) -> None:
-        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ, msg.read_tag)
+        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ, msg.read_tag, msg.seq)
 
-    async def _receipt(self, to: str, chat_id: int, kind: im_pb2.AckType, read_tag: bytes) -> None:
+    async def _receipt(
+        self, to: str, chat_id: int, kind: im_pb2.AckType, read_tag: bytes, seq: int = 0
+    ) -> None:
         receipt_id = self._ids()
         ack = im_pb2.AckMsg(
             id=receipt_id,
@@ -565,6 +572,7 @@ class IMClient:
             ack_type=kind,
             ack_msg_id=chat_id,
             read_tag=read_tag,
+            seq=seq,
         )
         # receipts never wait for room: they are made while reading, and waiting there would
         # stop the very reading that frees the room
@@ -596,6 +604,12 @@ class IMClient:
                 self._link_lost.set()
             if e.code in FINAL_ERRORS and e.ref_seq and link is self._link:
                 self._give_up(e.ref_seq)
+            elif e.code == im_pb2.ID_REUSED and e.ref_msg_id in self._outbox:
+                # the timeline holds another message under this id: resending can't help
+                refused = self._outbox[e.ref_msg_id]
+                self._confirm(e.ref_msg_id)
+                if refused.is_chat:
+                    self._delivered(refused.env.chat.dest_id, e.ref_msg_id)
             await self._events.put(
                 ServerError(im_pb2.ErrorCode.Name(e.code), e.detail, e.ref_msg_id)
             )
@@ -654,6 +668,9 @@ class IMClient:
                 chat.create_time,
                 file,
                 chat.read_tag,
+                chat.conv_id,
+                chat.seq,
+                chat.server_time,
             ),
         )
 

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     def connectors(self) -> list[tuple[str, int]]:
         return _addr_list(self.connector_addrs or f"{self.bind_host}:{self.connector_port}")
 
+    def timeline_queue(self) -> str:
+        """The timeline write queue's name (and its shards'): beside the offline queue's."""
+        return f"{self.amqp_queue}.tl"
+
     def sqlite_path(self) -> Path:
         return self.data_dir / "im.db"
 

@@ -172,20 +172,22 @@ class FileBody(_message.Message):
     def __init__(self, file_id: _Optional[str] = ..., checksum: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., key: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class AckMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag")
+    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag", "seq")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACK_MSG_ID_FIELD_NUMBER: _ClassVar[int]
     READ_TAG_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
     ack_type: AckType
     ack_msg_id: int
     read_tag: bytes
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
+    seq: int
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("seq",)

@@ -1,1 +1,30 @@
 """Conversations as durable timelines (issue 13): the store, the write queue, the writer."""
+
+from __future__ import annotations
+
+from common.config import Settings
+from timeline.amqpqueue import AmqpTimelineQueue
+from timeline.memqueue import MemoryTimelineQueue
+from timeline.queue import TimelineQueue
+from timeline.writer import TimelineWriter
+
+__all__ = [
+    "AmqpTimelineQueue",
+    "MemoryTimelineQueue",
+    "TimelineQueue",
+    "TimelineWriter",
+    "create_queue",
+]
+
+
+async def create_queue(settings: Settings) -> TimelineQueue:
+    """RabbitMQ when ``settings.amqp_url`` is set (connected and declared here, so a dead broker
+    fails the start with a clear error), else the in-process queue."""
+    if settings.amqp_url:
+        return await AmqpTimelineQueue.connect(
+            settings.amqp_url,
+            name=settings.timeline_queue(),
+            shards=settings.amqp_shards,
+            prefetch=settings.amqp_prefetch,
+        )
+    return MemoryTimelineQueue()
