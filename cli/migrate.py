@@ -1,8 +1,9 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``offline.sqlstore`` the offline rows); this only runs them, in one place an operator can call
-before starting a new release. Safe to run again, and from several hosts at once.
+``offline.sqlstore`` the offline rows, ``timeline.schema`` the timelines); this only runs them,
+in one place an operator can call before starting a new release. Safe to run again, and from
+several hosts at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from rest_web import admin_store
 from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
 from rest_web.store import UserStore
+from timeline import schema as timeline_schema
+from timeline.store import SQLTimelineStore
 
 
 async def run_migrate(settings: Settings) -> list[str]:
@@ -30,11 +33,14 @@ async def run_migrate(settings: Settings) -> list[str]:
     db = await open_database(url, pool_size=1)
     try:
         lines: list[str] = []
-        components: list[tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore]] = [
+        components: list[
+            tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore | SQLTimelineStore]
+        ] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
             (admin_store.COMPONENT, AdminStore(db)),
+            (timeline_schema.COMPONENT, SQLTimelineStore(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

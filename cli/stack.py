@@ -33,6 +33,7 @@ from rest_web.app import create_app
 from rest_web.files import FileService
 from rest_web.login import Login, open_login
 from rest_web.store import UserStore
+from timeline.store import SQLTimelineStore
 from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
@@ -79,13 +80,14 @@ class Stack:
         users = UserStore(self.db)
         store = SQLOfflineStore(self.db)
         files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
+        timeline = SQLTimelineStore(self.db)  # REST reads history (issue 13: written in step 2)
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            for component in (users, store, files):
+            for component in (users, store, files, timeline):
                 await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            for component in (users, store, files):
+            for component in (users, store, files, timeline):
                 await component.check_schema()
         self.ops = Ops(s, self.roles)
         await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
@@ -146,6 +148,7 @@ class Stack:
                 readiness=self.ops.readiness,
                 hooks=self.ops.hooks,
                 admin=self.ops.admin_deps(self.status, file_service.blobs),
+                timeline=timeline,
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(

@@ -27,6 +27,7 @@ from common.db import (
 from common.errors import BackendError, ConfigError
 from offline.sqlstore import SQLOfflineStore
 from rest_web.store import UserStore
+from timeline.store import SQLTimelineStore
 
 _MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
@@ -294,12 +295,14 @@ MIGRATED = [
     "offline: version 0 -> 2",
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
+    "timeline: version 0 -> 1",
 ]
 UP_TO_DATE = [
     "users: version 3 (up to date)",
     "offline: version 2 (up to date)",
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",
+    "timeline: version 1 (up to date)",
 ]
 
 
@@ -312,6 +315,7 @@ async def test_run_migrate_twice_on_sqlite(tmp_path: Path) -> None:
     try:
         await UserStore(db).check_schema()
         await SQLOfflineStore(db).check_schema()
+        await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()
 
@@ -349,6 +353,7 @@ async def test_run_migrate_twice_on_mysql_creates_the_database(
         ) == ("utf8mb4", "utf8mb4_bin")
         await UserStore(db).check_schema()
         await SQLOfflineStore(db).check_schema()
+        await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()
 
