@@ -1,8 +1,9 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``offline.sqlstore`` the offline rows); this only runs them, in one place an operator can call
-before starting a new release. Safe to run again, and from several hosts at once.
+``offline.sqlstore`` the offline rows, ``timeline.schema`` the timelines); this only runs them,
+in one place an operator can call before starting a new release. Safe to run again, and from
+several hosts at once.
 """
 
 from __future__ import annotations

@@ -30,12 +30,12 @@ from connector.server import Connector
 from offline.base import OfflineQueue
 from offline.sqlstore import SQLOfflineStore
 from offline.writer import OfflineWriter
-from timeline import TimelineQueue, TimelineWriter
-from timeline.store import SQLTimelineStore
 from rest_web.app import create_app
 from rest_web.files import FileService
 from rest_web.login import Login, open_login
 from rest_web.store import UserStore
+from timeline import TimelineQueue, TimelineWriter
+from timeline.store import SQLTimelineStore
 from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
@@ -155,6 +155,7 @@ class Stack:
                 readiness=self.ops.readiness,
                 hooks=self.ops.hooks,
                 admin=self.ops.admin_deps(self.status, file_service.blobs),
+                timeline=timeline_store,
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         description="what deleting an account does to the messages it sent: kept for the "
         "others as from a deleted user, or deleted",
     )
+    timeline_retention_days: int = Field(
+        0, ge=0, description="days a message stays in its timeline; 0: kept for good"
+    )
     webhook_url: str = Field("", description="where signed event POSTs go; empty: off")
     webhook_secret: str = Field("", description="HMAC-SHA256 key of the signature header")
     webhook_timeout: float = Field(5 * SECONDS, gt=0, description="per delivery attempt")

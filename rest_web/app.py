@@ -50,12 +50,14 @@ from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
 from rest_web import ops_routes
+from rest_web import timeline_routes as history_routes
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
 from rest_web.passwords import hash_password, verify_password
 from rest_web.static_app import mount_webapp
 from rest_web.store import UserStore
 from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
+from timeline.store import SQLTimelineStore, TimelineStore
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ def create_app(
     readiness: Readiness | None = None,
     hooks: Webhooks | None = None,
     admin: admin_routes.AdminDeps | None = None,
+    timeline: TimelineStore | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
@@ -234,7 +237,7 @@ def create_app(
     nobody, for a REST process without connectors to tell); ``throttle`` counts failed logins
     (default: one from the settings); ``readiness`` answers /readyz (default: a database
     ping); ``hooks`` gets user.registered and friend.accepted; ``admin`` adds /admin (and
-    refuses logins of disabled accounts)."""
+    refuses logins of disabled accounts); ``timeline`` serves /conversations (503 without)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -467,6 +470,7 @@ def create_app(
         if not await store.remove_relation(me.user_id, friend_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
 
+    history_routes.add_routes(app, caller, timeline)
     if files is not None:
         file_routes.add_routes(app, caller, files)
     if admin is not None:
@@ -492,15 +496,18 @@ async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Log
     try:
         store = UserStore(db)
         files = FileService.from_settings(settings, db)
+        timeline = SQLTimelineStore(db)
         if db.dialect == "sqlite":
             await store.migrate()
             await files.migrate()
+            await timeline.migrate()
         else:
             await store.check_schema()
             await files.check_schema()
+            await timeline.check_schema()
         login = await open_login(settings, store, db)
         signer = TokenSigner(settings.signing_secret())
-        app = create_app(settings, store, signer, files=files, logins=login)
+        app = create_app(settings, store, signer, files=files, logins=login, timeline=timeline)
     except BaseException:
         await db.close()
         raise

@@ -8,7 +8,6 @@ SENT is lost, and traffic flows again once the service is back, with no restart.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid

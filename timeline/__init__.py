@@ -1,17 +1,28 @@
-"""Conversations as durable timelines (issue 13): the store, the write queue, the writer."""
+"""Durable per-conversation timelines (issue 13): messages at server-assigned seqs, members'
+cursors; the store, the write queue, the writer."""
 
 from __future__ import annotations
 
 from common.config import Settings
 from timeline.amqpqueue import AmqpTimelineQueue
 from timeline.memqueue import MemoryTimelineQueue
+from timeline.memstore import MemoryTimelineStore
+from timeline.model import AppendResult, ConvSummary, Entry, NewMessage
 from timeline.queue import TimelineQueue
+from timeline.store import SQLTimelineStore, TimelineStore
 from timeline.writer import TimelineWriter
 
 __all__ = [
     "AmqpTimelineQueue",
+    "AppendResult",
+    "ConvSummary",
+    "Entry",
     "MemoryTimelineQueue",
+    "MemoryTimelineStore",
+    "NewMessage",
+    "SQLTimelineStore",
     "TimelineQueue",
+    "TimelineStore",
     "TimelineWriter",
     "create_queue",
 ]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
 class Appender(Protocol):
     """What the writer needs of the timeline store."""
 
