@@ -206,9 +206,10 @@ async def cleanup(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         conn = await amqpconn.connect(settings.amqp_url, timeout=5)  # one node or several
         channel = await conn.channel()
-        for i in range(settings.amqp_shards):
-            await channel.queue_delete(f"{settings.amqp_queue}.{i}")
-        await channel.queue_delete(f"{settings.amqp_queue}.dead")
+        for name in (settings.amqp_queue, settings.timeline_queue()):
+            for i in range(settings.amqp_shards):
+                await channel.queue_delete(f"{name}.{i}")
+            await channel.queue_delete(f"{name}.dead")
         await conn.close()
     with contextlib.suppress(Exception):
         params = MySQLParams.from_url(settings.database_url)

@@ -1,9 +1,9 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``offline.sqlstore`` the offline rows, ``rest_web.devices`` the message id slots); this only
-runs them, in one place an operator can call before starting a new release. Safe to run again,
-and from several hosts at once.
+``offline.sqlstore`` the offline rows, ``rest_web.devices`` the message id slots,
+``timeline.schema`` the timelines); this only runs them, in one place an operator can call
+before starting a new release. Safe to run again, and from several hosts at once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
 from rest_web.devices import DeviceSlots
 from rest_web.store import UserStore
+from timeline import schema as timeline_schema
+from timeline.store import SQLTimelineStore
 
 
 async def run_migrate(settings: Settings) -> list[str]:
@@ -33,13 +35,22 @@ async def run_migrate(settings: Settings) -> list[str]:
     try:
         lines: list[str] = []
         components: list[
-            tuple[str, UserStore | SQLOfflineStore | FileStore | AdminStore | DeviceSlots]
+            tuple[
+                str,
+                UserStore
+                | SQLOfflineStore
+                | FileStore
+                | AdminStore
+                | DeviceSlots
+                | SQLTimelineStore,
+            ]
         ] = [
             (userstore.COMPONENT, UserStore(db)),
             (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
             (admin_store.COMPONENT, AdminStore(db)),
             (devices.COMPONENT, DeviceSlots(db)),
+            (timeline_schema.COMPONENT, SQLTimelineStore(db)),
         ]
         for name, store in components:
             before = await schema_version(db, name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 import offline
+import timeline
 import user_status
 from cli.ops import Ops
 from common.config import Settings
@@ -35,6 +36,8 @@ from rest_web.devices import DeviceSlots
 from rest_web.files import FileService
 from rest_web.login import Login, open_login
 from rest_web.store import UserStore
+from timeline import TimelineQueue, TimelineWriter
+from timeline.store import SQLTimelineStore
 from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
@@ -64,6 +67,7 @@ class Stack:
     db: Database | None = None
     status: StatusBackend | None = None
     queue: OfflineQueue | None = None
+    timeline: TimelineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
     revocations: RevocationBus | None = None
@@ -83,13 +87,14 @@ class Stack:
         store = SQLOfflineStore(self.db)
         files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
         devices = DeviceSlots(self.db)  # message id slots, handed out at REST login
+        timeline_store = SQLTimelineStore(self.db)
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            for component in (users, store, files, devices):
+            for component in (users, store, files, devices, timeline_store):
                 await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            for component in (users, store, files, devices):
+            for component in (users, store, files, devices, timeline_store):
                 await component.check_schema()
         self.ops = Ops(s, self.roles)
         await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
@@ -99,6 +104,7 @@ class Stack:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
             self.queue = await offline.create_queue(s)
+            self.timeline = await timeline.create_queue(s)
         if self.roles & {"rest", "connector"}:
             # REST publishes logouts and password changes, connectors close what they cover:
             # on Redis across the cluster, in-process when both run here
@@ -112,9 +118,14 @@ class Stack:
                 notify = functools.partial(_request_drains, self.status)
             writer = OfflineWriter(self.queue, store, notify=notify)
             self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
+        if "writer" in self.roles and self.timeline is not None:
+            appender = TimelineWriter(self.timeline, timeline_store)
+            self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
         if "transfer" in self.roles:
             assert self.status is not None and self.queue is not None
-            self.transfer = Transfer(s, self.status, self.queue, signer, ledger=self.ledger)
+            self.transfer = Transfer(
+                s, self.status, self.queue, signer, self.timeline, ledger=self.ledger
+            )
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -155,6 +166,7 @@ class Stack:
                 hooks=self.ops.hooks,
                 admin=self.ops.admin_deps(self.status, file_service.blobs),
                 devices=devices,
+                timeline=timeline_store,
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
@@ -213,6 +225,8 @@ class Stack:
                 await asyncio.wait_for(asyncio.shield(self._rest_task), 5)
         if self.queue is not None:
             await self.queue.close()
+        if self.timeline is not None:
+            await self.timeline.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

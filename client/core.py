@@ -50,6 +50,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from client.files import FileInfo, download_file, upload_file
+from client.history import Conversation, StoredChat
 from client.order import DEFAULT_HOLD, StreamOrder
 from client.rest import LoginAnswer, RestClient, RestError
 from common.crypto import SealError, open_sealed, seal
@@ -58,6 +59,7 @@ from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
 from common.tls import client_context
 from proto import im_pb2
+from timeline.model import is_conv_id, pair_conv_id, parse_conv_id
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,11 @@ class Message:
     create_time: int
     file: FileInfo | None = None  # FILE messages only: pass the message to IMClient.download
     read_tag: bytes = b""  # the connector's proof that we were given it; echoed in receipts
+    # its place in the conversation's timeline, as the server committed it (0: not known, or
+    # a server that keeps no timeline)
+    conv_id: str = ""
+    seq: int = 0
+    server_time: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +121,7 @@ class ServerError:
     code: str
     detail: str
     msg_id: int
+    seq: int = 0  # an UNREADABLE message from history: its place in the timeline
 
 
 Event = Message | Receipt | ServerError
@@ -559,9 +567,11 @@ class IMClient:
         return out
 
     async def send_read(self, msg: Message) -> None:
-        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ, msg.read_tag)
+        await self._receipt(msg.from_id, msg.msg_id, im_pb2.READ, msg.read_tag, msg.seq)
 
-    async def _receipt(self, to: str, chat_id: int, kind: im_pb2.AckType, read_tag: bytes) -> None:
+    async def _receipt(
+        self, to: str, chat_id: int, kind: im_pb2.AckType, read_tag: bytes, seq: int = 0
+    ) -> None:
         receipt_id = self._ids()
         ack = im_pb2.AckMsg(
             id=receipt_id,
@@ -570,6 +580,7 @@ class IMClient:
             ack_type=kind,
             ack_msg_id=chat_id,
             read_tag=read_tag,
+            seq=seq,
         )
         # receipts never wait for room: they are made while reading, and waiting there would
         # stop the very reading that frees the room
@@ -601,6 +612,12 @@ class IMClient:
                 self._link_lost.set()
             if e.code in FINAL_ERRORS and e.ref_seq and link is self._link:
                 self._give_up(e.ref_seq)
+            elif e.code == im_pb2.ID_REUSED and e.ref_msg_id in self._outbox:
+                # the timeline holds another message under this id: resending can't help
+                refused = self._outbox[e.ref_msg_id]
+                self._confirm(e.ref_msg_id)
+                if refused.is_chat:
+                    self._delivered(refused.env.chat.dest_id, e.ref_msg_id)
             await self._events.put(
                 ServerError(im_pb2.ErrorCode.Name(e.code), e.detail, e.ref_msg_id)
             )
@@ -630,36 +647,55 @@ class IMClient:
             self.duplicates_dropped += 1
             return
         await self._receipt(chat.from_id, chat.id, im_pb2.DELIVERED, chat.read_tag)
-        key = self.friends.get(chat.from_id)
+        await self._surface(chat, _open_chat(chat, await self._key_of(chat.from_id)))
+
+    async def _key_of(self, peer: str) -> str | None:
+        """The pair key shared with ``peer``; a friend we do not know yet is looked up."""
+        key = self.friends.get(peer)
         if key is None:
             with contextlib.suppress(RestError, OSError, IMError):
                 await self.refresh_friends()
-            key = self.friends.get(chat.from_id)
-        file: FileInfo | None = None
-        try:
-            if key is None:
-                raise SealError(f"no pair key for {chat.from_id}")
-            plain = open_sealed(key, chat.id, chat.from_id, chat.dest_id, chat.body)
-            if chat.msg_type == im_pb2.FILE:
-                file = _file_info(chat, plain)
-                text = file.name
-            else:
-                text = plain.decode()
-        except (SealError, UnicodeDecodeError) as exc:
-            await self._surface(chat, ServerError("UNREADABLE", str(exc), chat.id))
-            return
-        await self._surface(
-            chat,
-            Message(
-                chat.id,
-                chat.from_id,
-                chat.dest_id,
-                text,
-                chat.msg_type,
-                chat.create_time,
-                file,
-                chat.read_tag,
-            ),
+            key = self.friends.get(peer)
+        return key
+
+    # -- history -----------------------------------------------------------------------------
+
+    async def conversations(self) -> list[Conversation]:
+        """My conversations, most recently changed first, each last message opened."""
+        out: list[Conversation] = []
+        for info in await self.rest.conversations():
+            last = None if info.last is None else await self._open_stored(info.last)
+            out.append(Conversation(info, last))
+        return out
+
+    async def history(
+        self,
+        peer_or_conv_id: str,
+        *,
+        before: int = 0,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> list[Message | ServerError]:
+        """A page of the conversation with a friend (or of a conversation id), oldest first,
+        opened: the first after ``after`` if given (0: from the start), else the newest below
+        ``before`` (0: the newest).
+        A body that does not open is an UNREADABLE ServerError at its seq."""
+        conv_id = peer_or_conv_id
+        if not is_conv_id(conv_id):
+            conv_id = pair_conv_id(self.user_id, peer_or_conv_id)
+        page = await self.rest.messages(conv_id, before=before, after=after, limit=limit)
+        return [await self._open_stored(s) for s in page]
+
+    async def _open_stored(self, stored: StoredChat) -> Message | ServerError:
+        ref = parse_conv_id(stored.conv_id)
+        key = None
+        if ref.dest_type == im_pb2.SINGLE and self.user_id in ref.members:
+            key = await self._key_of(ref.peer_of(self.user_id))
+        event = _open_chat(stored.chat, key)
+        if isinstance(event, ServerError):
+            return dataclasses.replace(event, seq=stored.seq)
+        return dataclasses.replace(
+            event, conv_id=stored.conv_id, seq=stored.seq, server_time=stored.server_time
         )
 
     async def _surface(self, chat: im_pb2.ChatMsg, event: Event) -> None:
@@ -718,6 +754,35 @@ class IMClient:
         if link is self._link:
             self.node_id = ""
             self._link_lost.set()
+
+
+def _open_chat(chat: im_pb2.ChatMsg, key: str | None) -> Message | ServerError:
+    """The chat with its body opened with the pair ``key``, or UNREADABLE."""
+    file: FileInfo | None = None
+    try:
+        if key is None:
+            raise SealError(f"no pair key for {chat.from_id}")
+        plain = open_sealed(key, chat.id, chat.from_id, chat.dest_id, chat.body)
+        if chat.msg_type == im_pb2.FILE:
+            file = _file_info(chat, plain)
+            text = file.name
+        else:
+            text = plain.decode()
+    except (SealError, UnicodeDecodeError) as exc:
+        return ServerError("UNREADABLE", str(exc), chat.id)
+    return Message(
+        chat.id,
+        chat.from_id,
+        chat.dest_id,
+        text,
+        chat.msg_type,
+        chat.create_time,
+        file,
+        chat.read_tag,
+        chat.conv_id,
+        chat.seq,
+        chat.server_time,
+    )
 
 
 def _file_info(chat: im_pb2.ChatMsg, plain: bytes) -> FileInfo:

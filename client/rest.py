@@ -1,4 +1,5 @@
-"""The REST half of the client: register, login, friends, logout, file upload and download."""
+"""The REST half of the client: register, login, friends, logout, file upload and download,
+conversations and their history."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from client.history import (
+    ConversationInfo,
+    MalformedAnswer,
+    StoredChat,
+    conversation_info,
+    stored_chat,
+)
 from common.errors import IMError
 
 
@@ -114,6 +123,36 @@ class RestClient:
     async def friends(self) -> dict[str, str]:
         resp = await self._call("GET", "/friends", headers=self._auth())
         return {f["user_id"]: f["key"] for f in self._check(resp, 200)}
+
+    async def conversations(self, *, since: int = 0, limit: int = 500) -> list[ConversationInfo]:
+        """My conversations, most recently changed first (``since``: changed at or after, ms)."""
+        params = {"limit": limit, **({"since": since} if since else {})}
+        resp = await self._call("GET", "/conversations", params=params, headers=self._auth())
+        try:
+            return [conversation_info(c) for c in self._check(resp, 200)]
+        except (MalformedAnswer, TypeError) as exc:
+            raise RestError(resp.status_code, f"malformed answer: {exc}") from None
+
+    async def messages(
+        self, conv_id: str, *, before: int = 0, after: int | None = None, limit: int = 50
+    ) -> list[StoredChat]:
+        """A page of ``conv_id``, oldest first: the first after ``after`` if given (0: from
+        the start), else the newest below ``before`` (0: the newest of all)."""
+        params = {"limit": limit}
+        if before:
+            params["before"] = before
+        if after is not None:
+            params["after"] = after
+        resp = await self._call(
+            "GET",
+            f"/conversations/{quote(conv_id, safe=':')}/messages",
+            params=params,
+            headers=self._auth(),
+        )
+        try:
+            return [stored_chat(m) for m in self._check(resp, 200)]
+        except (MalformedAnswer, TypeError) as exc:
+            raise RestError(resp.status_code, f"malformed answer: {exc}") from None
 
     async def change_password(self, old: str, new: str) -> str:
         """Change the password; every older token of the user is revoked, and the fresh token

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
         description="what deleting an account does to the messages it sent: kept for the "
         "others as from a deleted user, or deleted",
     )
+    timeline_retention_days: int = Field(
+        0, ge=0, description="days a message stays in its timeline; 0: kept for good"
+    )
     webhook_url: str = Field("", description="where signed event POSTs go; empty: off")
     webhook_secret: str = Field("", description="HMAC-SHA256 key of the signature header")
     webhook_timeout: float = Field(5 * SECONDS, gt=0, description="per delivery attempt")
@@ -197,6 +200,10 @@ class Settings(BaseSettings):
 
     def connectors(self) -> list[tuple[str, int]]:
         return _addr_list(self.connector_addrs or f"{self.bind_host}:{self.connector_port}")
+
+    def timeline_queue(self) -> str:
+        """The timeline write queue's name (and its shards'): beside the offline queue's."""
+        return f"{self.amqp_queue}.tl"
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "im.db"

@@ -23,6 +23,13 @@ counts 0, an UPDATE counts the rows it changed. SQLite counts an UPDATE's matche
 the value was already there and MySQL does not, so conditional updates name the old value in
 their WHERE clause (``SET has_read = 1 ... AND has_read = 0``), where the two agree.
 
+Transactions: every call is a transaction of its own, except :meth:`Database.transaction`, which
+runs a function's statements on one connection and commits them together (SQLite: ``BEGIN
+IMMEDIATE``, so writers take turns; MySQL: ``READ COMMITTED``, so each statement sees what
+committed before it and ``SELECT ... FOR UPDATE`` orders writers on a row). A transaction the
+server rolled back to resolve a conflict (a deadlock, which several statements per transaction
+can meet even on one server) is run again from the start, a few times.
+
 Schema versions: each owning package keeps its own list of migration steps and calls
 :func:`apply_migrations` with its component name; :func:`schema_version` and
 :func:`require_schema` tell a process whether the database is recent enough for its code.
@@ -66,9 +73,14 @@ CONFLICT_BACKOFF = 0.02  # seconds, doubled per try
 
 
 class Session(Protocol):
-    """Statements on one connection held by :meth:`Database.exclusive`."""
+    """Statements on one connection held by :meth:`Database.exclusive` or
+    :meth:`Database.transaction`."""
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
@@ -93,6 +105,17 @@ class Database(Protocol):
         """Run DDL statements in order (schema migration)."""
         ...
 
+    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``work``'s statements as one transaction: committed when it returns, rolled back
+        when it raises (its exception passes through, a driver error as BackendError).
+
+        A conflict the server resolved by rolling back runs ``work`` again (a few times, then
+        :class:`ConflictError`), so ``work`` must decide from what it reads inside the
+        transaction and keep no state across tries. A connection lost under it is not retried:
+        the commit may or may not have happened.
+        """
+        ...
+
     def exclusive(self, name: str) -> AbstractAsyncContextManager[Session]:
         """One connection, held while no other process of this database holds ``name``.
 
@@ -115,6 +138,14 @@ class _SQLiteSession:
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cur = await self._conn.execute(sql, tuple(params))
         return cur.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        cur = await self._conn.executemany(sql, [tuple(r) for r in rows])
+        return max(cur.rowcount, 0)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cur = await self._conn.execute(sql, tuple(params))
+        return [tuple(r) for r in await cur.fetchall()]
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         cur = await self._conn.execute(sql, tuple(params))
@@ -191,6 +222,11 @@ class SQLiteDatabase:
         async with self._tx() as conn:
             for stmt in statements:
                 await conn.execute(stmt)
+
+    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+        # one writer at a time (BEGIN IMMEDIATE): nothing to conflict with, nothing to retry
+        async with self._tx() as conn:
+            return await work(_SQLiteSession(conn))
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[Session]:
@@ -456,22 +492,34 @@ async def _connect_any(
 
 
 class _MySQLSession:
-    """Statements on one pooled connection; each commits. Driver errors become BackendError."""
+    """Statements on one pooled connection; each commits unless ``autocommit`` is off (a
+    transaction: the caller commits). Driver errors become BackendError."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, *, autocommit: bool = True) -> None:
         self._conn = conn
+        self._autocommit = autocommit
+
+    def _error(self, exc: BaseException) -> BackendError:
+        kind = _LostConnection if _lost(exc, self._conn) else BackendError
+        if _code(exc) in _CONFLICT_CODES:
+            kind = ConflictError
+        return kind("mysql", str(exc) or type(exc).__name__)
 
     async def _run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         try:
             async with self._conn.cursor(_cursor_class()) as cur:
                 result = await work(cur)
-            await self._conn.commit()
+            if self._autocommit:
+                await self._conn.commit()
             return result
         except (pymysql.err.Error, OSError) as exc:
-            kind = _LostConnection if _lost(exc, self._conn) else BackendError
-            if _code(exc) in _CONFLICT_CODES:
-                kind = ConflictError
-            raise kind("mysql", str(exc) or type(exc).__name__) from exc
+            raise self._error(exc) from exc
+
+    async def commit(self) -> None:
+        try:
+            await self._conn.commit()
+        except (pymysql.err.Error, OSError) as exc:
+            raise self._error(exc) from exc
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         async def work(cur: Any) -> int:
@@ -650,7 +698,15 @@ class MySQLDatabase:
                 "mysql", f"{server}: no result within {self.params.query_timeout:g} s"
             ) from exc
 
-    async def _call(self, op: Callable[[_MySQLSession], Awaitable[T]], *, read: bool) -> T:
+    async def _call(
+        self,
+        op: Callable[[_MySQLSession], Awaitable[T]],
+        *,
+        read: bool,
+        conflicts: bool = False,
+    ) -> T:
+        """``op`` on a pooled connection; a conflict runs it again when the pool is clustered
+        (Galera), or always with ``conflicts`` (a transaction, which deadlocks can hit)."""
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 try:
@@ -661,7 +717,7 @@ class MySQLDatabase:
                 return await self._once(op)
             except ConflictError:
                 # rolled back whole: safe to run again; expected only between Galera nodes
-                if not self.params.clustered or attempt == CONFLICT_RETRIES:
+                if not (conflicts or self.params.clustered) or attempt == CONFLICT_RETRIES:
                     raise
                 self.conflicts_retried += 1
                 await asyncio.sleep(CONFLICT_BACKOFF * 2**attempt)
@@ -684,6 +740,19 @@ class MySQLDatabase:
 
     async def script(self, statements: Sequence[str]) -> None:
         await self._call(lambda s: s.script(statements), read=False)
+
+    async def transaction(self, work: Callable[[Session], Awaitable[T]]) -> T:
+        async def op(session: _MySQLSession) -> T:
+            tx = _MySQLSession(session._conn, autocommit=False)
+            # the pool's connections never hold an open transaction (every call commits or
+            # closes its connection), so this applies to the one work starts
+            await tx.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            result = await work(tx)
+            await tx.commit()
+            return result
+
+        # on any error _session closes the connection, and the server rolls the work back
+        return await self._call(op, read=False, conflicts=True)
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[Session]:

@@ -12,7 +12,7 @@ that owns the socket and the framing. The state never touches a socket, a task o
   (``closing``, ``close_error``), and :meth:`LinkState.next_deadline`.
 
 Rules it keeps:
-- windowed bodies (chat, ack, drain, bounce) carry a link sequence >= 1 and go through the
+- windowed bodies (chat, ack, drain, bounce, fanout) carry a link sequence >= 1 and go through the
   receive window (in order, duplicates re-acked, a bounded reorder span); every other body has
   seq 0 and is handled once, outside it; a frame that breaks this is fatal ``BAD_MESSAGE``;
 - a LinkAck is sent only for frames the handler has finished with (``handled``), cumulatively,
@@ -52,7 +52,7 @@ from common.window import (
 from proto import im_pb2
 
 # Bodies that travel in the window (numbered, acked, retransmitted); all others are control frames.
-WINDOWED = frozenset({"chat", "ack", "drain", "bounce"})
+WINDOWED = frozenset({"chat", "ack", "drain", "bounce", "fanout"})
 # What an unauthenticated peer may send; anything else is fatal NOT_AUTHENTICATED.
 PREAUTH_KINDS = frozenset({"greet", "ping", "pong", "link_ack"})
 BODY_FIELDS: dict[str, int] = {

@@ -15,11 +15,13 @@ from common.errors import ProtocolError
 from common.files import valid_checksum, valid_file_id
 from proto import im_pb2
 
-# A chat grows on its way (longer link sequence, wrapped in a Bounce): bodies leave this much of
-# the frame limit for the envelope, so a maximal client frame still fits on every later hop. Two
-# 64-char ids, five varints and the wrappers' tags and lengths take under 250 bytes; a FILE
-# chat's FileRef (22-char id, 64-char checksum, a varint) about 100 more.
-ENVELOPE_HEADROOM = 512
+# A chat grows on its way (longer link sequence, the read tag, the timeline's stamps: conv_id,
+# seq, server_time; wrapped in a Bounce): bodies leave this much of the frame limit for the
+# envelope, so a maximal client frame still fits on every later hop. Two 64-char ids, the
+# varints and the wrappers' tags and lengths take under 250 bytes, a FILE chat's FileRef
+# (22-char id, 64-char checksum, a varint) about 100, the stamps about 160
+# (tests/test_timeline_write.py builds the largest chat and checks every hop's frame).
+ENVELOPE_HEADROOM = 1024
 
 
 class State(IntEnum):
@@ -78,6 +80,15 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
         raise ProtocolError("only a FILE chat carries a file reference")
     if len(chat.body) > max_body:
         raise ProtocolError(f"body over {max_body} bytes")
+
+
+SERVER_STAMPS = ("read_tag", "from_store", "conv_id", "seq", "server_time")
+
+
+def clear_stamps(chat: im_pb2.ChatMsg) -> None:
+    """Fields only the servers set, taken from no client: a client that sets them is ignored."""
+    for name in SERVER_STAMPS:
+        chat.ClearField(name)
 
 
 def check_receipt(user_id: str, ack: im_pb2.AckMsg) -> None:

@@ -303,9 +303,7 @@ class ClientSession:
                 f"message id {chat.id} is of id slot {slot_of(chat.id)}, "
                 f"this device's is {self.claims.slot}"
             )
-        # server-owned: the recipient's connector stamps these on each push
-        chat.from_store = False
-        chat.ClearField("read_tag")
+        rules.clear_stamps(chat)  # server-owned: stamped by the timeline and on each push
         self._rate()
         if not await self.c.friends.are_friends(self.user_id, chat.dest_id):
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
@@ -487,7 +485,12 @@ def _from_store(env: im_pb2.Envelope) -> im_pb2.Envelope:
 def _receipt(c: Connector, chat: im_pb2.ChatMsg, kind: im_pb2.AckType) -> im_pb2.Envelope:
     """A server-made receipt for ``chat``, from its recipient to its sender."""
     ack = im_pb2.AckMsg(
-        id=c.ids(), from_id=chat.dest_id, dest_id=chat.from_id, ack_type=kind, ack_msg_id=chat.id
+        id=c.ids(),
+        from_id=chat.dest_id,
+        dest_id=chat.from_id,
+        ack_type=kind,
+        ack_msg_id=chat.id,
+        seq=chat.seq,  # its place in the timeline, for the sender's library
     )
     return im_pb2.Envelope(ack=ack)
 
@@ -543,6 +546,8 @@ class TransferLinkHandler:
         elif kind == "drain":
             for s in self.c.sessions_of(env.drain.user_id):
                 s.queue_drain()
+        elif kind == "fanout":
+            self.c.fanout(env.fanout)
         elif kind == "welcome":
             self.ready.set()
             health.LINKS.up(self.c.node_id, "transfer", self.node_id)  # readiness, im_node_links
@@ -664,6 +669,22 @@ class Connector:
 
     def sessions_of(self, user_id: str) -> list[ClientSession]:
         return list(self._sessions.get(user_id, {}).values())
+
+    def fanout(self, fanout: im_pb2.Fanout) -> None:
+        """A transfer's word about a chat for some users' devices here. Today: the timeline
+        refused the chat (``ID_REUSED``), so every device of its sender hears an error naming
+        it (the one that sent it drops it from its outbox; the others know no such id)."""
+        if not fanout.refused or fanout.WhichOneof("body") != "chat":
+            return
+        err = ProtocolError(
+            f"message id {fanout.chat.id} was used before for another message",
+            code=fanout.refused,
+        )
+        for user in fanout.users:
+            for s in self.sessions_of(user):
+                if s.link is not None:
+                    s.link.send_error(err, ref_msg_id=fanout.chat.id)
+                    self.counters.error(err.code_name)
 
     async def is_revoked(self, claims: Claims) -> bool:
         """Revoked as far as we know: published to us, or in the database. A database that does

@@ -110,7 +110,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ..., id_slot: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor", "from_store")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor", "from_store", "conv_id", "seq", "server_time", "key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,10 @@ class ChatMsg(_message.Message):
     STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
     STREAM_FLOOR_FIELD_NUMBER: _ClassVar[int]
     FROM_STORE_FIELD_NUMBER: _ClassVar[int]
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -137,7 +141,11 @@ class ChatMsg(_message.Message):
     stream_seq: int
     stream_floor: int
     from_store: bool
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ..., from_store: _Optional[bool] = ...) -> None: ...
+    conv_id: str
+    seq: int
+    server_time: int
+    key_id: int
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ..., from_store: _Optional[bool] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ..., key_id: _Optional[int] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")
@@ -166,20 +174,22 @@ class FileBody(_message.Message):
     def __init__(self, file_id: _Optional[str] = ..., checksum: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., key: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class AckMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag")
+    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag", "seq")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACK_MSG_ID_FIELD_NUMBER: _ClassVar[int]
     READ_TAG_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
     ack_type: AckType
     ack_msg_id: int
     read_tag: bytes
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ...) -> None: ...
+    seq: int
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("seq",)
@@ -241,8 +251,70 @@ class OfflineBatch(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[OfflineRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[OfflineRecord, _Mapping]]] = ...) -> None: ...
 
+class Cursor(_message.Message):
+    __slots__ = ("conv_id", "user_id", "type", "seq")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    user_id: str
+    type: AckType
+    seq: int
+    def __init__(self, conv_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[AckType, str]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Fanout(_message.Message):
+    __slots__ = ("users", "chat", "cursor", "refused")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedScalarFieldContainer[str]
+    chat: ChatMsg
+    cursor: Cursor
+    refused: ErrorCode
+    def __init__(self, users: _Optional[_Iterable[str]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., refused: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
+
+class TimelineRecord(_message.Message):
+    __slots__ = ("chat", "cursor", "device_id", "origin")
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    chat: ChatMsg
+    cursor: Cursor
+    device_id: str
+    origin: str
+    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., device_id: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class TimelineBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[TimelineRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[TimelineRecord, _Mapping]]] = ...) -> None: ...
+
+class Committed(_message.Message):
+    __slots__ = ("chat", "cursor", "origin", "refused", "duplicate")
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    chat: ChatMsg
+    cursor: Cursor
+    origin: str
+    refused: ErrorCode
+    duplicate: bool
+    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., origin: _Optional[str] = ..., refused: _Optional[_Union[ErrorCode, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class CommittedBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Committed]
+    def __init__(self, records: _Optional[_Iterable[_Union[Committed, _Mapping]]] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("seq", "greet", "welcome", "chat", "ack", "link_ack", "error", "ping", "pong", "drain", "bounce")
+    __slots__ = ("seq", "greet", "welcome", "chat", "ack", "link_ack", "error", "ping", "pong", "drain", "bounce", "fanout")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     GREET_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +326,7 @@ class Envelope(_message.Message):
     PONG_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     BOUNCE_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_FIELD_NUMBER: _ClassVar[int]
     seq: int
     greet: Greet
     welcome: Welcome
@@ -265,4 +338,5 @@ class Envelope(_message.Message):
     pong: Pong
     drain: Drain
     bounce: Bounce
-    def __init__(self, seq: _Optional[int] = ..., greet: _Optional[_Union[Greet, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., link_ack: _Optional[_Union[LinkAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., bounce: _Optional[_Union[Bounce, _Mapping]] = ...) -> None: ...
+    fanout: Fanout
+    def __init__(self, seq: _Optional[int] = ..., greet: _Optional[_Union[Greet, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., link_ack: _Optional[_Union[LinkAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., bounce: _Optional[_Union[Bounce, _Mapping]] = ..., fanout: _Optional[_Union[Fanout, _Mapping]] = ...) -> None: ...

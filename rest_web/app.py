@@ -50,6 +50,7 @@ from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
 from rest_web import ops_routes
+from rest_web import timeline_routes as history_routes
 from rest_web.devices import DeviceSlots, SlotsExhausted
 from rest_web.files import FileService
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
@@ -57,6 +58,7 @@ from rest_web.passwords import hash_password, verify_password
 from rest_web.static_app import mount_webapp
 from rest_web.store import UserStore
 from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
+from timeline.store import SQLTimelineStore, TimelineStore
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +232,7 @@ def create_app(
     hooks: Webhooks | None = None,
     admin: admin_routes.AdminDeps | None = None,
     devices: DeviceSlots | None = None,
+    timeline: TimelineStore | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
@@ -239,7 +242,8 @@ def create_app(
     (default: one from the settings); ``readiness`` answers /readyz (default: a database
     ping); ``hooks`` gets user.registered and friend.accepted; ``admin`` adds /admin (and
     refuses logins of disabled accounts); ``devices`` hands out message id slots (default: a
-    table beside ``store``'s, created at first use)."""
+    table beside ``store``'s, created at first use); ``timeline`` serves /conversations (503
+    without)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -485,6 +489,7 @@ def create_app(
         if not await store.remove_relation(me.user_id, friend_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
 
+    history_routes.add_routes(app, caller, timeline)
     if files is not None:
         file_routes.add_routes(app, caller, files)
     if admin is not None:
@@ -511,17 +516,22 @@ async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Log
         store = UserStore(db)
         files = FileService.from_settings(settings, db)
         devices = DeviceSlots(db)
+        timeline = SQLTimelineStore(db)
         if db.dialect == "sqlite":
             await store.migrate()
             await files.migrate()
             await devices.migrate()
+            await timeline.migrate()
         else:
             await store.check_schema()
             await files.check_schema()
             await devices.check_schema()
+            await timeline.check_schema()
         login = await open_login(settings, store, db)
         signer = TokenSigner(settings.signing_secret())
-        app = create_app(settings, store, signer, files=files, logins=login, devices=devices)
+        app = create_app(
+            settings, store, signer, files=files, logins=login, devices=devices, timeline=timeline
+        )
     except BaseException:
         await db.close()
         raise

@@ -136,7 +136,7 @@ async def cleanup(env: dict[str, str]) -> None:
     r.close()
     conn = await aio_pika.connect(AMQP_URL)
     ch = await conn.channel()
-    for suffix in ("0", "1", "dead"):
+    for suffix in ("0", "1", "dead", "tl.0", "tl.1", "tl.dead"):
         await ch.queue_delete(f"{env['IM_AMQP_QUEUE']}.{suffix}")
     await conn.close()
     db = await open_database(env["IM_DATABASE_URL"].rsplit("/", 1)[0] + "/mysql", pool_size=1)

@@ -18,6 +18,7 @@ from common.db import (
     Database,
     MySQLDatabase,
     MySQLParams,
+    Session,
     apply_migrations,
     open_database,
     require_schema,
@@ -26,6 +27,7 @@ from common.db import (
 from common.errors import BackendError, ConfigError
 from offline.sqlstore import SQLOfflineStore
 from rest_web.store import UserStore
+from timeline.store import SQLTimelineStore
 
 _MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
@@ -156,6 +158,63 @@ async def test_driver_errors_are_backend_errors(db: Database) -> None:
     assert await db.fetchall("SELECT n FROM im_test_s") == [(1,)]
 
 
+@pytest.mark.asyncio
+async def test_transaction_commits_together_or_not_at_all(db: Database) -> None:
+    await db.execute(create_table(db, "im_test_tx", "k INT PRIMARY KEY, v INT"))
+
+    async def work(tx: Session) -> list[tuple[object, ...]]:
+        await tx.execute("INSERT INTO im_test_tx (k, v) VALUES (1, 1)")
+        await tx.executemany("INSERT INTO im_test_tx (k, v) VALUES (?, ?)", [(2, 2), (3, 3)])
+        assert await tx.fetchone("SELECT v FROM im_test_tx WHERE k = 2") == (2,)
+        return await tx.fetchall("SELECT k FROM im_test_tx ORDER BY k")
+
+    assert await db.transaction(work) == [(1,), (2,), (3,)]
+
+    class Boom(Exception):
+        pass
+
+    async def failing(tx: Session) -> None:
+        await tx.execute("UPDATE im_test_tx SET v = 10")
+        raise Boom
+
+    async def bad_sql(tx: Session) -> None:
+        await tx.execute("UPDATE im_test_tx SET v = 20")
+        await tx.execute("INSERT INTO im_test_tx (k, v) VALUES (1, 1)")
+
+    with pytest.raises(Boom):
+        await db.transaction(failing)
+    with pytest.raises(BackendError):
+        await db.transaction(bad_sql)
+    # neither left anything behind, and the database still answers
+    assert await db.fetchall("SELECT v FROM im_test_tx ORDER BY k") == [(1,), (2,), (3,)]
+
+
+@pytest.mark.asyncio
+async def test_transaction_that_deadlocks_runs_again(db: Database) -> None:
+    """Two transactions lock two rows in opposite orders: the server rolls one back, and it
+    runs again (on one server too, where single statements are not retried)."""
+    if db.dialect != "mysql":
+        pytest.skip("SQLite has one writer: no deadlocks")
+    await db.execute(create_table(db, "im_test_tx", "k INT PRIMARY KEY, v INT"))
+    await db.execute("INSERT INTO im_test_tx (k, v) VALUES (1, 0), (2, 0)")
+    both_hold_one = asyncio.Barrier(2)
+    tries = {1: 0, 2: 0}
+
+    async def bump(first: int, second: int) -> None:
+        async def work(tx: Session) -> None:
+            tries[first] += 1
+            await tx.execute("UPDATE im_test_tx SET v = v + 1 WHERE k = ?", (first,))
+            if tries[first] == 1:
+                await both_hold_one.wait()
+            await tx.execute("UPDATE im_test_tx SET v = v + 1 WHERE k = ?", (second,))
+
+        await db.transaction(work)
+
+    await asyncio.wait_for(asyncio.gather(bump(1, 2), bump(2, 1)), 30)
+    assert sorted(tries.values()) == [1, 2]
+    assert await db.fetchall("SELECT k, v FROM im_test_tx ORDER BY k") == [(1, 2), (2, 2)]
+
+
 # --- schema migration ---------------------------------------------------------------------------
 
 
@@ -237,6 +296,7 @@ MIGRATED = [
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
     "devices: version 0 -> 1",
+    "timeline: version 0 -> 1",
 ]
 UP_TO_DATE = [
     "users: version 3 (up to date)",
@@ -244,6 +304,7 @@ UP_TO_DATE = [
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",
     "devices: version 1 (up to date)",
+    "timeline: version 1 (up to date)",
 ]
 
 
@@ -256,6 +317,7 @@ async def test_run_migrate_twice_on_sqlite(tmp_path: Path) -> None:
     try:
         await UserStore(db).check_schema()
         await SQLOfflineStore(db).check_schema()
+        await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()
 
@@ -293,6 +355,7 @@ async def test_run_migrate_twice_on_mysql_creates_the_database(
         ) == ("utf8mb4", "utf8mb4_bin")
         await UserStore(db).check_schema()
         await SQLOfflineStore(db).check_schema()
+        await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()
 

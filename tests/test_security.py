@@ -663,9 +663,9 @@ async def test_revocations_reach_connectors_over_redis_even_after_a_gap(
 
 
 @pytest.mark.asyncio
-async def test_the_offline_queue_holds_only_sealed_bodies(tmp_path: Path) -> None:
-    """With RabbitMQ and no writer running, the message for an offline user waits in the queue:
-    read it there, as an operator with broker access could."""
+async def test_the_timeline_queue_holds_only_sealed_bodies(tmp_path: Path) -> None:
+    """With RabbitMQ and no writer running, a chat waits in the timeline queue (and is not SENT
+    until a writer commits it): read it there, as an operator with broker access could."""
     import aio_pika
     from test_cluster import AMQP_URL
 
@@ -682,16 +682,16 @@ async def test_the_offline_queue_holds_only_sealed_bodies(tmp_path: Path) -> Non
         await alice.connect()
         secret_text = "queued plaintext nobody on the broker may read"
         mid = await alice.send_text("bob", secret_text)
-        assert await receipts(alice, 1) == {("SENT", mid)}  # confirmed by the broker
         channel = await conn.channel()
-        queue = await channel.get_queue(f"{name}.0")
+        queue = await channel.get_queue(f"{name}.tl.0")
         body = b""
         async with queue.iterator(no_ack=True) as messages, asyncio.timeout(5):
             async for message in messages:  # no basic.get on a single-active-consumer queue
                 body = message.body
                 break
         assert secret_text.encode() not in body
-        (record,) = im_pb2.OfflineBatch.FromString(body).records
+        (record,) = im_pb2.TimelineBatch.FromString(body).records
+        assert record.chat.id == mid and record.chat.conv_id == "p:alice:bob"
         key = alice.friends["bob"]
         assert open_sealed(key, mid, "alice", "bob", record.chat.body).decode() == secret_text
     finally:
@@ -699,7 +699,7 @@ async def test_the_offline_queue_holds_only_sealed_bodies(tmp_path: Path) -> Non
         await bob.close()
         await st.stop()
         channel = await conn.channel()
-        for suffix in ("0", "dead"):
+        for suffix in ("0", "dead", "tl.0", "tl.dead"):
             await channel.queue_delete(f"{name}.{suffix}")
         await conn.close()
 

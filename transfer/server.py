@@ -15,6 +15,13 @@ Rules it keeps:
 - each SENT, DELIVERED and READ of a message goes to its sender once (the message ledger,
   common/ledger.py): a second recipient device's SENT, a replayed READ are dropped here, and a
   dropped DELIVERED or READ is answered ACCEPTED, so the device that sent it stops resending.
+- with a timeline queue (issue 13), every chat is committed to its conversation's timeline
+  before it goes anywhere: the commit is started as the chat arrives (so commits are submitted
+  in arrival order), and the chat is routed, in that order, stamped with its conv_id and seq,
+  only once committed. So a SENT is only ever given for a chat that is durable with its seq
+  fixed; a chat that could not be committed is not routed (its sender resends it, and a resend
+  of a committed one is answered with its first seq); one whose id the sender already used for
+  another message is refused back to the sender (``ID_REUSED``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from common.tokens import TokenSigner
 from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
 from offline.errors import RejectedError
 from proto import im_pb2
+from timeline.model import pair_conv_id
+from timeline.queue import TimelineQueue
 from user_status.base import StatusBackend
 from user_status.cache import RouteCache
 from user_status.heartbeat import keep_alive
@@ -122,13 +131,19 @@ class ConnectorLink:
             return
         if kind == "chat":
             c = env.chat
-            await self.t.serial.submit(
-                conversation_key(c.from_id, c.dest_id), lambda: self.t.route(fresh(env))
+            key = conversation_key(c.from_id, c.dest_id)
+            if self.t.timeline is None:
+                await self.t.serial.submit(key, lambda: self.t.route(fresh(env)))
+                return
+            done: asyncio.Future[im_pb2.Committed | None] = (
+                asyncio.get_running_loop().create_future()
             )
+            await self.t.serial.submit(key, lambda: self.t.route_committed(env, done))
+            self.t.commit(env.chat, done)
         elif kind == "ack":
             a = env.ack
             await self.t.serial.submit(
-                conversation_key(a.from_id, a.dest_id), lambda: self.t.route(fresh(env))
+                conversation_key(a.from_id, a.dest_id), lambda: self.t.route_receipt(fresh(env))
             )
         elif kind == "bounce":
             item = _bounced_item(env.bounce)
@@ -180,6 +195,7 @@ class Transfer:
         status: StatusBackend,
         queue: OfflineQueue,
         signer: TokenSigner,
+        timeline: TimelineQueue | None = None,
         *,
         ledger: MessageLedger | None = None,
     ) -> None:
@@ -187,6 +203,9 @@ class Transfer:
         self.status = status
         self.queue = queue
         self.signer = signer
+        self.timeline = timeline  # None: the store-and-forward relay without timelines
+        self._commits: set[asyncio.Task[None]] = set()
+        self.committed = 0
         # None: one of this transfer's own (the embedded mode shares one with its connector)
         self.ledger: MessageLedger = (
             MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
@@ -284,6 +303,88 @@ class Transfer:
             await self.store_offline(OfflineItem.of_chat(env.chat))
         else:
             await self.store_offline(OfflineItem.of_ack(env.ack))
+
+    def commit(self, chat: im_pb2.ChatMsg, done: asyncio.Future[im_pb2.Committed | None]) -> None:
+        """Start committing ``chat`` to its timeline; ``done`` gets the writer's answer, or None
+        when there is none (not committed as far as we know: the sender resends). Started
+        here, in arrival order, so the queue sees one conversation's chats in that order; the
+        number in flight is bounded by the routing jobs waiting for them (``KeyedSerial``)."""
+        assert self.timeline is not None
+        timeline = self.timeline
+        record = im_pb2.TimelineRecord(origin=self.node_id)
+        record.chat.CopyFrom(chat)
+        try:
+            record.chat.conv_id = pair_conv_id(chat.from_id, chat.dest_id)
+        except ValueError as exc:  # the connector lets none through; this one is refused
+            log.warning("chat %s/%d has no conversation: %s", chat.from_id, chat.id, exc)
+            done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE))
+            return
+
+        async def run() -> None:
+            answer: im_pb2.Committed | None = None
+            try:
+                (answer,) = await timeline.submit([record])
+            except (IMError, ValueError) as exc:
+                log.warning("timeline commit of %s/%d failed: %s", chat.from_id, chat.id, exc)
+            finally:
+                if not done.done():
+                    done.set_result(answer)
+
+        task = asyncio.create_task(run(), name=f"commit {chat.from_id}/{chat.id}")
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+
+    async def route_committed(
+        self, env: im_pb2.Envelope, done: asyncio.Future[im_pb2.Committed | None]
+    ) -> None:
+        """Route a chat once committed, stamped; tell its sender when the writer refused it."""
+        answer = await done
+        if answer is None:
+            return  # not SENT: the sender's library still holds it and resends
+        if answer.refused:
+            await self._refuse(answer)
+            return
+        self.committed += 1
+        out = fresh(env)
+        out.chat.CopyFrom(answer.chat)
+        await self.route(out)
+
+    async def route_receipt(self, env: im_pb2.Envelope) -> None:
+        """Route a receipt; a READ that names its chat's seq first moves the reader's read
+        cursor in the timeline (what the conversation list's unread count is made of). A cursor
+        that can't be merged now is logged and the receipt still goes: the next READ moves the
+        cursor past it (cursors only go forward)."""
+        ack = env.ack
+        if self.timeline is not None and ack.ack_type == im_pb2.READ and ack.seq:
+            try:
+                cursor = im_pb2.Cursor(
+                    conv_id=pair_conv_id(ack.from_id, ack.dest_id),
+                    user_id=ack.from_id,
+                    type=im_pb2.READ,
+                    seq=ack.seq,
+                )
+                await self.timeline.submit(
+                    [im_pb2.TimelineRecord(cursor=cursor, origin=self.node_id)]
+                )
+            except (IMError, ValueError) as exc:
+                log.warning("read cursor of %s not merged: %s", ack.from_id, exc)
+        await self.route(env)
+
+    async def _refuse(self, answer: im_pb2.Committed) -> None:
+        chat = answer.chat
+        log.info(
+            "chat %s/%d refused by the timeline: %s",
+            chat.from_id,
+            chat.id,
+            im_pb2.ErrorCode.Name(answer.refused),
+        )
+        fanout = im_pb2.Fanout(users=[chat.from_id], chat=chat, refused=answer.refused)
+        devices = await self._lookup(chat.from_id)
+        for node in set(devices.values()):
+            link = self.links.get(node)
+            if link is not None:
+                with contextlib.suppress(LinkClosed):
+                    await link.send(im_pb2.Envelope(fanout=fanout))
 
     async def store_offline(self, item: OfflineItem) -> None:
         """Make ``item`` durable, then SENT to a chat's sender, then re-check the recipient."""
@@ -383,5 +484,8 @@ class Transfer:
         for link in list(self._conns):
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
+        for task in list(self._commits):
+            task.cancel()
+        await asyncio.gather(*self._commits, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()

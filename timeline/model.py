@@ -1,0 +1,321 @@
+"""What a timeline is made of: conversation ids, the messages going in, the entries coming out.
+
+Conversation ids are strings the server derives from a chat, never takes from a client:
+- ``p:<a>:<b>``: the 1-1 conversation of users ``a`` and ``b``, with ``a < b`` (compared as
+  Python compares ``str``, which is what MySQL's binary collation does too), so both sides name
+  it the same. User ids match ``^[A-Za-z0-9_.-]{1,64}$``: ``:`` never occurs in one, so the id
+  splits back into its members without escaping;
+- ``g:<group id>``: a group conversation (reserved: groups come later).
+
+An :class:`Entry`'s content is the ChatMsg as its sender sent it, with the server's stamps
+(``conv_id`` 14, ``seq`` 15, ``server_time`` 16 of the wire schema in
+scripts/pinned-schema/im.proto) written into it by :func:`stamp`. The stamps are placed on the
+wire bytes directly, so every field of the sender's (including ones this code's generated
+classes do not know yet, such as ``key_id``) survives byte for byte, and anything a client put
+in the stamp fields itself is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import dataclass
+from typing import Literal
+
+from proto import im_pb2
+
+USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ID_MAX_LEN = 64  # user ids, group ids and device ids: VARCHAR(64) like im_user's
+CONV_ID_MAX_LEN = 2 + ID_MAX_LEN + 1 + ID_MAX_LEN  # "p:" a ":" b
+DIGEST_SIZE = 32  # SHA-256
+MAX_CONTENT = 16 * 1024 * 1024 - 1  # MySQL MEDIUMBLOB; frames are far smaller anyway
+UNREAD_CAP = 9999  # unread counts stop here: enough to say "lots", bounded to count
+U64 = 1 << 64
+
+SINGLE = int(im_pb2.SINGLE)
+GROUP = int(im_pb2.GROUP)
+
+# wire tags of the stamp fields: (field number << 3) | wire type
+_CONV_ID_FIELD, _SEQ_FIELD, _SERVER_TIME_FIELD = 14, 15, 16
+_STAMPS = frozenset({_CONV_ID_FIELD, _SEQ_FIELD, _SERVER_TIME_FIELD})
+
+Outcome = Literal["committed", "duplicate", "reused"]
+
+
+# --- conversation ids ---------------------------------------------------------------------------
+
+
+def pair_conv_id(a: str, b: str) -> str:
+    """The 1-1 conversation of ``a`` and ``b``, the same from either side."""
+    for user in (a, b):
+        if not USER_ID.fullmatch(user):
+            raise ValueError(f"not a user id: {user!r}")
+    if a == b:
+        raise ValueError("a 1-1 conversation needs two different users")
+    low, high = sorted((a, b))
+    return f"p:{low}:{high}"
+
+
+def group_conv_id(group_id: str) -> str:
+    if not USER_ID.fullmatch(group_id):
+        raise ValueError(f"not a group id: {group_id!r}")
+    return f"g:{group_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvRef:
+    """A parsed conversation id."""
+
+    conv_id: str
+    dest_type: int  # SINGLE or GROUP
+    members: tuple[str, ...]  # SINGLE: the two users, in order; GROUP: () (kept elsewhere)
+    group_id: str = ""
+
+    def peer_of(self, user_id: str) -> str:
+        """The other side for ``user_id``: the other member of a pair, a group's id."""
+        if self.dest_type == GROUP:
+            return self.group_id
+        a, b = self.members
+        if user_id not in (a, b):
+            raise ValueError(f"{user_id!r} is not in {self.conv_id}")
+        return b if user_id == a else a
+
+
+def parse_conv_id(conv_id: str) -> ConvRef:
+    """The conversation ``conv_id`` names; ValueError for anything that is not one."""
+    kind, sep, rest = conv_id.partition(":")
+    if sep and kind == "p":
+        a, sep, b = rest.partition(":")
+        if sep and USER_ID.fullmatch(a) and USER_ID.fullmatch(b) and a < b:
+            return ConvRef(conv_id, SINGLE, (a, b))
+    elif sep and kind == "g" and USER_ID.fullmatch(rest):
+        return ConvRef(conv_id, GROUP, (), rest)
+    raise ValueError(f"not a conversation id: {conv_id[:150]!r}")
+
+
+def is_conv_id(conv_id: str) -> bool:
+    try:
+        parse_conv_id(conv_id)
+    except ValueError:
+        return False
+    return True
+
+
+def pair_members(conv_id: str) -> tuple[str, str]:
+    """The two users of a 1-1 conversation."""
+    ref = parse_conv_id(conv_id)
+    if ref.dest_type != SINGLE:
+        raise ValueError(f"{conv_id} is not a 1-1 conversation")
+    a, b = ref.members
+    return a, b
+
+
+def conv_of_chat(chat: im_pb2.ChatMsg) -> str:
+    """The conversation a chat belongs to, from its sender and destination."""
+    if chat.dest_type == im_pb2.GROUP:
+        return group_conv_id(chat.dest_id)
+    return pair_conv_id(chat.from_id, chat.dest_id)
+
+
+# --- messages and entries -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A chat to append: ``content`` is the serialized ChatMsg as the client sent it (its body
+    sealed); ``digest`` (:func:`chat_digest`) tells a resend from a reused id."""
+
+    conv_id: str
+    sender: str
+    msg_id: int  # uint64
+    dest_type: int
+    msg_type: int
+    content: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A committed message at its place in a timeline; ``content`` carries the stamps."""
+
+    conv_id: str
+    seq: int
+    sender: str
+    msg_id: int
+    server_time: int  # ms since the epoch, never below an earlier seq's
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """``committed``: stored now at ``entry.seq``; ``duplicate``: a resend of ``entry``, stored
+    before (or earlier in the same batch), nothing new stored; ``reused``: the sender's id
+    belongs to another message (``entry``, the one stored), nothing stored."""
+
+    entry: Entry
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class ConvSummary:
+    """One conversation as one of its members sees it (the REST list, ConvState later)."""
+
+    conv_id: str
+    dest_type: int
+    peer_id: str  # SINGLE: the other user; GROUP: the group id
+    last_seq: int
+    last: Entry | None  # the message at last_seq; None once retention removed it
+    read_seq: int  # the member's READ cursor, shared by its devices
+    delivered_seq: int  # the asking device's DELIVERED cursor (0 when no device was named)
+    peer_read_seq: int
+    peer_delivered_seq: int  # the highest over the peer's devices
+    unread: int  # messages from others after read_seq, at most UNREAD_CAP
+    changed: int  # ms: the last message or cursor move this member should hear about
+
+
+def resend_outcome(stored_digest: bytes, digest: bytes) -> Outcome:
+    """What a message whose identity is taken is: a resend, or a reuse of the id."""
+    return "duplicate" if stored_digest == digest else "reused"
+
+
+def message_problem(m: NewMessage) -> str | None:
+    """Why ``m`` can never be appended (so retrying is pointless), or None when it fits."""
+    try:
+        ref = parse_conv_id(m.conv_id)
+    except ValueError as exc:
+        return str(exc)
+    if not USER_ID.fullmatch(m.sender):
+        return "sender is not a user id"
+    if ref.dest_type == SINGLE and m.sender not in ref.members:
+        return f"sender {m.sender} is not in {m.conv_id}"
+    if m.dest_type != ref.dest_type:
+        return f"dest_type {m.dest_type} does not match {m.conv_id}"
+    if not 0 <= m.msg_id < U64:
+        return "msg_id is not a uint64"
+    if not 0 <= m.msg_type < 1 << 31:
+        return "msg_type out of range"
+    if len(m.digest) != DIGEST_SIZE:
+        return f"digest must be {DIGEST_SIZE} bytes"
+    if len(m.content) > MAX_CONTENT - 200:  # room for the stamps
+        return "content too large"
+    if not _well_formed(m.content):
+        return "content is not a protobuf message"
+    return None
+
+
+def chat_digest(chat: im_pb2.ChatMsg) -> bytes:
+    """SHA-256 over what makes a chat the message it is: destination, types, body, file
+    reference and the sender's time. Ids, stamps and hop-by-hop fields are left out, so a resend
+    has the same digest and a reused id with other content does not."""
+    h = hashlib.sha256(b"im-chat-digest-1")
+    for part in (
+        chat.dest_id.encode(),
+        struct.pack(">iiq", chat.dest_type, chat.msg_type, chat.create_time),
+        chat.body,
+        chat.file.id.encode(),
+        struct.pack(">Q", chat.file.size),
+        chat.file.checksum.encode(),
+    ):
+        h.update(struct.pack(">I", len(part)))
+        h.update(part)
+    return h.digest()
+
+
+def new_message(chat: im_pb2.ChatMsg, content: bytes | None = None) -> NewMessage:
+    """The NewMessage for a chat its sender sent (``content``: its bytes as received, default
+    the chat serialized)."""
+    return NewMessage(
+        conv_id=conv_of_chat(chat),
+        sender=chat.from_id,
+        msg_id=chat.id,
+        dest_type=chat.dest_type,
+        msg_type=chat.msg_type,
+        content=chat.SerializeToString() if content is None else content,
+        digest=chat_digest(chat),
+    )
+
+
+# --- wire stamps --------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    value &= U64 - 1  # int64 as protobuf writes it: two's complement, 10 bytes when negative
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int]]:
+    """(field number, start, end) of each top-level field of a serialized message."""
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        tag, pos = _read_varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            _, pos = _read_varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:  # groups (3, 4) are not in proto3, and 6, 7 do not exist
+            raise ValueError(f"wire type {wire}")
+        if pos > len(data):
+            raise ValueError("truncated field")
+        out.append((number, start, pos))
+    return out
+
+
+def _well_formed(data: bytes) -> bool:
+    try:
+        _fields(data)
+    except ValueError:
+        return False
+    return True
+
+
+def stamp(content: bytes, conv_id: str, seq: int, server_time: int) -> bytes:
+    """``content`` with ChatMsg's conv_id, seq and server_time set, every other field kept as
+    it was; whatever the sender put in those three fields is dropped."""
+    kept = b"".join(
+        content[start:end] for number, start, end in _fields(content) if number not in _STAMPS
+    )
+    conv = conv_id.encode()
+    return b"".join(
+        (
+            kept,
+            _varint(_CONV_ID_FIELD << 3 | 2),
+            _varint(len(conv)),
+            conv,
+            _varint(_SEQ_FIELD << 3),
+            _varint(seq),
+            _varint(_SERVER_TIME_FIELD << 3),
+            _varint(server_time),
+        )
+    )

@@ -1,0 +1,502 @@
+"""The timeline store: durable per-conversation timelines with server-assigned seqs.
+
+Rules kept here, whatever the caller (docs/timeline.md explains why they hold):
+- seqs are assigned in :meth:`TimelineStore.append`'s own transaction, from the conversation
+  row's ``last_seq``, and nowhere else (no counter in Redis or in memory): a seq exists exactly
+  when its message committed, so seqs are 1, 2, 3, ... with no gaps and none given twice, across
+  any crash. Two writers on one conversation take turns on its row (``SELECT ... FOR UPDATE``
+  on MySQL, in conversation id order so they never deadlock each other; SQLite has one writer);
+  the primary key ``(conv_id, seq)`` refuses an overlap anyway, and an append that meets one
+  (two writers creating the same conversation) is rolled back whole and run again;
+- within a batch each conversation's messages get seqs in batch order;
+- ``(sender, msg_id)`` is a message's identity: a resend with the same digest gets the entry
+  stored first (``duplicate``, same seq), another digest is ``reused`` and stores nothing; a
+  repeat inside one batch is treated the same way;
+- cursors (READ per member, DELIVERED per device) only move forward, never past ``last_seq``;
+  moving one bumps the member's ``changed`` (and, in a 1-1 conversation, the peer's: the move
+  is its receipt);
+- retention deletes whole prefixes of timelines (server times never decrease within one).
+
+Tables: timeline/schema.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from common.db import Database, Row, Session, apply_migrations, require_schema
+from common.errors import BackendError
+from timeline import schema
+from timeline.model import (
+    SINGLE,
+    UNREAD_CAP,
+    AppendResult,
+    ConvSummary,
+    Entry,
+    NewMessage,
+    message_problem,
+    parse_conv_id,
+    resend_outcome,
+    stamp,
+)
+
+MAX_PAGE = 200  # messages per page
+MAX_CONVERSATIONS = 1000  # summaries per call
+PURGE_CHUNK = 5000  # rows per DELETE: a purge never holds locks on a whole table
+APPEND_TRIES = 5  # an append that met a concurrent writer's seqs runs again this often
+_DEDUPE_CHUNK = 200  # (sender, msg_id) pairs per lookup
+_UNREAD_CHUNK = 100  # conversations per unread count
+_U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
+DEVICE_ID_MAX = 64
+
+
+class TimelineStore(Protocol):
+    """Timelines, their members' cursors and retention."""
+
+    async def migrate(self) -> None: ...
+
+    async def append(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        """Append ``batch`` in one transaction: one result per message, in order. A message
+        :func:`timeline.model.message_problem` refuses makes the whole call a ValueError."""
+        ...
+
+    async def page(
+        self, conv_id: str, *, after: int = 0, before: int = 0, limit: int
+    ) -> list[Entry]:
+        """Entries with ``after < seq < before`` (0: unbounded), ascending, at most ``limit``
+        (capped at :data:`MAX_PAGE`); the oldest such, or with ``before`` alone the newest."""
+        ...
+
+    async def get(self, sender: str, msg_id: int) -> Entry | None: ...
+
+    async def conversations(
+        self, user_id: str, *, since_ms: int = 0, device_id: str = "", limit: int = 500
+    ) -> list[ConvSummary]:
+        """The conversations of ``user_id`` whose ``changed >= since_ms``, newest change
+        first; ``delivered_seq`` is ``device_id``'s (0 without one)."""
+        ...
+
+    async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
+        """Move the member's READ cursor up to ``seq`` (never back, never past the head); the
+        cursor after. 0 for a user with no member row (stores nothing)."""
+        ...
+
+    async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int:
+        """Move the device's DELIVERED cursor likewise; the device's cursor after."""
+        ...
+
+    async def is_member(self, conv_id: str, user_id: str) -> bool: ...
+
+    async def purge(self, older_than_ms: int) -> int:
+        """Delete messages committed before ``older_than_ms``; how many went."""
+        ...
+
+
+def check_batch(batch: Sequence[NewMessage]) -> None:
+    for m in batch:
+        problem = message_problem(m)
+        if problem is not None:
+            raise ValueError(f"cannot append message {m.msg_id} of {m.sender!r}: {problem}")
+
+
+def check_page(after: int, before: int, limit: int) -> int:
+    """The effective limit; ValueError for bounds no page can have."""
+    if after < 0 or before < 0:
+        raise ValueError("seq bounds must not be negative")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    return min(limit, MAX_PAGE)
+
+
+def check_cursor(seq: int, device_id: str | None = None) -> None:
+    if seq < 0:
+        raise ValueError("a cursor is not negative")
+    if device_id is not None and len(device_id) > DEVICE_ID_MAX:
+        raise ValueError(f"device id over {DEVICE_ID_MAX} characters")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def to_db_id(msg_id: int) -> int:
+    return msg_id - _U64 if msg_id > _I64_MAX else msg_id
+
+
+def from_db_id(value: int) -> int:
+    return value + _U64 if value < 0 else value
+
+
+class _Overlap(Exception):
+    """Another writer took seqs this append computed (a conversation both created at once):
+    roll back and run again."""
+
+
+_DIALECT: dict[str, dict[str, str]] = {
+    "sqlite": {
+        "greatest": "MAX",
+        "least": "MIN",
+        "for_update": "",
+        "insert_message": "ON CONFLICT DO NOTHING",
+        "upsert_conv": "ON CONFLICT (conv_id) DO UPDATE SET"
+        " last_seq = MAX(last_seq, excluded.last_seq),"
+        " last_time = MAX(last_time, excluded.last_time)",
+        "upsert_member": "ON CONFLICT (conv_id, user_id) DO UPDATE SET"
+        " changed = MAX(changed, excluded.changed)",
+        "upsert_device": "ON CONFLICT (conv_id, user_id, device_id) DO UPDATE SET"
+        " delivered_seq = MAX(delivered_seq, excluded.delivered_seq), changed = excluded.changed",
+        "purge": "DELETE FROM im_tl_message WHERE rowid IN"
+        " (SELECT rowid FROM im_tl_message WHERE server_time < ? LIMIT ?)",
+    },
+    "mysql": {
+        "greatest": "GREATEST",
+        "least": "LEAST",
+        "for_update": " FOR UPDATE",
+        # a no-op update counts 0 rows, so a refused row shows in the count (never ignored
+        # silently: INSERT IGNORE would also swallow data errors)
+        "insert_message": "ON DUPLICATE KEY UPDATE seq = seq",
+        "upsert_conv": "ON DUPLICATE KEY UPDATE"
+        " last_seq = GREATEST(last_seq, VALUES(last_seq)),"
+        " last_time = GREATEST(last_time, VALUES(last_time))",
+        "upsert_member": "ON DUPLICATE KEY UPDATE changed = GREATEST(changed, VALUES(changed))",
+        "upsert_device": "ON DUPLICATE KEY UPDATE"
+        " delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq)),"
+        " changed = VALUES(changed)",
+        "purge": "DELETE FROM im_tl_message WHERE server_time < ? LIMIT ?",
+    },
+}
+
+_ENTRY = "conv_id, seq, sender, msg_id, server_time, content"
+
+
+def _entry(row: Row) -> Entry:
+    conv_id, seq, sender, msg_id, server_time, content = row[:6]
+    return Entry(
+        str(conv_id),
+        int(seq),
+        str(sender),
+        from_db_id(int(msg_id)),
+        int(server_time),
+        bytes(content),
+    )
+
+
+class SQLTimelineStore:
+    """:class:`TimelineStore` on a :class:`common.db.Database` (SQLite or MySQL/MariaDB)."""
+
+    def __init__(self, db: Database) -> None:
+        self._steps = schema.migrations(db.dialect)
+        self._db = db
+        self._sql = _DIALECT[db.dialect]
+
+    async def migrate(self) -> None:
+        """Create or upgrade the timeline tables; safe to run twice, and from two processes."""
+        await apply_migrations(self._db, schema.COMPONENT, self._steps)
+
+    async def check_schema(self) -> None:
+        await require_schema(self._db, schema.COMPONENT, len(self._steps))
+
+    # --- append ---------------------------------------------------------------------------------
+
+    async def append(self, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        if not batch:
+            return []
+        check_batch(batch)
+        for _ in range(APPEND_TRIES):
+            try:
+                return await self._db.transaction(lambda tx: self._append(tx, batch))
+            except _Overlap:
+                continue
+        raise BackendError("timeline", f"append lost to concurrent writers {APPEND_TRIES} times")
+
+    async def _append(self, tx: Session, batch: Sequence[NewMessage]) -> list[AppendResult]:
+        convs = sorted({m.conv_id for m in batch})
+        marks = ", ".join("?" for _ in convs)
+        heads: dict[str, tuple[int, int]] = {}
+        rows = await tx.fetchall(
+            "SELECT conv_id, last_seq, last_time FROM im_tl_conv"
+            f" WHERE conv_id IN ({marks}) ORDER BY conv_id" + self._sql["for_update"],
+            convs,
+        )
+        for conv_id, last_seq, last_time in rows:
+            heads[str(conv_id)] = (int(last_seq), int(last_time))
+        stored = await self._stored(tx, batch)
+        now = now_ms()
+        results: list[AppendResult] = []
+        inserts: list[tuple[Any, ...]] = []
+        fresh: dict[tuple[str, int], tuple[Entry, bytes]] = {}
+        moved: dict[str, tuple[int, int, int]] = {}  # conv -> (dest type, last seq, last time)
+        for m in batch:
+            key = (m.sender, m.msg_id)
+            known = stored.get(key) or fresh.get(key)
+            if known is not None:
+                entry, digest = known
+                results.append(AppendResult(entry, resend_outcome(digest, m.digest)))
+                continue
+            last_seq, last_time = heads.get(m.conv_id, (0, 0))
+            seq, server_time = last_seq + 1, max(now, last_time)
+            heads[m.conv_id] = (seq, server_time)
+            moved[m.conv_id] = (m.dest_type, seq, server_time)
+            content = stamp(m.content, m.conv_id, seq, server_time)
+            entry = Entry(m.conv_id, seq, m.sender, m.msg_id, server_time, content)
+            fresh[key] = (entry, m.digest)
+            results.append(AppendResult(entry, "committed"))
+            inserts.append(
+                (m.conv_id, seq, m.sender, to_db_id(m.msg_id), server_time, m.digest, content)
+            )
+        if not inserts:
+            return results
+        inserts.sort(key=lambda r: (r[0], r[1]))  # one lock order for every writer
+        added = await tx.executemany(
+            "INSERT INTO im_tl_message (conv_id, seq, sender, msg_id, server_time, digest,"
+            " content) VALUES (?, ?, ?, ?, ?, ?, ?) " + self._sql["insert_message"],
+            inserts,
+        )
+        if added != len(inserts):
+            raise _Overlap
+        await tx.executemany(
+            "INSERT INTO im_tl_conv (conv_id, dest_type, last_seq, last_time, created)"
+            " VALUES (?, ?, ?, ?, ?) " + self._sql["upsert_conv"],
+            [(c, t, s, st, now) for c, (t, s, st) in sorted(moved.items())],
+        )
+        members = sorted(
+            (conv_id, user, 0, 0, server_time)
+            for conv_id, (_, _, server_time) in moved.items()
+            for user in parse_conv_id(conv_id).members
+        )
+        if members:
+            # placeholders only in VALUES: the MySQL driver then sends one multi-row statement
+            await tx.executemany(
+                "INSERT INTO im_tl_member (conv_id, user_id, read_seq, delivered_seq, changed)"
+                " VALUES (?, ?, ?, ?, ?) " + self._sql["upsert_member"],
+                members,
+            )
+        return results
+
+    async def _stored(
+        self, tx: Session, batch: Sequence[NewMessage]
+    ) -> dict[tuple[str, int], tuple[Entry, bytes]]:
+        """The stored messages with the identities of ``batch``, with their digests."""
+        keys = sorted({(m.sender, m.msg_id) for m in batch})
+        out: dict[tuple[str, int], tuple[Entry, bytes]] = {}
+        for start in range(0, len(keys), _DEDUPE_CHUNK):
+            chunk = keys[start : start + _DEDUPE_CHUNK]
+            if self._db.dialect == "mysql":  # a row IN list: one range scan of the key
+                where = "(sender, msg_id) IN (" + ", ".join("(?, ?)" for _ in chunk) + ")"
+            else:  # SQLite takes a row IN only from a subquery; ORs use the key per term
+                where = " OR ".join("(sender = ? AND msg_id = ?)" for _ in chunk)
+            params = [v for sender, msg_id in chunk for v in (sender, to_db_id(msg_id))]
+            rows = await tx.fetchall(
+                f"SELECT {_ENTRY}, digest FROM im_tl_message WHERE {where}", params
+            )
+            for row in rows:
+                entry = _entry(row)
+                out[(entry.sender, entry.msg_id)] = (entry, bytes(row[6]))
+        return out
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def page(
+        self, conv_id: str, *, after: int = 0, before: int = 0, limit: int
+    ) -> list[Entry]:
+        limit = check_page(after, before, limit)
+        after, before = min(after, _I64_MAX), min(before, _I64_MAX)
+        if before and after == 0:
+            rows = await self._db.fetchall(
+                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq < ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (conv_id, before, limit),
+            )
+            rows.reverse()
+        elif before:
+            rows = await self._db.fetchall(
+                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq > ? AND seq < ?"
+                " ORDER BY seq LIMIT ?",
+                (conv_id, after, before, limit),
+            )
+        else:
+            rows = await self._db.fetchall(
+                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (conv_id, after, limit),
+            )
+        return [_entry(r) for r in rows]
+
+    async def get(self, sender: str, msg_id: int) -> Entry | None:
+        if not 0 <= msg_id < _U64:
+            return None
+        row = await self._db.fetchone(
+            f"SELECT {_ENTRY} FROM im_tl_message WHERE sender = ? AND msg_id = ?",
+            (sender, to_db_id(msg_id)),
+        )
+        return None if row is None else _entry(row)
+
+    async def conversations(
+        self, user_id: str, *, since_ms: int = 0, device_id: str = "", limit: int = 500
+    ) -> list[ConvSummary]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        rows = await self._db.fetchall(
+            "SELECT m.conv_id, c.dest_type, c.last_seq, m.read_seq, m.changed,"
+            " p.user_id, COALESCE(p.read_seq, 0), COALESCE(p.delivered_seq, 0),"
+            " COALESCE(d.delivered_seq, 0),"
+            " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content"
+            " FROM im_tl_member m"
+            " JOIN im_tl_conv c ON c.conv_id = m.conv_id"
+            " LEFT JOIN im_tl_member p"
+            "  ON p.conv_id = m.conv_id AND p.user_id <> m.user_id AND c.dest_type = ?"
+            " LEFT JOIN im_tl_device d"
+            "  ON d.conv_id = m.conv_id AND d.user_id = m.user_id AND d.device_id = ?"
+            " LEFT JOIN im_tl_message l ON l.conv_id = m.conv_id AND l.seq = c.last_seq"
+            " WHERE m.user_id = ? AND m.changed >= ?"
+            " ORDER BY m.changed DESC, m.conv_id DESC LIMIT ?",
+            (SINGLE, device_id, user_id, max(since_ms, 0), min(limit, MAX_CONVERSATIONS)),
+        )
+        pending = [(str(r[0]), int(r[3])) for r in rows if int(r[2]) > int(r[3])]
+        unread = await self._unread(user_id, pending)
+        out: list[ConvSummary] = []
+        for r in rows:
+            conv_id = str(r[0])
+            ref = parse_conv_id(conv_id)
+            out.append(
+                ConvSummary(
+                    conv_id=conv_id,
+                    dest_type=int(r[1]),
+                    peer_id=ref.peer_of(user_id),
+                    last_seq=int(r[2]),
+                    last=None if r[9] is None else _entry(r[9:15]),
+                    read_seq=int(r[3]),
+                    delivered_seq=int(r[8]) if device_id else 0,
+                    peer_read_seq=int(r[6]),
+                    peer_delivered_seq=int(r[7]),
+                    unread=unread.get(conv_id, 0),
+                    changed=int(r[4]),
+                )
+            )
+        return out
+
+    async def _unread(self, user_id: str, pending: list[tuple[str, int]]) -> dict[str, int]:
+        """Messages from others after each read cursor, counted up to the cap: one statement
+        per chunk of conversations, each count a bounded range scan of an index."""
+        out: dict[str, int] = {}
+        for start in range(0, len(pending), _UNREAD_CHUNK):
+            chunk = pending[start : start + _UNREAD_CHUNK]
+            parts: list[str] = []
+            params: list[Any] = []
+            for i, (conv_id, read_seq) in enumerate(chunk):
+                parts.append(
+                    f"SELECT {i}, COUNT(*) FROM (SELECT 1 AS one FROM im_tl_message"
+                    " WHERE conv_id = ? AND seq > ? AND sender <> ?"
+                    f" LIMIT {UNREAD_CAP}) AS t{i}"
+                )
+                params += [conv_id, read_seq, user_id]
+            for i, count in await self._db.fetchall(" UNION ALL ".join(parts), params):
+                out[chunk[int(i)][0]] = int(count)
+        return out
+
+    async def is_member(self, conv_id: str, user_id: str) -> bool:
+        try:
+            ref = parse_conv_id(conv_id)
+        except ValueError:
+            return False
+        if ref.dest_type == SINGLE:
+            return user_id in ref.members
+        row = await self._db.fetchone(
+            "SELECT 1 FROM im_tl_member WHERE conv_id = ? AND user_id = ?", (conv_id, user_id)
+        )
+        return row is not None
+
+    # --- cursors --------------------------------------------------------------------------------
+
+    async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
+        check_cursor(seq)
+
+        async def work(tx: Session) -> int:
+            row = await tx.fetchone(
+                "SELECT c.last_seq, c.dest_type, m.read_seq FROM im_tl_conv c"
+                " JOIN im_tl_member m ON m.conv_id = c.conv_id AND m.user_id = ?"
+                " WHERE c.conv_id = ?",
+                (user_id, conv_id),
+            )
+            if row is None:
+                return 0
+            last_seq, dest_type, current = (int(v) for v in row)
+            target = min(seq, last_seq)
+            if target <= current:
+                return current
+            await self._move(tx, "read_seq", conv_id, user_id, target, dest_type == SINGLE)
+            after = await tx.fetchone(
+                "SELECT read_seq FROM im_tl_member WHERE conv_id = ? AND user_id = ?",
+                (conv_id, user_id),
+            )
+            return int(after[0]) if after else 0
+
+        return await self._db.transaction(work)
+
+    async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int:
+        check_cursor(seq, device_id)
+
+        async def work(tx: Session) -> int:
+            row = await tx.fetchone(
+                "SELECT c.last_seq, c.dest_type, m.delivered_seq,"
+                " (SELECT d.delivered_seq FROM im_tl_device d WHERE d.conv_id = c.conv_id"
+                "  AND d.user_id = m.user_id AND d.device_id = ?)"
+                " FROM im_tl_conv c"
+                " JOIN im_tl_member m ON m.conv_id = c.conv_id AND m.user_id = ?"
+                " WHERE c.conv_id = ?",
+                (device_id, user_id, conv_id),
+            )
+            if row is None:
+                return 0
+            last_seq, dest_type, best = int(row[0]), int(row[1]), int(row[2])
+            current = int(row[3] or 0)
+            target = min(seq, last_seq)
+            if target <= current:
+                return current
+            now = now_ms()
+            await tx.execute(
+                "INSERT INTO im_tl_device (conv_id, user_id, device_id, delivered_seq, changed)"
+                " VALUES (?, ?, ?, ?, ?) " + self._sql["upsert_device"],
+                (conv_id, user_id, device_id, target, now),
+            )
+            # the member's best moves only when this device got ahead of its others; the peer
+            # hears of that, this member of any move
+            await self._move(
+                tx, "delivered_seq", conv_id, user_id, target, dest_type == SINGLE and target > best
+            )
+            after = await tx.fetchone(
+                "SELECT delivered_seq FROM im_tl_device"
+                " WHERE conv_id = ? AND user_id = ? AND device_id = ?",
+                (conv_id, user_id, device_id),
+            )
+            return int(after[0]) if after else 0
+
+        return await self._db.transaction(work)
+
+    async def _move(
+        self, tx: Session, column: str, conv_id: str, user_id: str, target: int, peers: bool
+    ) -> None:
+        """Raise ``column`` of the member's row to ``target`` and bump ``changed``: the
+        member's row, and with ``peers`` every row of the conversation, in one statement (rows
+        locked in key order, as an append locks them)."""
+        greatest = self._sql["greatest"]
+        await tx.execute(
+            f"UPDATE im_tl_member SET {column} = CASE WHEN user_id = ?"
+            f" THEN {greatest}({column}, ?) ELSE {column} END,"
+            f" changed = {greatest}(changed, ?)"
+            " WHERE conv_id = ? AND (user_id = ? OR 1 = ?)",
+            (user_id, target, now_ms(), conv_id, user_id, int(peers)),
+        )
+
+    # --- retention ------------------------------------------------------------------------------
+
+    async def purge(self, older_than_ms: int) -> int:
+        removed = 0
+        while True:
+            n = await self._db.execute(self._sql["purge"], (older_than_ms, PURGE_CHUNK))
+            removed += n
+            if n < PURGE_CHUNK:
+                return removed

@@ -1,0 +1,170 @@
+"""The timeline writer: the queue's consumer that appends chats and merges cursors in batches.
+
+Rules:
+- one ``store.append`` per batch (one transaction); a failing store (``BackendError``) is retried
+  with the same batch and exponential back-off, forever: a batch is never dropped, and since the
+  deliveries are not acked meanwhile, a writer killed while retrying loses nothing;
+- answers go back only after the commit, then the acks: a writer killed between the two leaves
+  the records queued, and the next append finds each chat a duplicate and answers its first seq;
+- what no writer could ever append (a chat whose conv_id is not its pair's, a cursor of someone
+  who is not in the conversation) is answered ``refused``, never retried, never stored;
+- ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+from common.errors import BackendError
+from proto import im_pb2
+from timeline.model import AppendResult, NewMessage, message_problem, new_message, pair_conv_id
+from timeline.queue import TimelineDelivery, TimelineQueue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Appender(Protocol):
+    """What the writer needs of the timeline store."""
+
+    async def append(self, batch: Sequence[NewMessage]) -> list[AppendResult]: ...
+
+    async def set_read(self, conv_id: str, user_id: str, seq: int) -> int: ...
+
+    async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int: ...
+
+    async def is_member(self, conv_id: str, user_id: str) -> bool: ...
+
+
+def chat_problem(chat: im_pb2.ChatMsg) -> str | None:
+    """Why this chat can't be appended, or None (the connector checked; this is the last line,
+    for a record that reached the queue some other way)."""
+    if chat.dest_type != im_pb2.SINGLE:
+        return "only 1-1 conversations are written yet"
+    try:
+        conv_id = pair_conv_id(chat.from_id, chat.dest_id)
+    except ValueError as exc:
+        return str(exc)
+    if chat.conv_id != conv_id:
+        return f"conv_id {chat.conv_id!r} is not the conversation of its sender and destination"
+    return message_problem(new_message(chat))
+
+
+class TimelineWriter:
+    def __init__(
+        self,
+        queue: TimelineQueue,
+        store: Appender,
+        max_batch: int = 64,
+        *,
+        backoff_start: float = 0.1,
+        backoff_max: float = 5.0,
+        on_commit: Callable[[Sequence[im_pb2.Committed]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._store = store
+        self._max_batch = max_batch
+        self._backoff_start = backoff_start
+        self._backoff_max = backoff_max
+        self._on_commit = on_commit
+        self.appended = 0
+        self.duplicates = 0
+        self.refused = 0
+
+    async def run(self) -> None:
+        """Write batches until the queue is closed."""
+        async for batch in self._queue.deliveries(self._max_batch):
+            await self.write(batch)
+
+    async def write(self, batch: Sequence[TimelineDelivery]) -> None:
+        records = [r for d in batch for r in d.records]
+        answers = await self._commit(records)
+        if self._on_commit is not None:
+            try:
+                await self._on_commit(answers)
+            except Exception:
+                log.exception("timeline on_commit hook failed")  # costs a metric, not a row
+        start = 0
+        for delivery in batch:
+            n = len(delivery.records)
+            try:
+                await delivery.answer(answers[start : start + n])
+            except BackendError as exc:
+                # committed: the redelivery is answered from the store, same seqs
+                log.warning("timeline answer/ack failed after commit: %s", exc)
+            start += n
+
+    async def _commit(self, records: Sequence[im_pb2.TimelineRecord]) -> list[im_pb2.Committed]:
+        answers = [im_pb2.Committed(origin=r.origin) for r in records]
+        chats: list[tuple[int, NewMessage]] = []
+        for i, record in enumerate(records):
+            if record.WhichOneof("body") != "chat":
+                continue
+            problem = chat_problem(record.chat)
+            if problem is None:
+                chats.append((i, new_message(record.chat)))
+            else:
+                answers[i].chat.CopyFrom(record.chat)
+                answers[i].refused = im_pb2.BAD_MESSAGE
+                log.warning("timeline chat refused: %s", problem)
+        if chats:
+            batch = [m for _, m in chats]
+            results = await self._retry("append", lambda: self._store.append(batch))
+            for (i, _), result in zip(chats, results, strict=True):
+                self._answer_chat(answers[i], records[i].chat, result)
+        for i, record in enumerate(records):
+            if record.WhichOneof("body") == "cursor":
+                await self._merge_cursor(answers[i], record)
+        self.refused += sum(1 for a in answers if a.refused)
+        return answers
+
+    def _answer_chat(
+        self, answer: im_pb2.Committed, sent: im_pb2.ChatMsg, result: AppendResult
+    ) -> None:
+        if result.outcome == "reused":
+            answer.chat.CopyFrom(sent)
+            answer.refused = im_pb2.ID_REUSED
+            return
+        answer.chat.ParseFromString(result.entry.content)  # stamped by the store
+        if result.outcome == "duplicate":
+            answer.duplicate = True
+            self.duplicates += 1
+        else:
+            self.appended += 1
+
+    async def _merge_cursor(self, answer: im_pb2.Committed, record: im_pb2.TimelineRecord) -> None:
+        cursor = record.cursor
+        member = await self._retry(
+            "membership", lambda: self._store.is_member(cursor.conv_id, cursor.user_id)
+        )
+        answer.cursor.CopyFrom(cursor)
+        if not member:
+            answer.refused = im_pb2.BAD_MESSAGE
+            return
+        if cursor.type == im_pb2.READ:
+            seq = await self._retry(
+                "read cursor",
+                lambda: self._store.set_read(cursor.conv_id, cursor.user_id, cursor.seq),
+            )
+        else:
+            seq = await self._retry(
+                "delivered cursor",
+                lambda: self._store.set_delivered(
+                    cursor.conv_id, cursor.user_id, record.device_id, cursor.seq
+                ),
+            )
+        answer.cursor.seq = seq
+
+    async def _retry(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
+        delay = self._backoff_start
+        while True:
+            try:
+                return await work()
+            except BackendError as exc:
+                log.error("timeline %s failed, retrying in %.1fs: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
