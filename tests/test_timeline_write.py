@@ -243,27 +243,31 @@ async def test_a_resend_is_sent_again_and_a_reused_id_is_refused(stack: Stack) -
     await bob.connect()
     reader, writer = await greeted(stack, "alice")
     try:
-        first = raw_chat(7001 << 12, "alice", "bob", b"same")
-        first.seq = 1
-        writer.write(encode(first))
-        resend = raw_chat(7001 << 12, "alice", "bob", b"same")
-        resend.seq = 2
-        writer.write(encode(resend))
-        reuse = raw_chat(7001 << 12, "alice", "bob", b"different")
-        reuse.seq = 3
-        writer.write(encode(reuse))
-        await writer.drain()
-        frames = await frames_until(reader, writer, 4)
-        sent = [
-            e.ack.ack_msg_id
-            for e in frames
-            if e.WhichOneof("body") == "ack" and e.ack.ack_type == im_pb2.SENT
-        ]
-        errors = [
-            (e.error.code, e.error.ref_msg_id) for e in frames if e.WhichOneof("body") == "error"
-        ]
-        assert sent == [7001 << 12, 7001 << 12]  # the chat and its resend: SENT, each
-        assert errors == [(im_pb2.ID_REUSED, 7001 << 12)]  # the reuse: refused, never SENT
+        mid = 7001 << 12  # in alice's id slot, 0
+
+        def only(frames: list[im_pb2.Envelope]) -> list[tuple[str, int]]:
+            out = []
+            for e in frames:
+                if e.WhichOneof("body") == "ack" and e.ack.ack_type == im_pb2.SENT:
+                    out.append(("SENT", e.ack.ack_msg_id))
+                elif e.WhichOneof("body") == "error":
+                    out.append((im_pb2.ErrorCode.Name(e.error.code), e.error.ref_msg_id))
+            return out
+
+        for seq, body, want in (
+            (1, b"same", ("SENT", mid)),
+            (2, b"same", ("SENT", mid)),  # a resend once SENT: SENT again
+            (3, b"different", ("ID_REUSED", mid)),  # a reuse: refused, never SENT
+        ):
+            frame = raw_chat(mid, "alice", "bob", body)
+            frame.seq = seq
+            writer.write(encode(frame))
+            await writer.drain()
+            got: list[tuple[str, int]] = []
+            async with asyncio.timeout(5):
+                while want not in got:
+                    got += only(await frames_until(reader, writer, 1, wait=1.0))
+            assert set(got) == {want}, got
         assert await timeline_of(stack, "p:alice:bob") == [(1, "alice", 7001 << 12)]
         # bob sees it once (the resend reached him too: his library drops the copy)
         msg = await expect(bob, ServerError)  # the raw body was not sealed: shown as unreadable
@@ -350,5 +354,42 @@ async def test_a_read_moves_the_readers_cursor_and_the_unread_count(stack: Stack
         (theirs,) = await store.conversations("alice")
         assert (theirs.peer_read_seq, theirs.unread) == (3, 0)
     finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_reuse_the_ledger_forgot_is_refused_by_the_timeline(stack: Stack) -> None:
+    """The message ledger remembers ids for a while; the timeline for good. With the ledger's
+    memory gone, a reused id still never gets SENT: the writer refuses it, and the sender's
+    device hears ID_REUSED (a Fanout from the transfer)."""
+    from common.ledger import MemoryLedger
+
+    alice, bob = await make_users(stack, "alice", "bob", connect=False)
+    await bob.connect()
+    reader, writer = await greeted(stack, "alice")
+    try:
+        mid = 8001 << 12
+        first = raw_chat(mid, "alice", "bob", b"first")
+        first.seq = 1
+        writer.write(encode(first))
+        await writer.drain()
+        frames = await frames_until(reader, writer, 1)
+        assert any(e.WhichOneof("body") == "ack" and e.ack.ack_msg_id == mid for e in frames)
+        assert isinstance(stack.ledger, MemoryLedger)
+        stack.ledger._entries.clear()  # as after its TTL, or a Redis restart
+        reuse = raw_chat(mid, "alice", "bob", b"second, other content")
+        reuse.seq = 2
+        writer.write(encode(reuse))
+        await writer.drain()
+        frames = await frames_until(reader, writer, 1)
+        answers = [
+            (e.WhichOneof("body"), e.error.code if e.WhichOneof("body") == "error" else 0)
+            for e in frames
+            if e.WhichOneof("body") in ("ack", "error")
+        ]
+        assert answers == [("error", im_pb2.ID_REUSED)], answers
+        assert await timeline_of(stack, "p:alice:bob") == [(1, "alice", mid)]
+    finally:
+        writer.close()
         await alice.close()
         await bob.close()
