@@ -269,7 +269,7 @@ def test_message_ids_carry_the_slot_and_never_repeat(page: Any) -> None:
         let t = 1_767_000_000_000;
         const ids = new MessageIds(5, () => t);
         const out = [];
-        for (let i = 0; i < 5000; i++) out.push(ids.next());   // more than 4096 in one ms
+        for (let i = 0; i < 5000; i++) out.push(ids.next());   // more than 64 in one ms
         t -= 10_000;                                            // the clock goes back
         out.push(ids.next());
         const distinct = new Set(out.map(String)).size;
@@ -279,4 +279,7 @@ def test_message_ids_carry_the_slot_and_never_repeat(page: Any) -> None:
     )
     assert got["distinct"] == 5001 and got["increasing"]
     assert got["slots"] == [5]
-    assert got["first"] == (1_767_000_000_000 << 18) | (5 << 12)
+    assert got["first"] == (1_767_000_000_000 << 12) | (5 << 6)  # common/ids.py's layout
+    from common.ids import MessageIdGen, slot_of
+
+    assert slot_of(int(got["first"])) == 5 and MessageIdGen(5).slot == 5

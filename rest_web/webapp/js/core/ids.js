@@ -1,10 +1,11 @@
-// Message ids, the layout of SPEC-timeline.md / common/ids.py: (unix ms << 18) | (slot << 12) |
-// counter. The device's id slot (0..63, from login or WELCOME) makes ids unique across a user's
-// devices; the 12-bit counter gives 4096 ids per millisecond before borrowing the next one. Ids
-// pass 2^53, so they are BigInt here and decimal strings in JSON.
+// Message ids, the layout of common/ids.py: (unix ms << 12) | (slot << 6) | counter. The
+// device's id slot (0..63, from login or WELCOME) makes ids unique across a user's devices (the
+// connector refuses an id of another slot); the 6-bit counter gives 64 ids per millisecond
+// before borrowing the next one. Ids stay below 2^53 until 2248, but the wire's uint64 is a
+// BigInt here all the same, and a decimal string in JSON.
 
 export const SLOT_BITS = 6n;
-export const COUNTER_BITS = 12n;
+export const COUNTER_BITS = 6n;
 const COUNTER_MASK = (1n << COUNTER_BITS) - 1n;
 const SLOT_MASK = (1n << SLOT_BITS) - 1n;
 const MS_SHIFT = SLOT_BITS + COUNTER_BITS;
