@@ -26,7 +26,9 @@ Rules it keeps (DESIGN §5):
 - a lost link is reconnected with back-off, asking REST for a live connector (falling back on
   the ones it listed), then re-GREETed, then the outbox is resent;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
-  server then treats this device as slow instead of us buffering without bound.
+  server then treats this device as slow instead of us buffering without bound;
+- history (``history``, ``conversations``) comes over REST sealed and is opened with the pair
+  key exactly as a pushed chat is (docs/timeline.md).
 """
 
 from __future__ import annotations
