@@ -55,13 +55,13 @@ from client.files import FileInfo, download_file, upload_file
 from client.history import Conversation, StoredChat
 from client.order import DEFAULT_HOLD, StreamOrder
 from client.rest import LoginAnswer, RestClient, RestError
+from common.convid import is_conv_id, pair_conv_id, parse_conv_id
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
 from common.tls import client_context
 from proto import im_pb2
-from timeline.model import is_conv_id, pair_conv_id, parse_conv_id
 
 log = logging.getLogger(__name__)
 
