@@ -11,9 +11,12 @@ Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 
 from client.core import IMClient, Message, Receipt, ServerError
 from client.files import FileCheckError, FileInfo
+from client.history import Conversation, ConversationInfo
 from client.rest import RestClient, RestError
 
 __all__ = [
+    "Conversation",
+    "ConversationInfo",
     "FileCheckError",
     "FileInfo",
     "IMClient",

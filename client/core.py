@@ -26,7 +26,9 @@ Rules it keeps (DESIGN §5):
 - a lost link is reconnected with back-off, asking REST for a live connector (falling back on
   the ones it listed), then re-GREETed, then the outbox is resent;
 - events wait in a bounded queue: an application that stops reading stops the link, and the
-  server then treats this device as slow instead of us buffering without bound.
+  server then treats this device as slow instead of us buffering without bound;
+- history (``history``, ``conversations``) comes over REST sealed and is opened with the pair
+  key exactly as a pushed chat is (docs/timeline.md).
 """
 
 from __future__ import annotations
@@ -53,13 +55,13 @@ from client.files import FileInfo, download_file, upload_file
 from client.history import Conversation, StoredChat
 from client.order import DEFAULT_HOLD, StreamOrder
 from client.rest import LoginAnswer, RestClient, RestError
+from common.convid import is_conv_id, pair_conv_id, parse_conv_id
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
 from common.tls import client_context
 from proto import im_pb2
-from timeline.model import is_conv_id, pair_conv_id, parse_conv_id
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,6 @@ class _Overlap(Exception):
 _DIALECT: dict[str, dict[str, str]] = {
     "sqlite": {
         "greatest": "MAX",
-        "least": "MIN",
         "for_update": "",
         "insert_message": "ON CONFLICT DO NOTHING",
         "upsert_conv": "ON CONFLICT (conv_id) DO UPDATE SET"
@@ -153,7 +152,6 @@ _DIALECT: dict[str, dict[str, str]] = {
     },
     "mysql": {
         "greatest": "GREATEST",
-        "least": "LEAST",
         "for_update": " FOR UPDATE",
         # a no-op update counts 0 rows, so a refused row shows in the count (never ignored
         # silently: INSERT IGNORE would also swallow data errors)
