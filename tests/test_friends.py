@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from test_e2e import PW, expect, make_users, stack  # noqa: F401 (a fixture)
+from test_e2e import PW, expect, make_users, stack_settings
 
 from cli.migrate import run_migrate
 from cli.stack import Stack
@@ -153,6 +153,16 @@ async def test_friend_endpoints_need_a_token(client: httpx.AsyncClient) -> None:
 
 
 # -- end to end: a block reaches the connector's friend check ---------------------------------
+
+
+@pytest_asyncio.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    st = Stack(stack_settings(tmp_path))
+    await st.start()
+    try:
+        yield st
+    finally:
+        await st.stop()
 
 
 @pytest.mark.asyncio
