@@ -1,11 +1,17 @@
-"""The REST API: register, login, logout, friends with per-pair keys (DESIGN.md §3, §6).
+"""The REST API: register, login, logout, friends with per-pair keys, blocks (DESIGN.md §3, §6).
 
 Rules:
 - every endpoint but register, login and health needs ``Authorization: Bearer <token>``; a token
   is accepted if its signature and expiry check out and it was not revoked by logout, and it only
   ever reaches its own user's data;
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
-  failed logins are throttled per user id and per source address (429, rest_web/throttle.py);
+  failed logins are throttled so that a guesser is slowed and nobody else locked out (429,
+  rest_web/throttle.py); accounts made are limited per address; the address is the TCP peer's
+  unless it is a trusted proxy (rest_web/proxies.py);
+- user ids are canonical (common/userids.py) before any endpoint sees them: ``Alice`` is
+  ``alice``; friendship needs both sides' yes, and blocks keep a user out
+  (rest_web/friend_routes.py);
+- a body nested too deeply for the JSON parser is a 400, on every endpoint;
 - a token is refused once revoked: by logout (that token) or a password change (every token of
   the user issued before it); each revocation is also published, for connectors to close the
   sessions it covers within seconds;
@@ -260,14 +266,16 @@ def create_app(
         every method the resource has in ``Allow``."""
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
             path = request.url.path
-            allowed = sorted(
-                {
-                    method
-                    for route in app.router.routes
-                    if isinstance(route, APIRoute) and route.path_regex.match(path)
-                    for method in route.methods or ()
-                }
-            )
+            routes = [
+                route
+                for route in app.router.routes
+                if isinstance(route, APIRoute) and route.path_regex.match(path)
+            ]
+            # a literal path (/friends/requests) is its own resource, not an instance of the
+            # template that also matches it (/friends/{friend_id})
+            if any(route.path == path for route in routes):
+                routes = [r for r in routes if r.path == path and r.include_in_schema]
+            allowed = sorted({method for route in routes for method in route.methods or ()})
             exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
 

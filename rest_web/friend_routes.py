@@ -62,7 +62,7 @@ _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, bad, expired or revoked token"}
 }
 _STATUS = {
-    Refusal.SELF: status.HTTP_400_BAD_REQUEST,
+    Refusal.SELF: status.HTTP_409_CONFLICT,
     Refusal.BLOCKED_BY_YOU: status.HTTP_409_CONFLICT,
     Refusal.TOO_MANY_REQUESTS: status.HTTP_409_CONFLICT,
     Refusal.TOO_MANY_BLOCKS: status.HTTP_409_CONFLICT,
@@ -85,13 +85,18 @@ def add_routes(app: FastAPI, caller: Callable[..., Any], store: UserStore, emit:
     async def list_friends(me: Caller) -> list[FriendOut]:
         return [FriendOut(user_id=f, key=k) for f, k in await store.relations_of(me.user_id)]
 
-    # before /friends/{friend_id}, which would match it too
+    # before /friends/{friend_id}, which would match it too; "requests" is no user id that can
+    # be registered (rest_web/app.py RESERVED_IDS), so this path is never a friend's
     @app.get("/friends/requests", tags=["friends"], responses=_UNAUTHORIZED)
     async def list_requests(me: Caller) -> RequestsOut:
         return RequestsOut(
             incoming=_out(await friendships.incoming(me.user_id)),
             outgoing=_out(await friendships.outgoing(me.user_id)),
         )
+
+    @app.api_route("/friends/requests", methods=["PUT", "DELETE"], include_in_schema=False)
+    async def requests_is_read_only() -> None:
+        raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, "Method Not Allowed")
 
     @app.get(
         "/friends/{friend_id}",
@@ -112,8 +117,10 @@ def add_routes(app: FastAPI, caller: Callable[..., Any], store: UserStore, emit:
             **_UNAUTHORIZED,
             200: {"model": FriendOut, "description": "friends (now or already): the pair key"},
             202: {"model": PendingOut, "description": "asked; waits for the other side"},
-            400: {"model": ErrorOut, "description": "cannot befriend yourself"},
-            409: {"model": ErrorOut, "description": "you blocked them, or too many requests"},
+            409: {
+                "model": ErrorOut,
+                "description": "yourself, someone you block, or too many pending requests",
+            },
         },
     )
     async def add_friend(me: Caller, friend_id: UserPath) -> FriendOut | JSONResponse:
@@ -157,8 +164,7 @@ def add_routes(app: FastAPI, caller: Callable[..., Any], store: UserStore, emit:
         tags=["friends"],
         responses={
             **_UNAUTHORIZED,
-            400: {"model": ErrorOut, "description": "cannot block yourself"},
-            409: {"model": ErrorOut, "description": "too many blocks"},
+            409: {"model": ErrorOut, "description": "yourself, or too many blocks"},
         },
     )
     async def block(me: Caller, user_id: UserPath) -> None:

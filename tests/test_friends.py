@@ -125,7 +125,11 @@ async def test_a_block_ends_the_friendship_and_keeps_them_out(client: httpx.Asyn
     assert (await client.delete("/blocks/bob", headers=a)).status_code == 404
     assert await requests_of(client, a) == ([], [])
     assert (await client.get("/blocks", headers=a)).json() == []
-    assert (await client.put("/blocks/alice", headers=a)).status_code == 400  # yourself
+    assert (await client.put("/blocks/alice", headers=a)).status_code == 409  # yourself
+    assert (await client.put("/friends/alice", headers=a)).status_code == 409
+    # the list of requests is no friend's name
+    r = await client.put("/friends/requests", headers=a)
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
 
 
 @pytest.mark.asyncio

@@ -199,7 +199,7 @@ async def test_friend_and_admin_lookups_use_the_canonical_id(client: httpx.Async
     r = await client.put("/friends/Alice", headers=bob)
     assert r.status_code == 200 and r.json()["user_id"] == "alice"
     assert (await client.get("/friends/Bob", headers=alice)).json()["user_id"] == "bob"
-    assert (await client.put("/friends/ALICE", headers=alice)).status_code == 400  # yourself
+    assert (await client.put("/friends/ALICE", headers=alice)).status_code == 409  # yourself
 
 
 @pytest.mark.asyncio
@@ -444,7 +444,7 @@ async def test_each_pair_has_its_own_key(client: httpx.AsyncClient) -> None:
 async def test_add_friend_errors(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
     r = await client.put("/friends/alice", headers=alice)
-    assert r.status_code == 400
+    assert r.status_code == 409
     assert (await client.put("/friends/bad%20id", headers=alice)).status_code == 422
     assert (await client.put("/friends/" + "a" * 65, headers=alice)).status_code == 422
     assert (await client.get("/friends", headers=alice)).json() == []
