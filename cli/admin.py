@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from common.config import Settings
 from common.db import open_database
+from common.userids import BadUserId, canonical_user_id
 from rest_web.admin_store import AdminStore
 from rest_web.store import UserStore
 
@@ -17,6 +18,11 @@ async def run_admin(settings: Settings, action: str, user: str) -> tuple[int, li
     """Exit status and the lines to print."""
     if action != "list" and not user:
         return 2, [f"im admin {action}: name the user"]
+    if action != "list":
+        try:
+            user = canonical_user_id(user)
+        except BadUserId as exc:
+            return 2, [f"im admin {action}: {exc}"]
     db = await open_database(settings.db_url(), pool_size=1)
     try:
         store = AdminStore(db, settings.admin_ids())

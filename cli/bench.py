@@ -108,6 +108,8 @@ def _base_env(server_loop: str) -> dict[str, str]:
     env["IM_WS_PORT"] = "0"  # the bench speaks TCP; 9083 may be someone else's
     # every bench connection comes from this one host, up to 200 connecting at once
     env["IM_PREAUTH_PER_ADDRESS"] = "4096"
+    # and every bench user registers from it, thousands in a minute
+    env["IM_REGISTER_PER_ADDRESS"] = "1000000"
     env["PYTHONUNBUFFERED"] = "1"
     env["IM_METRICS_PORT"] = "0"  # `im up` and `im cluster` would take 9090 and up
     return env

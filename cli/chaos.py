@@ -132,6 +132,8 @@ class Chaos:
                     "IM_REDIS_PREFIX": s.redis_prefix,
                     "IM_AMQP_QUEUE": s.amqp_queue,
                     "IM_LOG_LEVEL": s.log_level,
+                    # every chaos user registers from this host, --users of them at once
+                    "IM_REGISTER_PER_ADDRESS": str(max(s.register_per_address, o.users)),
                 }
             )
             port = {

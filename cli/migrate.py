@@ -3,7 +3,9 @@
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
 ``offline.sqlstore`` the offline rows, ``rest_web.devices`` the message id slots,
 ``timeline.schema`` the timelines); this only runs them, in one place an operator can call
-before starting a new release. Safe to run again, and from several hosts at once.
+before starting a new release. Safe to run again, and from several hosts at once. It also
+brings user ids stored before the canonical-id rule to their canonical form, and says which
+it could not (rest_web/id_migration.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rest_web import admin_store, devices
 from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
 from rest_web.devices import DeviceSlots
+from rest_web.id_migration import IdReport
 from rest_web.store import UserStore
 from timeline import schema as timeline_schema
 from timeline.store import SQLTimelineStore
@@ -54,12 +57,14 @@ async def run_migrate(settings: Settings) -> list[str]:
         ]
         for name, store in components:
             before = await schema_version(db, name)
-            await store.migrate()
+            result = await store.migrate()
             after = await schema_version(db, name)
             if after == before:
                 lines.append(f"{name}: version {after} (up to date)")
             else:
                 lines.append(f"{name}: version {before} -> {after}")
+            if isinstance(result, IdReport):  # user ids from before the canonical rule
+                lines += result.lines()
         return lines
     finally:
         await db.close()

@@ -177,6 +177,8 @@ class Stack:
                 log_config=None,
                 lifespan="off",
                 server_header=False,
+                # uvicorn would believe X-Forwarded-For from loopback; rest_web/proxies.py decides
+                proxy_headers=False,
             )
             self._rest = _GuestServer(config)
             task = self._rest_task = asyncio.create_task(self._rest.serve(), name="rest")

@@ -1,4 +1,4 @@
-"""Asyncio client library: REST login and friends, one TCP link to a connector, sealed bodies.
+"""Asyncio client library: REST login, friends, blocks; one TCP link to a connector; sealed bodies.
 
     async with IMClient("http://127.0.0.1:8082", "alice", "password") as alice:
         await alice.connect()
@@ -9,20 +9,22 @@
 Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 """
 
-from client.core import IMClient, Message, Receipt, ServerError
+from client.core import IMClient, Message, Receipt, ServerError, befriend
 from client.files import FileCheckError, FileInfo
 from client.history import Conversation, ConversationInfo
-from client.rest import RestClient, RestError
+from client.rest import FriendRequests, RestClient, RestError
 
 __all__ = [
     "Conversation",
     "ConversationInfo",
     "FileCheckError",
     "FileInfo",
+    "FriendRequests",
     "IMClient",
     "Message",
     "Receipt",
     "RestClient",
     "RestError",
     "ServerError",
+    "befriend",
 ]

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from client.benchload import Flow, Probe, SendFn, Stats, drive
-from client.core import IMClient, Message, Receipt, ServerError
+from client.core import IMClient, Message, Receipt, ServerError, befriend
 from common.db import open_database
 from common.errors import IMError
 from common.link import Link, LinkConfig, open_link
@@ -54,9 +54,11 @@ async def _gather_limited(n: int, make: Callable[[int], object]) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
-async def _users(target: Target, names: list[str], friends_with: list[str]) -> list[IMClient]:
+async def _users(
+    target: Target, names: list[str], friends_with: list[str], peers: Sequence[IMClient] = ()
+) -> list[IMClient]:
     """Register and log in ``names``; each befriends the user at the same index of
-    ``friends_with`` (empty string: nobody)."""
+    ``friends_with`` (empty string: nobody), who is one of these or of ``peers`` and accepts."""
     clients = [
         IMClient(target.rest, n, PASSWORD, device_id="bench", connector=target.connector)
         for n in names
@@ -66,13 +68,14 @@ async def _users(target: Target, names: list[str], friends_with: list[str]) -> l
         await clients[i].register()
         await clients[i].login()
 
-    async def befriend(i: int) -> None:
+    async def pair(i: int) -> None:
         c = clients[i]
         if friends_with[i] and friends_with[i] not in c.friends:
-            await c.add_friend(friends_with[i])
+            await befriend(c, by_name[friends_with[i]])
 
     await _gather_limited(len(clients), setup)
-    await _gather_limited(len(clients), befriend)
+    by_name = {c.user_id: c for c in [*peers, *clients]}
+    await _gather_limited(len(clients), pair)
     return clients
 
 
@@ -283,7 +286,7 @@ async def offline(
     receiver = f"{prefix}-off"
     names = [f"{prefix}-o{i:05d}" for i in range(senders)]
     (dest,) = await _users(target, [receiver], [""])
-    clients = await _users(target, names, [receiver] * senders)
+    clients = await _users(target, names, [receiver] * senders, peers=[dest])
     await dest.refresh_friends()
     stats = Stats(final="SENT")
     flows = {n: Flow(stats) for n in names}

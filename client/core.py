@@ -54,13 +54,14 @@ from google.protobuf.message import DecodeError
 from client.files import FileInfo, download_file, upload_file
 from client.history import Conversation, StoredChat
 from client.order import DEFAULT_HOLD, StreamOrder
-from client.rest import LoginAnswer, RestClient, RestError
+from client.rest import FriendRequests, LoginAnswer, RestClient, RestError
 from common.convid import is_conv_id, pair_conv_id, parse_conv_id
 from common.crypto import SealError, open_sealed, seal
 from common.errors import IMError, ProtocolError
 from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig, fresh, open_link
 from common.tls import client_context
+from common.userids import canonical_or_none
 from proto import im_pb2
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ class IMClient:
         """``tls``: None follows the login answer, True uses TLS with the system's trust store,
         an ``SSLContext`` is used as given (e.g. ``common.tls.client_context(cafile)``), False
         never uses TLS."""
-        self.user_id = user_id
+        # the server knows every user by the canonical id (common/userids.py)
+        self.user_id = canonical_or_none(user_id) or user_id
         self.device_id = device_id
         self.rest = RestClient(rest_url)
         self.friends: dict[str, str] = {}
@@ -234,13 +236,40 @@ class IMClient:
 
     async def login(self) -> LoginAnswer:
         self._login = await self.rest.login(self.user_id, self._password, self.device_id)
+        self.user_id = self._login.user_id
         # ids from now on carry this device's slot, so no other device of ours can make them
         self._ids.slot = self._login.slot
         self.friends = dict(self._login.friends)
         return self._login
 
-    async def add_friend(self, friend_id: str) -> None:
-        self.friends[friend_id] = await self.rest.add_friend(friend_id)
+    async def add_friend(self, friend_id: str) -> str | None:
+        """Ask for ``friend_id``'s friendship or accept their request: the pair key once both
+        have said yes, None while it waits for them (see :func:`befriend`)."""
+        friend_id = canonical_or_none(friend_id) or friend_id
+        key = await self.rest.add_friend(friend_id)
+        if key is not None:
+            self.friends[friend_id] = key
+        return key
+
+    async def remove_friend(self, friend_id: str) -> None:
+        """Unfriend, withdraw our request or decline theirs."""
+        friend_id = canonical_or_none(friend_id) or friend_id
+        await self.rest.remove_friend(friend_id)
+        self.friends.pop(friend_id, None)
+
+    async def friend_requests(self) -> FriendRequests:
+        return await self.rest.friend_requests()
+
+    async def block(self, user_id: str) -> None:
+        user_id = canonical_or_none(user_id) or user_id
+        await self.rest.block(user_id)
+        self.friends.pop(user_id, None)
+
+    async def unblock(self, user_id: str) -> None:
+        await self.rest.unblock(canonical_or_none(user_id) or user_id)
+
+    async def blocks(self) -> list[str]:
+        return await self.rest.blocks()
 
     async def change_password(self, new_password: str) -> None:
         """Change the password: every other session of this user ends within seconds; this
@@ -510,6 +539,7 @@ class IMClient:
 
         Waits while the outbox is full. Raises only when this client was never connected.
         """
+        to = canonical_or_none(to) or to
         key = self.friends.get(to)
         if key is None:
             raise IMError(f"{to!r} is not a friend (no pair key)")
@@ -532,6 +562,7 @@ class IMClient:
 
         The file's key and name travel only inside the sealed body; the server sees the file id,
         the stored size and checksum. Receipts come as for text."""
+        to = canonical_or_none(to) or to
         key = self.friends.get(to)
         if key is None:
             raise IMError(f"{to!r} is not a friend (no pair key)")
@@ -785,6 +816,17 @@ def _open_chat(chat: im_pb2.ChatMsg, key: str | None) -> Message | ServerError:
         chat.seq,
         chat.server_time,
     )
+
+
+async def befriend(a: IMClient, b: IMClient) -> str:
+    """Make ``a`` and ``b`` friends the only way there is, both saying yes: ``a`` asks, ``b``
+    accepts. Both know the pair key afterwards, which is returned. Both must be logged in."""
+    await a.add_friend(b.user_id)
+    key = await b.add_friend(a.user_id)
+    if key is None:  # b's yes found no request of a's: a blocked b, or a lost the request
+        raise IMError(f"{a.user_id!r} and {b.user_id!r} did not become friends")
+    a.friends[b.user_id] = key
+    return key
 
 
 def _file_info(chat: im_pb2.ChatMsg, plain: bytes) -> FileInfo:

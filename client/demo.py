@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.core import IMClient, Message, Receipt, ServerError
+from client.core import IMClient, Message, Receipt, ServerError, befriend
 from common.errors import IMError
 
 PASSWORD = "demo-password-1"
@@ -151,15 +151,15 @@ async def run_demo(
                 await c.register()
                 await c.login()
 
-        async def befriend(i: int) -> None:
+        async def make_friends(i: int) -> None:
             async with sem:
                 c = clients[i]
                 for j in _friends_of(i, users):
                     if j > i and names[j] not in c.friends:
-                        await c.add_friend(names[j])
+                        await befriend(c, clients[j])  # asked, then accepted
 
         await asyncio.gather(*(register(c) for c in clients))
-        await asyncio.gather(*(befriend(i) for i in range(users)))
+        await asyncio.gather(*(make_friends(i) for i in range(users)))
         await asyncio.gather(*(c.refresh_friends() for c in clients))
         say(f"{users} users registered and befriended")
 

@@ -1,5 +1,5 @@
-"""The REST half of the client: register, login, friends, logout, file upload and download,
-conversations and their history."""
+"""The REST half of the client: register, login, friends and blocks, logout, file upload
+and download, conversations and their history."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ class LoginAnswer:
     connectors: list[tuple[str, int]]  # every live connector, to fall back on
     tls: bool = False  # the connectors speak TLS
     slot: int = 0  # this device's message id slot (common/ids.py)
+
+
+@dataclass(frozen=True, slots=True)
+class FriendRequests:
+    incoming: list[str]  # who asked us, newest first
+    outgoing: list[str]  # whom we asked, newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +118,16 @@ class RestClient:
             slot=int(data.get("slot", 0)),
         )
 
-    async def add_friend(self, friend_id: str) -> str:
+    async def add_friend(self, friend_id: str) -> str | None:
+        """Ask for ``friend_id``'s friendship, or accept theirs: the pair key when the two are
+        friends, None while the request waits for the other side (which is also the answer for
+        a name nobody holds)."""
         resp = await self._call("PUT", f"/friends/{friend_id}", headers=self._auth())
-        return str(self._check(resp, 200, 201)["key"])
+        data = self._check(resp, 200, 202)
+        return str(data["key"]) if resp.status_code == 200 else None
 
     async def remove_friend(self, friend_id: str) -> None:
+        """Unfriend, withdraw a request or decline one."""
         resp = await self._call("DELETE", f"/friends/{friend_id}", headers=self._auth())
         self._check(resp, 204)
 
@@ -153,6 +164,27 @@ class RestClient:
             return [stored_chat(m) for m in self._check(resp, 200)]
         except (MalformedAnswer, TypeError) as exc:
             raise RestError(resp.status_code, f"malformed answer: {exc}") from None
+
+    async def friend_requests(self) -> FriendRequests:
+        resp = await self._call("GET", "/friends/requests", headers=self._auth())
+        data = self._check(resp, 200)
+        return FriendRequests(
+            incoming=[str(r["user_id"]) for r in data["incoming"]],
+            outgoing=[str(r["user_id"]) for r in data["outgoing"]],
+        )
+
+    async def block(self, user_id: str) -> None:
+        """Block ``user_id``: a friendship with them ends; they cannot ask or message us."""
+        resp = await self._call("PUT", f"/blocks/{user_id}", headers=self._auth())
+        self._check(resp, 204)
+
+    async def unblock(self, user_id: str) -> None:
+        resp = await self._call("DELETE", f"/blocks/{user_id}", headers=self._auth())
+        self._check(resp, 204)
+
+    async def blocks(self) -> list[str]:
+        resp = await self._call("GET", "/blocks", headers=self._auth())
+        return [str(b["user_id"]) for b in self._check(resp, 200)]
 
     async def change_password(self, old: str, new: str) -> str:
         """Change the password; every older token of the user is revoked, and the fresh token

@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from client.core import IMClient, Message, Receipt, ServerError
+from client.core import IMClient, Message, Receipt, ServerError, befriend
 from common.errors import IMError
 
 PASSWORD = "chaos-password-1"
@@ -93,7 +93,8 @@ class Users:
             c = self.clients[name]
             for j in friends_of(i, n):
                 if j > i:
-                    await _retry(functools.partial(c.add_friend, self.names[j]))
+                    other = self.clients[self.names[j]]
+                    await _retry(functools.partial(befriend, c, other))  # idempotent
         await asyncio.gather(*(_retry(c.refresh_friends) for c in self.clients.values()))
 
         async def connect(c: IMClient) -> None:

@@ -17,6 +17,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.errors import ConfigError
+from common.userids import canonical_or_none
 
 SECONDS = 1.0
 KIB = 1024
@@ -128,12 +129,36 @@ class Settings(BaseSettings):
         200_000, ge=1, description="message ids remembered in memory without Redis"
     )
     login_failures_per_user: int = Field(
-        5, ge=1, description="failed logins per user id per login_window, then 429"
+        5,
+        ge=1,
+        description="failed logins per user id and address before each further one doubles a "
+        "wait (2 s, 4 s, ... up to login_backoff_max)",
     )
     login_failures_per_address: int = Field(
-        20, ge=1, description="failed logins per source address per login_window, then 429"
+        20,
+        ge=1,
+        description="user ids failing from one address per login_window; beyond, that address is "
+        "refused (429) for all but the users recently logged in from it",
+    )
+    login_failures_per_user_total: int = Field(
+        50,
+        ge=1,
+        description="failures per user id per login_window from all addresses; beyond, 429 for "
+        "addresses the user has not recently logged in from",
     )
     login_window: float = Field(60 * SECONDS, gt=0, description="login throttle window")
+    login_backoff_max: float = Field(
+        15 * 60 * SECONDS, gt=0, description="longest wait between failed logins of one pair"
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma list of addresses or CIDRs whose X-Forwarded-For is believed; "
+        "empty: none (the TCP peer is the client)",
+    )
+    register_per_address: int = Field(
+        20, ge=1, description="registrations per source address per register_window, then 429"
+    )
+    register_window: float = Field(10 * 60 * SECONDS, gt=0, description="registration window")
     rest_max_body: int = Field(64 * KIB, ge=1 * KIB, description="largest REST request body")
     # Connections that have not yet sent an accepted GREET, per connector (docs/security.md): a
     # silent one costs about 5.5 KB of server RSS (tests/test_preauth.py prints it), so the total
@@ -184,7 +209,16 @@ class Settings(BaseSettings):
     )
 
     def admin_ids(self) -> frozenset[str]:
-        return frozenset(u.strip() for u in self.admins.split(",") if u.strip())
+        """``IM_ADMINS`` in canonical form (common/userids.py); an entry that is no user id
+        is refused rather than silently matching nobody."""
+        out = set()
+        for entry in self.admins.split(","):
+            if entry.strip():
+                user = canonical_or_none(entry.strip())
+                if user is None:
+                    raise ConfigError(f"IM_ADMINS: {entry.strip()!r} is not a user id")
+                out.add(user)
+        return frozenset(out)
 
     def tls_enabled(self) -> bool:
         """TLS on the client port: both paths set (one alone is refused)."""

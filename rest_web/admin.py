@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, model_validator
@@ -37,6 +37,7 @@ from common.errors import BackendError
 from common.tokens import Claims, Revocation
 from rest_web.admin_store import AdminStore, AuditEntry
 from rest_web.blobs import BlobStore
+from rest_web.params import OptionalUserId, UserPath
 from rest_web.store import UserStore
 from user_status.base import NodeRegistry, OnlineDirectory
 from user_status.kick import Kick, KickBus
@@ -46,7 +47,7 @@ audit_log = logging.getLogger("im.audit")
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 DEVICE_PATTERN = r"^[A-Za-z0-9_.:-]{0,64}$"
-TargetUser = Annotated[str, Path(pattern=USER_ID_PATTERN, description="the user's id")]
+TargetUser = UserPath
 # a full count for the stats stops here (one SCAN pass over this many users is a few seconds)
 STATS_MAX_USERS = 100_000
 STATS_PAGE = 1000
@@ -135,7 +136,7 @@ class DeletedOut(BaseModel):
 
 
 class NoticeIn(BaseModel):
-    user_id: Annotated[str | None, Field(pattern=USER_ID_PATTERN)] = None
+    user_id: OptionalUserId = None
     group_id: Annotated[str | None, Field(pattern=USER_ID_PATTERN)] = None
     text: Annotated[str, Field(min_length=1, max_length=2000)]
 

@@ -202,7 +202,10 @@ class AdminStore:
 
         TODO(timeline, phase 2): the messages the user sent and received, and its cursors, by
         ``IM_DELETE_MESSAGES`` (``anonymize``: kept for the other side as from a deleted user;
-        ``delete``: removed); and its pending friend requests once REST has them (issue 12).
+        ``delete``: removed).
+
+        Its friend requests and blocks go both ways too: a request to a name nobody holds any
+        more would be offered to whoever registers it next; a block of it would keep them out.
         """
         db = self._db
         rows = await db.fetchall("SELECT file_id FROM im_file WHERE owner = ?", (user_id,))
@@ -213,6 +216,12 @@ class AdminStore:
         grants = await db.execute("DELETE FROM im_file_grant WHERE user_id = ?", (user_id,))
         relations = await db.execute(
             "DELETE FROM im_relation WHERE user_id1 = ? OR user_id2 = ?", (user_id, user_id)
+        )
+        await db.execute(
+            "DELETE FROM im_friend_request WHERE from_id = ? OR to_id = ?", (user_id, user_id)
+        )
+        await db.execute(
+            "DELETE FROM im_block WHERE user_id = ? OR blocked_id = ?", (user_id, user_id)
         )
         await db.execute("DELETE FROM im_user_profile WHERE user_id = ?", (user_id,))
         await db.execute("DELETE FROM im_admin WHERE user_id = ?", (user_id,))

@@ -1,11 +1,17 @@
-"""The REST API: register, login, logout, friends with per-pair keys (DESIGN.md §3, §6).
+"""The REST API: register, login, logout, friends with per-pair keys, blocks (DESIGN.md §3, §6).
 
 Rules:
 - every endpoint but register, login and health needs ``Authorization: Bearer <token>``; a token
   is accepted if its signature and expiry check out and it was not revoked by logout, and it only
   ever reaches its own user's data;
 - login answers "unknown user" and "wrong password" with the same 401, after the same work;
-  failed logins are throttled per user id and per source address (429, rest_web/throttle.py);
+  failed logins are throttled so that a guesser is slowed and nobody else locked out (429,
+  rest_web/throttle.py); accounts made are limited per address; the address is the TCP peer's
+  unless it is a trusted proxy (rest_web/proxies.py);
+- user ids are canonical (common/userids.py) before any endpoint sees them: ``Alice`` is
+  ``alice``; friendship needs both sides' yes, and blocks keep a user out
+  (rest_web/friend_routes.py);
+- a body nested too deeply for the JSON parser is a 400, on every endpoint;
 - a token is refused once revoked: by logout (that token) or a password change (every token of
   the user issued before it); each revocation is also published, for connectors to close the
   sessions it covers within seconds;
@@ -31,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -49,28 +55,25 @@ from common.tokens import Claims, Revocation, TokenSigner
 from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
-from rest_web import ops_routes
+from rest_web import friend_routes, ops_routes
 from rest_web import timeline_routes as history_routes
 from rest_web.devices import DeviceSlots, SlotsExhausted
 from rest_web.files import FileService
+from rest_web.friend_routes import ErrorOut, FriendOut
 from rest_web.login import BuiltinLogin, Login, LoginUnavailable, open_login
+from rest_web.params import UserId
 from rest_web.passwords import hash_password, verify_password
+from rest_web.proxies import TrustedProxies
 from rest_web.static_app import mount_webapp
 from rest_web.store import UserStore
-from rest_web.throttle import LoginThrottle, LoginThrottleMiddleware, client_address
+from rest_web.throttle import AddressLimit, LoginThrottle, LoginThrottleMiddleware
 from timeline.store import SQLTimelineStore, TimelineStore
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-USER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-
-UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["alice"])]
-FriendId = Annotated[str, Path(pattern=USER_ID_PATTERN, description="the other user's id")]
-
-
-class ErrorOut(BaseModel):
-    detail: str
+# ids no one may register: a path below /friends that is not a friend
+RESERVED_IDS = frozenset({"requests"})
 
 
 class RegisterIn(BaseModel):
@@ -96,11 +99,6 @@ class LoginIn(BaseModel):
             description="names this device in routing; several devices may be online at once",
         ),
     ] = ""
-
-
-class FriendOut(BaseModel):
-    user_id: str
-    key: str = Field(description="the pair's AES-256-GCM key, base64url (43 chars)")
 
 
 class LoginOut(BaseModel):
@@ -254,10 +252,15 @@ def create_app(
         settings.login_failures_per_user,
         settings.login_failures_per_address,
         settings.login_window,
+        per_user_total=settings.login_failures_per_user_total,
+        max_backoff=settings.login_backoff_max,
     )
+    proxies = TrustedProxies.parse(settings.trusted_proxies)
+    registrations = AddressLimit(settings.register_per_address, settings.register_window)
     app.state.throttle = throttle
+    app.state.registrations = registrations
     # added first, so it runs inside BodyLimit: it reads bodies already capped
-    app.add_middleware(LoginThrottleMiddleware, throttle=throttle)
+    app.add_middleware(LoginThrottleMiddleware, throttle=throttle, proxies=proxies)
     app.add_middleware(BodyLimit, max_body=settings.rest_max_body, exempt=frozenset({"/files"}))
     if logins is None:
         logins = Login(BuiltinLogin(store), store)
@@ -273,16 +276,24 @@ def create_app(
         every method the resource has in ``Allow``."""
         if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
             path = request.url.path
-            allowed = sorted(
-                {
-                    method
-                    for route in app.router.routes
-                    if isinstance(route, APIRoute) and route.path_regex.match(path)
-                    for method in route.methods or ()
-                }
-            )
+            routes = [
+                route
+                for route in app.router.routes
+                if isinstance(route, APIRoute) and route.path_regex.match(path)
+            ]
+            # a literal path (/friends/requests) is its own resource, not an instance of the
+            # template that also matches it (/friends/{friend_id})
+            if any(route.path == path for route in routes):
+                routes = [r for r in routes if r.path == path and r.include_in_schema]
+            allowed = sorted({method for route in routes for method in route.methods or ()})
             exc = StarletteHTTPException(exc.status_code, exc.detail, {"Allow": ", ".join(allowed)})
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        """A body nested past what the parsers recurse through is malformed input, whichever
+        step met it first: 400, not a 500 with a traceback per request."""
+        return JSONResponse({"detail": "request body nested too deeply"}, status_code=400)
 
     @app.exception_handler(BackendError)
     async def backend_down(request: Request, exc: BackendError) -> JSONResponse:
@@ -326,16 +337,34 @@ def create_app(
         "/users",
         status_code=status.HTTP_201_CREATED,
         tags=["users"],
-        responses={409: {"model": ErrorOut, "description": "user id taken"}},
+        responses={
+            409: {"model": ErrorOut, "description": "user id taken (in any spelling)"},
+            429: {"model": ErrorOut, "description": "too many registrations from this address"},
+        },
     )
-    async def register(body: RegisterIn) -> RegisterOut:
+    async def register(body: RegisterIn, request: Request) -> RegisterOut:
+        """Create an account. The id is stored in canonical form (lower case): ``Alice`` and
+        ``alice`` are one id, and the answer says which."""
         if not logins.allows_registration:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN, f"accounts come from the {logins.name} login provider"
             )
-        encoded = await hash_password(body.password)
-        name = body.display_name or body.user_id
-        if not await store.create_user(body.user_id, encoded, name):
+        # a taken id costs no password hash; 409 says the id exists, as it must
+        if body.user_id in RESERVED_IDS or await store.user_exists(body.user_id):
+            raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
+        address = proxies.client_of(request.scope)
+        wait = registrations.take(address)  # only accounts made count: reruns are free
+        if wait > 0:
+            raise _too_many(wait, "registrations from this address")
+        made = False
+        try:
+            encoded = await hash_password(body.password)
+            name = body.display_name or body.user_id
+            made = await store.create_user(body.user_id, encoded, name)
+        finally:
+            if not made:
+                registrations.give_back(address)
+        if not made:
             raise HTTPException(status.HTTP_409_CONFLICT, "user already exists")
         emit(events.USER_REGISTERED, events.user_registered(body.user_id, name, logins.name))
         return RegisterOut(user_id=body.user_id)
@@ -413,21 +442,16 @@ def create_app(
         """Change the caller's password. Every token of the caller issued before now is
         revoked, on every device (their connections close within seconds); the answer carries
         a fresh token for this device."""
-        keys = LoginThrottle.keys(me.user_id, client_address(request.scope))
-        wait = throttle.retry_after(keys)
+        address = proxies.client_of(request.scope)
+        wait = throttle.retry_after(me.user_id, address)
         if wait > 0:
             throttle.refused += 1
-            seconds = str(max(1, math.ceil(wait)))
-            raise HTTPException(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"too many failed attempts, retry in {seconds} s",
-                headers={"Retry-After": seconds},
-            )
+            raise _too_many(wait, "failed attempts")
         encoded = await store.get_password_hash(me.user_id)
         if not await verify_password(body.old_password, encoded):
-            throttle.failed(keys)
+            throttle.failed(me.user_id, address)
             raise HTTPException(status.HTTP_403_FORBIDDEN, "old password is wrong")
-        throttle.succeeded(me.user_id)
+        throttle.succeeded(me.user_id, address)
         if not await store.set_password_hash(me.user_id, await hash_password(body.new_password)):
             raise _unauthorized("no such user")
         cutoff = int(time.time() * 1000)
@@ -443,51 +467,7 @@ def create_app(
         token = signer.issue(me.user_id, settings.token_ttl, device_id=me.device_id, slot=slot)
         return PasswordOut(token=token, expires_at=signer.verify(token).expires, slot=slot)
 
-    @app.get("/friends", tags=["friends"], responses=_UNAUTHORIZED)
-    async def list_friends(me: Caller) -> list[FriendOut]:
-        return [FriendOut(user_id=f, key=k) for f, k in await store.relations_of(me.user_id)]
-
-    @app.get(
-        "/friends/{friend_id}",
-        tags=["friends"],
-        responses={**_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "not a friend"}},
-    )
-    async def get_friend(me: Caller, friend_id: FriendId) -> FriendOut:
-        key = await store.relation_key(me.user_id, friend_id)
-        if key is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
-        return FriendOut(user_id=friend_id, key=key)
-
-    @app.put(
-        "/friends/{friend_id}",
-        tags=["friends"],
-        responses={
-            **_UNAUTHORIZED,
-            400: {"model": ErrorOut, "description": "cannot befriend yourself"},
-            404: {"model": ErrorOut, "description": "no such user"},
-        },
-    )
-    async def add_friend(me: Caller, friend_id: FriendId) -> FriendOut:
-        """Befriend ``friend_id`` (idempotent); the pair's key is the same from both sides."""
-        if friend_id == me.user_id:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "cannot befriend yourself")
-        if not await store.user_exists(friend_id):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
-        existed = await store.relation_key(me.user_id, friend_id) is not None
-        key = await store.add_relation(me.user_id, friend_id)
-        if not existed:  # the relation was made now: with requests, this moves to "accept"
-            emit(events.FRIEND_ACCEPTED, events.friend_accepted(me.user_id, friend_id))
-        return FriendOut(user_id=friend_id, key=key)
-
-    @app.delete(
-        "/friends/{friend_id}",
-        status_code=status.HTTP_204_NO_CONTENT,
-        tags=["friends"],
-        responses={**_UNAUTHORIZED, 404: {"model": ErrorOut, "description": "not a friend"}},
-    )
-    async def remove_friend(me: Caller, friend_id: FriendId) -> None:
-        if not await store.remove_relation(me.user_id, friend_id):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "not a friend")
+    friend_routes.add_routes(app, caller, store, emit)
 
     history_routes.add_routes(app, caller, timeline)
     if files is not None:
@@ -500,6 +480,15 @@ def create_app(
 
 def _no_hooks(event: str, data: events.Data) -> None:
     pass
+
+
+def _too_many(wait: float, what: str = "attempts") -> HTTPException:
+    seconds = str(max(1, math.ceil(wait)))
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"too many {what}, retry in {seconds} s",
+        headers={"Retry-After": seconds},
+    )
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -564,6 +553,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         lifespan="off",
         timeout_graceful_shutdown=5,
         server_header=False,
+        # uvicorn would believe X-Forwarded-For from loopback; rest_web/proxies.py decides
+        proxy_headers=False,
     )
     server = uvicorn.Server(config) if stop is None else _GuestServer(config)
     watcher: asyncio.Task[None] | None = None

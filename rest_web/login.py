@@ -15,7 +15,8 @@ Rules kept here, whatever the provider:
   password hash that never verifies, so the built-in store cannot be used to log in as them),
   and its display name and e-mail are recorded in ``im_user_profile`` at every login;
 - the IM user id is the one the provider returns (for LDAP, the directory's value of the login
-  attribute), and must be a valid user id;
+  attribute) in canonical form (common/userids.py), and must have one; the provider is asked
+  with the canonical form of what the user typed;
 - empty passwords are refused before any provider sees them: many LDAP servers treat a bind
   with a DN and no password as an anonymous bind that "succeeds";
 - ldap3 is blocking: its calls run on a pool of ``IM_LDAP_POOL`` threads, at most that many at
@@ -26,11 +27,11 @@ Rules kept here, whatever the provider:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import logging
 import math
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,12 +44,12 @@ from ldap3.utils.conv import escape_filter_chars
 from common.config import Settings
 from common.db import Database
 from common.errors import BackendError, ConfigError
+from common.userids import canonical_or_none
 from rest_web.passwords import verify_password
 from rest_web.store import UserStore
 
 log = logging.getLogger(__name__)
 
-_USER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Stored as the password hash of accounts an external provider owns: not a valid encoded hash,
 # so rest_web.passwords never verifies anything against it.
 EXTERNAL_PASSWORD = "!external"
@@ -262,9 +263,12 @@ class Login:
             raise LoginUnavailable(f"{self.name}: {type(exc).__name__}") from exc
         if who is None:
             return None
-        if not _USER_ID.match(who.user_id):
+        canonical = canonical_or_none(who.user_id)
+        if canonical is None:
             log.warning("login provider %s returned an invalid user id %r", self.name, who.user_id)
             return None
+        if canonical != who.user_id:  # a directory's "Alice" is the IM user "alice"
+            who = dataclasses.replace(who, user_id=canonical)
         if self.external:
             await self._provision(who)
         return who.user_id

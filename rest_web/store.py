@@ -5,7 +5,9 @@ Rules kept here, whatever the caller:
   once, by whoever adds the pair first, and every later add returns that same key;
 - the SQL runs unchanged on SQLite and MySQL/MariaDB; only the DDL and the insert-if-new
   statement differ by dialect. MySQL tables use a binary collation so ids compare exactly as they
-  do in SQLite and Python (``Alice`` and ``alice`` are two users, token ids are case-sensitive);
+  do in SQLite and Python (token ids are case-sensitive). User ids reach the store already in
+  canonical form (common/userids.py), which is what makes ``Alice`` and ``alice`` one user; rows
+  from before that rule are renamed by :meth:`UserStore.migrate` (rest_web/id_migration.py);
 - the revoked-token table holds only tokens that could still be used: rows past their expiry are
   dropped on each revoke, so it does not grow without bound. The same goes for the per-user token
   cutoffs (``im_token_cutoff``: every token of the user issued before ``before_ms`` is revoked,
@@ -23,6 +25,7 @@ import time
 
 from common.crypto import new_pair_key
 from common.db import Database, apply_migrations, require_schema
+from rest_web.id_migration import IdReport, canonicalize_user_ids
 
 COMPONENT = "users"
 
@@ -100,6 +103,38 @@ _PROFILE = (
 _STEPS["sqlite"].append([_PROFILE])
 _STEPS["mysql"].append([_PROFILE + _MYSQL_TABLE])
 
+# step 4: friendship needs consent (rest_web/friendships.py). A request is one row per asker and
+# asked; a block one row per blocker and blocked. Relations made before this step were made by
+# one side alone and stay as they are: accepted friendships.
+_REQUEST = (
+    "CREATE TABLE IF NOT EXISTS im_friend_request ("
+    " from_id VARCHAR(64) NOT NULL,"
+    " to_id VARCHAR(64) NOT NULL,"
+    " created BIGINT NOT NULL,"
+    " PRIMARY KEY (from_id, to_id)"
+)
+_BLOCK = (
+    "CREATE TABLE IF NOT EXISTS im_block ("
+    " user_id VARCHAR(64) NOT NULL,"
+    " blocked_id VARCHAR(64) NOT NULL,"
+    " created BIGINT NOT NULL,"
+    " PRIMARY KEY (user_id, blocked_id)"
+)
+_STEPS["sqlite"].append(
+    [
+        _REQUEST + ")",
+        "CREATE INDEX IF NOT EXISTS idx_request_to ON im_friend_request (to_id)",
+        _BLOCK + ")",
+        "CREATE INDEX IF NOT EXISTS idx_block_blocked ON im_block (blocked_id)",
+    ]
+)
+_STEPS["mysql"].append(
+    [
+        _REQUEST + ", KEY idx_request_to (to_id))" + _MYSQL_TABLE,
+        _BLOCK + ", KEY idx_block_blocked (blocked_id))" + _MYSQL_TABLE,
+    ]
+)
+
 
 def migrations(dialect: str) -> list[list[str]]:
     """The migration steps for ``dialect`` ("sqlite" or "mysql"), oldest first."""
@@ -155,9 +190,15 @@ class UserStore:
                 " expires = GREATEST(expires, VALUES(expires))"
             )
 
-    async def migrate(self) -> None:
-        """Create or upgrade the schema; safe to run twice, and from two processes at once."""
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    async def migrate(self) -> IdReport:
+        """Create or upgrade the schema, then bring user ids from before the canonical rule to
+        their canonical form; safe to run twice, and from two processes at once."""
         await apply_migrations(self._db, COMPONENT, self._steps)
+        return await canonicalize_user_ids(self._db)
 
     async def check_schema(self) -> None:
         """Raise :class:`common.errors.ConfigError` if the schema is older than this code."""

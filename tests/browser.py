@@ -63,6 +63,7 @@ class RestServer:
             connector_addrs="127.0.0.1:9081",
             # the browser tests log in many times from one address
             login_failures_per_address=1000,
+            register_per_address=1000,  # and make many accounts
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop: asyncio.AbstractEventLoop | None = None

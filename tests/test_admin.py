@@ -224,7 +224,11 @@ async def test_delete_erases_the_account_and_its_data(api: Api) -> None:
     root = await api.user("root")
     alice = await api.user("alice")
     bob = await api.user("bob")
-    assert (await api.http.put("/friends/alice", headers=bob)).status_code == 200
+    assert (await api.http.put("/friends/alice", headers=bob)).status_code == 202
+    assert (await api.http.put("/friends/bob", headers=alice)).status_code == 200
+    carol = await api.user("carol")
+    assert (await api.http.put("/friends/carol", headers=bob)).status_code == 202  # pending
+    assert (await api.http.put("/blocks/bob", headers=carol)).status_code == 204
     up = await api.http.post(
         "/files", headers={**bob, "Content-Type": "application/octet-stream"}, content=b"x" * 100
     )
@@ -236,6 +240,10 @@ async def test_delete_erases_the_account_and_its_data(api: Api) -> None:
     assert "not yet handled" in body["messages"]  # the timeline part is phase 2
     assert (await api.http.get("/friends", headers=alice)).json() == []
     assert (await api.http.get("/friends", headers=bob)).status_code == 401
+    # its requests and the blocks of it went too: a new "bob" inherits neither
+    r = await api.http.get("/friends/requests", headers=carol)
+    assert r.json() == {"incoming": [], "outgoing": []}
+    assert (await api.http.get("/blocks", headers=carol)).json() == []
     assert not await api.files.blobs.exists(file_id)
     assert await api.files.files.get(file_id) is None
     r = await api.http.post("/login", json={"user_id": "bob", "password": PW})

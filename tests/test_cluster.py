@@ -25,7 +25,7 @@ import pytest_asyncio
 import redis
 from conftest import MYSQL_URL, REDIS_URL, free_port, require_service
 
-from client.core import IMClient, Message, Receipt
+from client.core import IMClient, Message, Receipt, befriend
 from common.db import MySQLParams, create_database, open_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
@@ -228,9 +228,11 @@ async def users(rest: str, tag: str, *devices: str) -> tuple[IMClient, list[IMCl
     bobs = [IMClient(rest, f"bob-{tag}", "password-123", device_id=d) for d in devices]
     await bobs[0].register()
     await alice.login()
-    await alice.add_friend(bobs[0].user_id)
     for b in bobs:
         await b.login()
+    await befriend(alice, bobs[0])
+    for b in bobs[1:]:
+        await b.refresh_friends()
     return alice, bobs
 
 

@@ -291,7 +291,7 @@ async def test_require_schema_refuses_an_older_schema(db: Database) -> None:
 
 
 MIGRATED = [
-    "users: version 0 -> 3",
+    "users: version 0 -> 4",
     "offline: version 0 -> 3",
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
@@ -299,7 +299,7 @@ MIGRATED = [
     "timeline: version 0 -> 1",
 ]
 UP_TO_DATE = [
-    "users: version 3 (up to date)",
+    "users: version 4 (up to date)",
     "offline: version 3 (up to date)",
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",

@@ -18,7 +18,7 @@ import pytest_asyncio
 from conftest import free_port
 
 from cli.stack import Stack
-from client import IMClient, Message, Receipt, ServerError
+from client import IMClient, Message, Receipt, ServerError, befriend
 from common.codec import FrameDecoder, encode
 from common.config import Settings
 from common.tokens import TokenSigner
@@ -65,8 +65,8 @@ async def make_users(st: Stack, *names: str, connect: bool = True) -> list[IMCli
         await c.register()
         await c.login()
     for i, c in enumerate(clients):
-        for other in names[i + 1 :]:
-            await c.add_friend(other)
+        for other in clients[i + 1 :]:
+            await befriend(c, other)  # c asks, other accepts
     for c in clients:
         await c.refresh_friends()
         if connect:

@@ -16,7 +16,7 @@ import pytest_asyncio
 from test_e2e import PW, expect, make_users, raw_chat, receipts, rest_url, stack_settings
 
 from cli.stack import Stack
-from client import FileCheckError, IMClient, Message, ServerError
+from client import FileCheckError, IMClient, Message, ServerError, befriend
 from common.errors import IMError
 from proto import im_pb2
 from rest_web.blobs import LocalBlobStore
@@ -264,7 +264,8 @@ async def test_send_file_refuses_a_non_friend_and_a_missing_path(
             await alice.send_file("nobody", tmp_path / "f")
         bob = IMClient(rest_url(stack), "bob", PW)
         await bob.register()
-        await alice.add_friend("bob")
+        await bob.login()
+        await befriend(alice, bob)
         with pytest.raises(FileNotFoundError):
             await alice.send_file("bob", tmp_path / "missing")
         await bob.close()

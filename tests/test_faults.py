@@ -23,7 +23,7 @@ from netproxy import TcpProxy
 
 from cli.migrate import run_migrate
 from cli.stack import Stack
-from client.core import IMClient, Message, Receipt
+from client.core import IMClient, Message, Receipt, befriend
 from common.config import Settings
 from common.db import MySQLParams, create_database
 
@@ -104,8 +104,7 @@ async def pair(rest: str, tag: str) -> tuple[IMClient, IMClient]:
     for c in (alice, bob):
         await c.register()
         await c.login()
-    await alice.add_friend(bob.user_id)
-    await bob.refresh_friends()
+    await befriend(alice, bob)
     return alice, bob
 
 

@@ -21,7 +21,7 @@ from netproxy import TcpProxy
 from test_e2e import PW, stack_settings
 
 from cli.stack import Stack
-from client.core import IMClient, Message, Receipt
+from client.core import IMClient, Message, Receipt, befriend
 from common.files import FileStore
 from common.tokens import TokenSigner
 from connector.server import Connector
@@ -78,8 +78,7 @@ async def chatting_pair(rest: str) -> tuple[IMClient, IMClient]:
     for c in (alice, bob):
         await c.register()
         await c.login()
-    await alice.add_friend("bob")
-    await bob.refresh_friends()
+    await befriend(alice, bob)
     await alice.connect()
     await bob.connect()
     return alice, bob

@@ -18,7 +18,7 @@ from ldap_server import PASSWORDS, PEOPLE, SERVICE_DN, Slapd, start_slapd
 from test_e2e import expect, stack_settings
 
 from cli.stack import Stack
-from client import IMClient, Message
+from client import IMClient, Message, befriend
 from common.config import Settings
 from common.db import open_database
 from common.errors import ConfigError
@@ -231,8 +231,7 @@ async def test_ldap_users_chat_end_to_end(tmp_path: Path, slapd: Slapd) -> None:
     try:
         await bob.login()  # bob's account exists from here on
         await alice.login()
-        await alice.add_friend("bob")
-        await bob.refresh_friends()
+        await befriend(alice, bob)
         await alice.connect()
         await bob.connect()
         mid = await alice.send_text("bob", "hello from the directory")

@@ -31,7 +31,7 @@ import pytest
 from conftest import free_port
 from test_e2e import PW
 
-from client import IMClient, Message, Receipt
+from client import IMClient, Message, Receipt, befriend
 from common.codec import encode
 from proto import im_pb2
 
@@ -191,8 +191,7 @@ async def _users(rest: str) -> tuple[IMClient, IMClient]:
     for c in (alice, bob):
         await c.register()
         await c.login()
-    await alice.add_friend("bob")
-    await bob.refresh_friends()
+    await befriend(alice, bob)
     await alice.connect()
     await bob.connect()
     return alice, bob

@@ -161,9 +161,45 @@ async def test_register_then_duplicate_409(client: httpx.AsyncClient, store: Use
 
 
 @pytest.mark.asyncio
-async def test_user_ids_are_case_sensitive(client: httpx.AsyncClient) -> None:
-    await register(client, "bob")
-    await register(client, "Bob")
+@pytest.mark.parametrize("spelling", ["Bob", "BOB", "\uff22\uff4f\uff42", "bob"])
+async def test_user_ids_are_one_account_in_any_spelling(
+    client: httpx.AsyncClient, store: UserStore, spelling: str
+) -> None:
+    """Issue 12 finding 7: case and compatibility variants (full-width letters) are one id,
+    stored and answered in canonical form; login with any spelling is the same user."""
+    r = await client.post("/users", json={"user_id": spelling, "password": PASSWORD})
+    assert (r.status_code, r.json()) == (201, {"user_id": "bob"})
+    for other in ("bob", "Bob", "bOB", "\uff42\uff4f\uff42"):
+        r = await client.post("/users", json={"user_id": other, "password": "another-password"})
+        assert r.status_code == 409, other
+        r = await client.post("/login", json={"user_id": other, "password": PASSWORD})
+        assert (r.status_code, r.json()["user_id"]) == (200, "bob"), other
+    assert await store.user_exists("bob") and not await store.user_exists("Bob")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("user_id", ["", " ", "\u200b", "a\u0000b", "\u0430lice", "a\u0301"])
+async def test_ids_without_a_canonical_form_are_refused(
+    client: httpx.AsyncClient, user_id: str
+) -> None:
+    """Empty after folding, control or zero-width characters, look-alike letters of other
+    scripts: none is a user id."""
+    r = await client.post("/users", json={"user_id": user_id, "password": PASSWORD})
+    assert r.status_code == 422, r.text
+
+
+@pytest.mark.asyncio
+async def test_friend_and_admin_lookups_use_the_canonical_id(client: httpx.AsyncClient) -> None:
+    alice = await user(client, "alice")
+    bob = await user(client, "bob")
+    assert (await client.put("/friends/BOB", headers=alice)).json() == {
+        "user_id": "bob",
+        "state": "pending",
+    }
+    r = await client.put("/friends/Alice", headers=bob)
+    assert r.status_code == 200 and r.json()["user_id"] == "alice"
+    assert (await client.get("/friends/Bob", headers=alice)).json()["user_id"] == "bob"
+    assert (await client.put("/friends/ALICE", headers=alice)).status_code == 409  # yourself
 
 
 @pytest.mark.asyncio
@@ -319,7 +355,7 @@ async def test_logout_revokes_only_that_token(client: httpx.AsyncClient, store: 
 
     # the user's other device is still logged in
     assert (await client.get("/friends", headers=laptop)).status_code == 200
-    assert (await client.put("/friends/bob", headers=laptop)).status_code == 200
+    assert (await client.put("/friends/bob", headers=laptop)).status_code == 202
 
 
 @pytest.mark.asyncio
@@ -348,23 +384,37 @@ async def test_bad_tokens_401(client: httpx.AsyncClient, signer: TokenSigner) ->
 # --- friends --------------------------------------------------------------------------------
 
 
+async def befriend(
+    client: httpx.AsyncClient, a: dict[str, str], a_id: str, b: dict[str, str], b_id: str
+) -> str:
+    """Both say yes: ``a`` asks (202), ``b`` accepts (200 with the key)."""
+    r = await client.put(f"/friends/{b_id}", headers=a)
+    assert r.status_code == 202, r.text
+    r = await client.put(f"/friends/{a_id}", headers=b)
+    assert r.status_code == 200, r.text
+    key: str = r.json()["key"]
+    return key
+
+
 @pytest.mark.asyncio
 async def test_friend_key_is_the_same_from_both_sides(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
     bob = await user(client, "bob")
 
     r = await client.put("/friends/bob", headers=alice)
+    assert (r.status_code, r.json()) == (202, {"user_id": "bob", "state": "pending"})
+    r = await client.put("/friends/alice", headers=bob)
     assert r.status_code == 200
     key = r.json()["key"]
-    assert r.json() == {"user_id": "bob", "key": key}
+    assert r.json() == {"user_id": "alice", "key": key}
     assert len(key) == 43
 
     # idempotent, from either side
-    assert (await client.put("/friends/bob", headers=alice)).json()["key"] == key
-    assert (await client.put("/friends/alice", headers=bob)).json() == {
-        "user_id": "alice",
+    assert (await client.put("/friends/bob", headers=alice)).json() == {
+        "user_id": "bob",
         "key": key,
     }
+    assert (await client.put("/friends/alice", headers=bob)).json()["key"] == key
 
     assert (await client.get("/friends/bob", headers=alice)).json() == {
         "user_id": "bob",
@@ -386,8 +436,7 @@ async def test_friend_key_is_the_same_from_both_sides(client: httpx.AsyncClient)
 async def test_each_pair_has_its_own_key(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
     for name in ("carol", "bob", "dave"):
-        await register(client, name)
-        assert (await client.put(f"/friends/{name}", headers=alice)).status_code == 200
+        await befriend(client, alice, "alice", await user(client, name), name)
     friends = (await client.get("/friends", headers=alice)).json()
     assert [f["user_id"] for f in friends] == ["bob", "carol", "dave"]
     assert len({f["key"] for f in friends}) == 3
@@ -396,10 +445,8 @@ async def test_each_pair_has_its_own_key(client: httpx.AsyncClient) -> None:
 @pytest.mark.asyncio
 async def test_add_friend_errors(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
-    r = await client.put("/friends/nobody", headers=alice)
-    assert r.status_code == 404
     r = await client.put("/friends/alice", headers=alice)
-    assert r.status_code == 400
+    assert r.status_code == 409
     assert (await client.put("/friends/bad%20id", headers=alice)).status_code == 422
     assert (await client.put("/friends/" + "a" * 65, headers=alice)).status_code == 422
     assert (await client.get("/friends", headers=alice)).json() == []
@@ -408,9 +455,9 @@ async def test_add_friend_errors(client: httpx.AsyncClient) -> None:
 @pytest.mark.asyncio
 async def test_cannot_see_or_change_others_relations(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
-    await register(client, "bob")
+    bob = await user(client, "bob")
     carol = await user(client, "carol")
-    key = (await client.put("/friends/bob", headers=alice)).json()["key"]
+    key = await befriend(client, alice, "alice", bob, "bob")
 
     assert (await client.get("/friends", headers=carol)).json() == []
     assert (await client.get("/friends/bob", headers=carol)).status_code == 404
@@ -428,7 +475,7 @@ async def test_cannot_see_or_change_others_relations(client: httpx.AsyncClient) 
 async def test_remove_friend(client: httpx.AsyncClient) -> None:
     alice = await user(client, "alice")
     bob = await user(client, "bob")
-    old_key = (await client.put("/friends/bob", headers=alice)).json()["key"]
+    old_key = await befriend(client, alice, "alice", bob, "bob")
 
     r = await client.delete("/friends/alice", headers=bob)  # either side may remove
     assert r.status_code == 204
@@ -439,8 +486,9 @@ async def test_remove_friend(client: httpx.AsyncClient) -> None:
     assert (await client.get("/friends", headers=bob)).json() == []
     assert (await client.delete("/friends/bob", headers=alice)).status_code == 404
 
-    # befriending again makes a fresh key
-    new_key = (await client.put("/friends/bob", headers=alice)).json()["key"]
+    # the one who was removed cannot simply re-add: it is a request again, and a fresh key
+    # comes only with the other's yes
+    new_key = await befriend(client, alice, "alice", bob, "bob")
     assert new_key != old_key
 
 

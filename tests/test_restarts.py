@@ -37,7 +37,7 @@ from test_faults import AMQP_URL
 
 from cli.migrate import run_migrate
 from cli.stack import Stack
-from client.core import IMClient, Message, Receipt
+from client.core import IMClient, Message, Receipt, befriend
 from common.config import Settings
 from common.db import MySQLParams
 
@@ -120,7 +120,7 @@ async def conversation_through(
         for c in (alice, bob):
             await c.register()
             await c.login()
-        await alice.add_friend(bob.user_id)
+        await befriend(alice, bob)
         await bob.refresh_friends()
         await alice.connect()
         tasks.append(asyncio.create_task(read(alice, None)))

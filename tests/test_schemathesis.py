@@ -50,6 +50,8 @@ class RestInThread:
             # every generated login with a random password fails: do not lock the test out
             login_failures_per_user=10**6,
             login_failures_per_address=10**6,
+            login_failures_per_user_total=10**6,
+            register_per_address=10**6,  # a user of its own per /password case
         )
         self.url = f"http://127.0.0.1:{self.settings.rest_port}"
         self._loop = asyncio.new_event_loop()

@@ -65,8 +65,9 @@ def test_sign_up_log_out_and_log_in(page: Any, rest: RestServer) -> None:
     assert real_errors(page) == []
 
 
-def test_befriend_with_todays_rest(browser: Any, rest: RestServer) -> None:
-    """Today PUT /friends/X befriends at once: both sides then list the other."""
+def test_befriend_by_request_and_accept(browser: Any, rest: RestServer) -> None:
+    """PUT /friends/X is a request (202), the same for a name nobody holds; the other side's
+    accept (its PUT, 200 with the key) makes the friendship, which both then list."""
     rest.register("vic")
     a_ctx, b_ctx = new_context(browser), new_context(browser)
     try:
@@ -74,14 +75,18 @@ def test_befriend_with_todays_rest(browser: Any, rest: RestServer) -> None:
         sign_up(a, "val")
         a.get_by_test_id("friend-add-input").fill("nobody-here")
         a.get_by_test_id("friend-add-submit").click()
-        a.wait_for_selector("#side-notice:has-text('There is no user nobody-here')")
+        a.wait_for_selector("#side-notice:has-text('Request sent to nobody-here')")
         a.get_by_test_id("friend-add-input").fill("vic")
         a.get_by_test_id("friend-add-submit").click()
-        a.wait_for_selector('[data-testid="conversation-item"][data-peer="vic"]')
+        a.wait_for_selector("#side-notice:has-text('Request sent to vic')")
+        assert a.query_selector('[data-testid="conversation-item"][data-peer="vic"]') is None
         b = open_app(b_ctx, rest)
         log_in(b, "vic")
+        b.get_by_test_id("friend-request-accept").click()
         item = b.wait_for_selector('[data-testid="conversation-item"][data-peer="val"]')
         assert item.get_attribute("data-unread") == "0"
+        a.reload()  # val's app learns of the yes at its next look at the friends list
+        a.wait_for_selector('[data-testid="conversation-item"][data-peer="vic"]')
         assert real_errors(a) == [] and real_errors(b) == []
     finally:
         a_ctx.close()
@@ -216,11 +221,15 @@ def test_chat_against_a_scripted_connector(page: Any, rest: RestServer) -> None:
     for user in ("dan", "eve"):
         rest.register(user)
     rest.register("cat")
-    # cat befriends both over REST (today: at once); the keys are what login hands out
+    # cat asks both over REST and each accepts; the keys are what login hands out
     token = rest.login("cat")["token"]
     keys = {}
     for peer in ("dan", "eve"):
         r = httpx.put(f"{rest.url}/friends/{peer}", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 202, r.text
+        theirs = rest.login(peer)["token"]
+        r = httpx.put(f"{rest.url}/friends/cat", headers={"Authorization": f"Bearer {theirs}"})
+        assert r.status_code == 200, r.text
         keys[peer] = r.json()["key"]
     server = ScriptedConnector("cat", keys)
     page.route_web_socket(WS_URL, server.handler)

@@ -359,8 +359,9 @@ async def test_rest_emits_user_registered_and_friend_accepted_once(
 ) -> None:
     http, _ = rest_with_hooks
     alice = await register_and_login(http, "alice")
-    await register_and_login(http, "bob")
-    assert (await http.put("/friends/bob", headers=alice)).status_code == 200
+    bob = await register_and_login(http, "bob")
+    assert (await http.put("/friends/bob", headers=alice)).status_code == 202  # a request
+    assert (await http.put("/friends/alice", headers=bob)).status_code == 200  # accepted
     assert (await http.put("/friends/bob", headers=alice)).status_code == 200  # idempotent
     got = await receiver.wait_for(3)
     await asyncio.sleep(0.2)
@@ -368,7 +369,7 @@ async def test_rest_emits_user_registered_and_friend_accepted_once(
     assert kinds == [
         ("user.registered", {"user_id": "alice", "display_name": "alice", "provider": "builtin"}),
         ("user.registered", {"user_id": "bob", "display_name": "bob", "provider": "builtin"}),
-        ("friend.accepted", {"user_id": "alice", "friend_id": "bob"}),
+        ("friend.accepted", {"user_id": "bob", "friend_id": "alice"}),
     ]
     assert all(r.signed_ok for r in got)
 

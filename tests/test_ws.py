@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from cli.stack import Stack
-from client import IMClient, Message
+from client import IMClient, Message, befriend
 from common.crypto import open_sealed, seal
 from common.link import Link, LinkConfig
 from common.wslink import open_ws_link
@@ -74,8 +74,7 @@ async def test_a_websocket_user_and_a_tcp_user_chat(stack: Stack) -> None:
     alice = IMClient(rest_url(stack), "alice", PW)
     await alice.register()
     await alice.login()
-    await alice.add_friend("bob")
-    await bob.refresh_friends()
+    await befriend(alice, bob)
     login = await alice.login()
     browser = Browser()
     link = await open_ws_link(ws_url(stack), browser, LinkConfig())

@@ -206,10 +206,12 @@ export class App {
     this.conv(groupConvId(g.group_id)).title = g.name;
   }
 
-  // PUT /friends/X: 202 is a request sent, 200 a friendship (the key comes with it).
-  async addFriend(user) {
-    if (user === this.me) throw new RestError(400, "that is you");
-    const r = await this.rest.addFriend(user);
+  // PUT /friends/X: 202 is a request sent, 200 a friendship (the key comes with it). Both
+  // name the user as the server knows them (ids are case-insensitive: "Vic" is "vic").
+  async addFriend(typed) {
+    if (typed.toLowerCase() === this.me) throw new RestError(400, "that is you");
+    const r = await this.rest.addFriend(typed);
+    const user = r.user_id ?? typed;
     if (r.status === 200 && r.key) {
       this.addFriendKey(user, r.key);
       this.requests.incoming = this.requests.incoming.filter((u) => u !== user);

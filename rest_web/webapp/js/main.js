@@ -52,7 +52,10 @@ function maybeRead() {
   if (atBottom($("messages"))) app.sawBottom(app.activeConv);
 }
 
+// Kept in the app's state too: an action that changes the lists (a request sent) re-renders
+// the side pane, which would otherwise wipe the notice it just set.
 function sideNotice(message) {
+  app.notice = message;
   $("side-notice").textContent = message;
 }
 
