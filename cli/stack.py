@@ -38,6 +38,7 @@ from rest_web.login import Login, open_login
 from rest_web.store import UserStore
 from timeline import TimelineQueue, TimelineWriter
 from timeline.store import SQLTimelineStore
+from timeline.writer import keep_retention
 from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.heartbeat import LiveNodes
@@ -121,6 +122,9 @@ class Stack:
         if "writer" in self.roles and self.timeline is not None:
             appender = TimelineWriter(self.timeline, timeline_store)
             self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
+            if s.timeline_retention_days > 0:
+                purge = keep_retention(timeline_store, s.timeline_retention_days)
+                self._tasks.append(asyncio.create_task(purge, name="timeline-retention"))
         if "transfer" in self.roles:
             assert self.status is not None and self.queue is not None
             self.transfer = Transfer(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from client.core import IMClient, Message, ServerError
+from client.core import IMClient, Message, ServerError, befriend
 from client.rest import RestClient, RestError
 from common.config import Settings
 from common.crypto import seal
@@ -101,7 +101,9 @@ async def api(tmp_path: Path, db: Database) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         tokens = await _users(http, "alice", "bob", "carol")
-        r = await http.put("/friends/bob", headers=tokens["alice"])
+        r = await http.put("/friends/bob", headers=tokens["alice"])  # a request (202)
+        assert r.status_code == 202, r.text
+        r = await http.put("/friends/alice", headers=tokens["bob"])  # accepted: the key
         yield Api(http, timeline, tokens, r.json()["key"])
 
 
@@ -290,9 +292,7 @@ async def test_client_reads_conversations_and_history_opened(tmp_path: Path, ser
         for c in (alice, bob, carol):
             assert await c.register()
             await c.login()
-        await alice.add_friend("bob")
-        await bob.refresh_friends()
-        key = alice.friends["bob"]
+        key = await befriend(alice, bob)
         timeline = SQLTimelineStore(db)
         for i, (frm, to) in enumerate([("alice", "bob"), ("bob", "alice")] * 30, start=1):
             await timeline.append([new_message(sealed_chat(key, frm, to, i, f"message {i}"))])

@@ -10,6 +10,7 @@ client sets ignored, and the largest chat the connector accepts fitting every ho
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -393,3 +394,25 @@ async def test_a_reuse_the_ledger_forgot_is_refused_by_the_timeline(stack: Stack
         writer.close()
         await alice.close()
         await bob.close()
+
+
+async def test_retention_purges_what_is_older_than_the_setting(
+    writer: MemoryTimelineQueue, store: SQLTimelineStore
+) -> None:
+    from timeline.writer import keep_retention
+
+    await writer.submit([record("alice", "bob", n) for n in (1, 2)])
+    # nothing is older than a day yet
+    task = asyncio.create_task(keep_retention(store, 1, every=0.01))
+    await asyncio.sleep(0.1)
+    assert len(await store.page("p:alice:bob", limit=10)) == 2
+    task.cancel()
+    # two days later, both are
+    later = asyncio.create_task(
+        keep_retention(store, 1, every=0.01, clock=lambda: time.time() + 2 * 86400)
+    )
+    await asyncio.sleep(0.1)
+    later.cancel()
+    assert await store.page("p:alice:bob", limit=10) == []
+    # 0 keeps everything: returns at once
+    await asyncio.wait_for(keep_retention(store, 0), 1)

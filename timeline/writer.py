@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -168,3 +169,30 @@ class TimelineWriter:
                 log.error("timeline %s failed, retrying in %.1fs: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
+
+
+class Purger(Protocol):
+    async def purge(self, older_than_ms: int) -> int: ...
+
+
+async def keep_retention(
+    store: Purger,
+    days: int,
+    *,
+    every: float = 3600.0,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Delete what is older than ``days`` now and then (``IM_TIMELINE_RETENTION_DAYS``; 0 keeps
+    everything and returns at once). Every writer may run it: a purge deletes by time, so two
+    at once delete the same rows once. A failing database is logged and tried at the next turn."""
+    if days <= 0:
+        return
+    while True:
+        cut = int((clock() - days * 86400) * 1000)
+        try:
+            removed = await store.purge(cut)
+            if removed:
+                log.info("timeline retention removed %d messages older than %d days", removed, days)
+        except BackendError as exc:
+            log.warning("timeline retention skipped: %s", exc)
+        await asyncio.sleep(every)
