@@ -305,7 +305,11 @@ export class App {
     c.peerRead = big(s.peer_read_seq) > c.peerRead ? big(s.peer_read_seq) : c.peerRead;
     c.peerDelivered = big(s.peer_delivered_seq) > c.peerDelivered ? big(s.peer_delivered_seq) : c.peerDelivered;
     c.unread = Number(s.unread ?? 0);
-    if (s.last_message) c.preview = s.last_message;
+    // REST gives the last message sealed (an object): it orders the list; its text comes with
+    // the history page, opened with the conversation's key
+    const last = s.last_message;
+    if (last && typeof last === "object") c.lastTime = Math.max(c.lastTime || 0, Number(last.server_time ?? 0));
+    else if (last) c.preview = last;
   }
 
   keyFor(c, keyId = 0) {
