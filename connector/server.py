@@ -19,7 +19,9 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
   message claims; accepting it records the recipient's right to download the file (the grant is
   written before the chat is forwarded, so the recipient can always fetch what it receives);
 - a device's link ack of a pushed chat is what makes it DELIVERED (and SENT, the server having
-  handed it over); drained chats were SENT when they were stored;
+  handed it over); drained chats were SENT when they were stored; its ack of a pushed SENT,
+  DELIVERED or READ records that receipt in the ledger as arrived, and only that lets the
+  transfer drop every later repeat of it;
 - when a session ends, whatever it still holds (unacked or queued) goes back to a transfer as a
   ``Bounce`` to be stored offline (seed §8.1, option 2);
 - a slow device is disconnected, not buffered without bound.
@@ -41,7 +43,7 @@ from common.admission import PreAuthLimits
 from common.config import Settings
 from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key, slot_of
-from common.ledger import MemoryLedger, MessageLedger, Verdict, chat_digest
+from common.ledger import MessageLedger, ReceiptKey, Verdict, chat_digest, memory_ledger
 from common.link import (
     Link,
     LinkClosed,
@@ -66,6 +68,7 @@ from user_status.revocation import RevocationBus
 log = logging.getLogger(__name__)
 
 _DRAIN = object()  # inbox marker: drain the offline store here
+_SENDER_RECEIPTS = (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ)
 DRAIN_BATCH = 500
 # a drained row stays claimed this long without the device's ack; then any drain may take it
 DRAIN_LEASE = 60.0
@@ -177,8 +180,11 @@ class ClientSession:
 
     def on_acked(self, link: Link, upto: int) -> None:
         """The device has the frames up to ``upto``. A live chat is now SENT (the server handed
-        it over); a client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
+        it over); a client's receipt is ACCEPTED. Drained ones got theirs when they were stored.
+        A SENT, DELIVERED or READ it got, live or drained, is recorded in the message ledger as
+        arrived: only now may the transfer drop every repeat of it."""
         delivered_rows: list[int] = []
+        arrived: list[ReceiptKey] = []
         first, self._acked_upto = self._acked_upto + 1, max(self._acked_upto, upto)
         for seq in range(first, upto + 1):
             env = self._pushed.pop(seq, None)
@@ -193,14 +199,15 @@ class ClientSession:
                 self.c.counters.delivered += 1
                 if not drained:
                     self.c.forward_soon(_receipt(self.c, env.chat, im_pb2.SENT))
-            elif (
-                kind == "ack"
-                and not drained
-                and env.ack.ack_type in (im_pb2.DELIVERED, im_pb2.READ)
-            ):
-                self.c.forward_soon(_accepted(self.c, env.ack))
+            elif kind == "ack" and env.ack.ack_type in _SENDER_RECEIPTS:
+                a = env.ack
+                arrived.append(ReceiptKey(a.dest_id, a.ack_msg_id, a.from_id, a.ack_type))
+                if not drained and a.ack_type != im_pb2.SENT:
+                    self.c.forward_soon(_accepted(self.c, a))
         if delivered_rows:
             self.c.mark_delivered_soon(delivered_rows)
+        if arrived:
+            self.c.receipts_arrived_soon(arrived)
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
@@ -611,11 +618,7 @@ class Connector:
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         # None: one of this connector's own (the embedded mode shares one with its transfer)
-        self.ledger: MessageLedger = (
-            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
-            if ledger is None
-            else ledger
-        )
+        self.ledger: MessageLedger = memory_ledger(settings) if ledger is None else ledger
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings, node=True)
         # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET
@@ -805,6 +808,17 @@ class Connector:
             await self.store.mark_delivered(row_ids)
         except IMError as exc:
             log.warning("%d drained rows not marked delivered: %s", len(row_ids), exc)
+
+    def receipts_arrived_soon(self, keys: list[ReceiptKey]) -> None:
+        """Record receipts a sender's device acked (a failure only lets a later repeat through
+        to the sender, whose client library drops it)."""
+        self._spawn(self._receipts_arrived(keys))
+
+    async def _receipts_arrived(self, keys: list[ReceiptKey]) -> None:
+        try:
+            await self.ledger.receipts_arrived(keys)
+        except IMError as exc:
+            log.warning("%d arrived receipts not recorded: %s", len(keys), exc)
 
     def forward_soon(self, env: im_pb2.Envelope) -> None:
         """Forward a server-made receipt without blocking the caller (a sync callback)."""
