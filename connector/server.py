@@ -542,6 +542,9 @@ class TransferLinkHandler:
         self.link: Link | None = None
         self.task: asyncio.Task[None] | None = None
         self.rank = b""
+        # set as soon as the link is down, before on_closed reroutes what it held: the keeper
+        # dials again at once, since that reroute may need this transfer's next link
+        self.down = asyncio.Event()
 
     async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
         kind = env.WhichOneof("body")
@@ -563,6 +566,7 @@ class TransferLinkHandler:
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.ready.clear()
+        self.down.set()
         health.LINKS.down(self.c.node_id, "transfer", self.node_id)
         if unacked:
             log.warning(
@@ -858,6 +862,7 @@ class Connector:
         token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
         host, port = handler.addr
         while not self._stopping:
+            handler.down.clear()
             try:
                 link = await open_link(
                     host, port, handler, self.link_config, name=f"transfer {handler.node_id}"
@@ -876,7 +881,10 @@ class Connector:
             )
             log.info("linked to transfer %s at %s:%d", handler.node_id, host, port)
             try:
-                await link.run()
+                # not link.run(): that waits for on_closed, whose reroute of the frames the
+                # link held waits for a transfer link, which (one transfer) only this loop
+                # makes; waiting there kept the connector unlinked for the reroute's deadline
+                await handler.down.wait()
             finally:
                 handler.link = None
             if not self._stopping:
