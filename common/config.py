@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     id_ledger_memory: int = Field(
         200_000, ge=1, description="message ids remembered in memory without Redis"
     )
+    # A receipt copy dropped as a repeat only while the earlier one is confirmed by the
+    # sender's device or left less than this long ago: a first copy lost with a link is then
+    # replaced by the next one (common/ledger.py). Keep it below the client's resend interval.
+    receipt_grace: float = Field(
+        5 * SECONDS,
+        ge=0,
+        description="seconds an unconfirmed receipt holds back its repeats",
+    )
     login_failures_per_user: int = Field(
         5,
         ge=1,

@@ -19,7 +19,9 @@ Rules it keeps (DESIGN.md §3, seed §8-9):
   message claims; accepting it records the recipient's right to download the file (the grant is
   written before the chat is forwarded, so the recipient can always fetch what it receives);
 - a device's link ack of a pushed chat is what makes it DELIVERED (and SENT, the server having
-  handed it over); drained chats were SENT when they were stored;
+  handed it over); drained chats were SENT when they were stored; its ack of a pushed SENT,
+  DELIVERED or READ records that receipt in the ledger as arrived, and only that lets the
+  transfer drop every later repeat of it;
 - when a session ends, whatever it still holds (unacked or queued) goes back to a transfer as a
   ``Bounce`` to be stored offline (seed §8.1, option 2);
 - a slow device is disconnected, not buffered without bound.
@@ -41,7 +43,7 @@ from common.admission import PreAuthLimits
 from common.config import Settings
 from common.errors import AuthError, BackendError, ConfigError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key, slot_of
-from common.ledger import MemoryLedger, MessageLedger, Verdict, chat_digest
+from common.ledger import MessageLedger, ReceiptKey, Verdict, chat_digest, memory_ledger
 from common.link import (
     Link,
     LinkClosed,
@@ -66,6 +68,7 @@ from user_status.revocation import RevocationBus
 log = logging.getLogger(__name__)
 
 _DRAIN = object()  # inbox marker: drain the offline store here
+_SENDER_RECEIPTS = (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ)
 DRAIN_BATCH = 500
 # a drained row stays claimed this long without the device's ack; then any drain may take it
 DRAIN_LEASE = 60.0
@@ -177,8 +180,11 @@ class ClientSession:
 
     def on_acked(self, link: Link, upto: int) -> None:
         """The device has the frames up to ``upto``. A live chat is now SENT (the server handed
-        it over); a client's receipt is ACCEPTED. Drained ones got theirs when they were stored."""
+        it over); a client's receipt is ACCEPTED. Drained ones got theirs when they were stored.
+        A SENT, DELIVERED or READ it got, live or drained, is recorded in the message ledger as
+        arrived: only now may the transfer drop every repeat of it."""
         delivered_rows: list[int] = []
+        arrived: list[ReceiptKey] = []
         first, self._acked_upto = self._acked_upto + 1, max(self._acked_upto, upto)
         for seq in range(first, upto + 1):
             env = self._pushed.pop(seq, None)
@@ -193,14 +199,15 @@ class ClientSession:
                 self.c.counters.delivered += 1
                 if not drained:
                     self.c.forward_soon(_receipt(self.c, env.chat, im_pb2.SENT))
-            elif (
-                kind == "ack"
-                and not drained
-                and env.ack.ack_type in (im_pb2.DELIVERED, im_pb2.READ)
-            ):
-                self.c.forward_soon(_accepted(self.c, env.ack))
+            elif kind == "ack" and env.ack.ack_type in _SENDER_RECEIPTS:
+                a = env.ack
+                arrived.append(ReceiptKey(a.dest_id, a.ack_msg_id, a.from_id, a.ack_type))
+                if not drained and a.ack_type != im_pb2.SENT:
+                    self.c.forward_soon(_accepted(self.c, a))
         if delivered_rows:
             self.c.mark_delivered_soon(delivered_rows)
+        if arrived:
+            self.c.receipts_arrived_soon(arrived)
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.state = State.CLOSING
@@ -538,6 +545,9 @@ class TransferLinkHandler:
         self.link: Link | None = None
         self.task: asyncio.Task[None] | None = None
         self.rank = b""
+        # set as soon as the link is down, before on_closed reroutes what it held: the keeper
+        # dials again at once, since that reroute may need this transfer's next link
+        self.down = asyncio.Event()
 
     async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
         kind = env.WhichOneof("body")
@@ -561,6 +571,7 @@ class TransferLinkHandler:
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
         self.ready.clear()
+        self.down.set()
         health.LINKS.down(self.c.node_id, "transfer", self.node_id)
         if unacked:
             log.warning(
@@ -616,11 +627,7 @@ class Connector:
         self.node_id = settings.name(settings.connector_port)
         self.ids = MessageIdGen()
         # None: one of this connector's own (the embedded mode shares one with its transfer)
-        self.ledger: MessageLedger = (
-            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
-            if ledger is None
-            else ledger
-        )
+        self.ledger: MessageLedger = memory_ledger(settings) if ledger is None else ledger
         self.counters = Counters()
         self.link_config = LinkConfig.from_settings(settings, node=True)
         # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET
@@ -827,6 +834,17 @@ class Connector:
         except IMError as exc:
             log.warning("%d drained rows not marked delivered: %s", len(row_ids), exc)
 
+    def receipts_arrived_soon(self, keys: list[ReceiptKey]) -> None:
+        """Record receipts a sender's device acked (a failure only lets a later repeat through
+        to the sender, whose client library drops it)."""
+        self._spawn(self._receipts_arrived(keys))
+
+    async def _receipts_arrived(self, keys: list[ReceiptKey]) -> None:
+        try:
+            await self.ledger.receipts_arrived(keys)
+        except IMError as exc:
+            log.warning("%d arrived receipts not recorded: %s", len(keys), exc)
+
     def forward_soon(self, env: im_pb2.Envelope) -> None:
         """Forward a server-made receipt without blocking the caller (a sync callback)."""
         self._spawn(self._forward_logged(env))
@@ -865,6 +883,7 @@ class Connector:
         token = self.signer.issue(self.node_id, 3600 * 24 * 365, role="node")
         host, port = handler.addr
         while not self._stopping:
+            handler.down.clear()
             try:
                 link = await open_link(
                     host, port, handler, self.link_config, name=f"transfer {handler.node_id}"
@@ -883,7 +902,10 @@ class Connector:
             )
             log.info("linked to transfer %s at %s:%d", handler.node_id, host, port)
             try:
-                await link.run()
+                # not link.run(): that waits for on_closed, whose reroute of the frames the
+                # link held waits for a transfer link, which (one transfer) only this loop
+                # makes; waiting there kept the connector unlinked for the reroute's deadline
+                await handler.down.wait()
             finally:
                 handler.link = None
             if not self._stopping:

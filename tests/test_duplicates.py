@@ -2,7 +2,8 @@
 
 - ids are unique per sender across its devices (slots), a resend is SENT again and never shown
   or stored twice, a reuse for other content is ID_REUSED and never SENT;
-- at most one SENT, one DELIVERED and one READ per message reaches the sender;
+- at most one SENT, one DELIVERED and one READ per message reaches the sender once one has
+  arrived, and a first copy lost on the way never leaves it with none;
 - server-stamped fields a client sets (from_store, read_tag) do not survive the edge.
 
 Each test runs on the embedded stack and on one whose user status and message ledger are in the
@@ -25,11 +26,14 @@ from test_e2e import PW, conn_addr, make_users, rest_url, stack_settings
 from cli.stack import Stack
 from client.rest import RestClient
 from common.ids import MessageIdGen, slot_of
+from common.ledger import MemoryLedger
 from common.link import Link, LinkConfig, open_link
 from common.tokens import TokenSigner
 from proto import im_pb2
 
 pytestmark = pytest.mark.asyncio
+
+GRACE = 1.0  # seconds an unconfirmed receipt holds back its repeats (IM_RECEIPT_GRACE)
 
 
 @pytest_asyncio.fixture(params=["embedded", "redis"])
@@ -40,7 +44,7 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "redis":
         client = await connect_redis(REDIS_URL)
         extra = {"redis_url": REDIS_URL, "redis_prefix": prefix}
-    st = Stack(stack_settings(tmp_path, **extra))
+    st = Stack(stack_settings(tmp_path, receipt_grace=GRACE, **extra))
     await st.start()
     try:
         yield st
@@ -121,10 +125,11 @@ class RawDevice:
         await self.link.send(im_pb2.Envelope(chat=chat))
         return chat.id
 
-    async def send_receipt(self, chat: im_pb2.ChatMsg, kind: int) -> int:
+    async def send_receipt(self, chat: im_pb2.ChatMsg, kind: int, ack_id: int = 0) -> int:
+        """A receipt for ``chat``; ``ack_id``: the id of one sent before (a resend of it)."""
         assert self.link is not None
         ack = im_pb2.AckMsg(
-            id=self.ids(),
+            id=ack_id or self.ids(),
             from_id=self.user,
             dest_id=chat.from_id,
             ack_type=kind,  # type: ignore[arg-type]
@@ -136,6 +141,9 @@ class RawDevice:
 
     def receipts(self, kind: int, msg_id: int) -> list[im_pb2.AckMsg]:
         return [a for a in self.acks if a.ack_type == kind and a.ack_msg_id == msg_id]
+
+    def accepted(self) -> set[int]:
+        return {a.ack_msg_id for a in self.acks if a.ack_type == im_pb2.ACCEPTED}
 
     def codes(self) -> list[str]:
         return [im_pb2.ErrorCode.Name(e.code) for e in self.errors]
@@ -283,14 +291,83 @@ async def test_a_replayed_read_reaches_the_sender_once(stack: Stack) -> None:
     try:
         mid = await alice.send_chat("bob", b"read me")
         await until(lambda: bob.chats)
-        reads = [await bob.send_receipt(bob.chats[0], im_pb2.READ) for _ in range(4)]
-        # every copy is taken (the device may stop resending each), one goes on
-        await until(
-            lambda: set(reads) <= {a.ack_msg_id for a in bob.acks if a.ack_type == im_pb2.ACCEPTED}
-        )
+        chat = bob.chats[0]
+        reads = [await bob.send_receipt(chat, im_pb2.READ) for _ in range(4)]
+        # A copy that comes while the first is on its way is dropped but not taken yet (were
+        # the first lost, this device's next try is what reaches alice); once alice has one,
+        # every try is taken. So bob resends what is not taken, as the client library does.
+        while not set(reads) <= bob.accepted():
+            await asyncio.sleep(0.2)
+            for r in set(reads) - bob.accepted():
+                await bob.send_receipt(chat, im_pb2.READ, r)
         await settle()
         assert len(alice.receipts(im_pb2.READ, mid)) == 1
         assert len(alice.receipts(im_pb2.SENT, mid)) == 1
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def lose_first(stack: Stack, kind: int, lost: list[im_pb2.AckMsg]) -> None:
+    """The first ``kind`` receipt the transfer sends to alice's connector vanishes there, as
+    it would with a link cut before the connector read it and a row stranded in the store."""
+    assert stack.connector is not None
+    deliver = stack.connector.deliver_local
+
+    async def lossy(env: im_pb2.Envelope) -> None:
+        if env.WhichOneof("body") == "ack" and env.ack.ack_type == kind and not lost:
+            lost.append(env.ack)
+            return
+        await deliver(env)
+
+    stack.connector.deliver_local = lossy  # type: ignore[method-assign]
+
+
+async def test_a_read_lost_after_the_transfer_still_reaches_the_sender(stack: Stack) -> None:
+    await friends(stack)
+    alice = await RawDevice("alice", "phone").connect(stack)
+    bob = await RawDevice("bob", "pc").connect(stack)
+    lost: list[im_pb2.AckMsg] = []
+    lose_first(stack, im_pb2.READ, lost)
+    try:
+        mid = await alice.send_chat("bob", b"read me")
+        await until(lambda: bob.chats)
+        read = await bob.send_receipt(bob.chats[0], im_pb2.READ)
+        await until(lambda: lost)
+        await settle()
+        assert read not in bob.accepted() and not alice.receipts(im_pb2.READ, mid)
+        # bob never got ACCEPTED, so it tries again; the first copy is overdue by then
+        await asyncio.sleep(GRACE)
+        await bob.send_receipt(bob.chats[0], im_pb2.READ, read)
+        await until(lambda: alice.receipts(im_pb2.READ, mid) and read in bob.accepted())
+        await settle()
+        assert len(alice.receipts(im_pb2.READ, mid)) == 1
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_a_sent_lost_after_the_transfer_still_reaches_the_sender(stack: Stack) -> None:
+    """Alice's connector keeps a ledger of its own (a connector built without one, as in
+    tests/test_link_faults.py): it cannot tell that the SENT left, so the resend goes on, and
+    the SENT it makes must get past the transfer's record of the lost one."""
+    assert stack.connector is not None
+    stack.connector.ledger = MemoryLedger()
+    await friends(stack)
+    alice = await RawDevice("alice", "phone").connect(stack)
+    bob = await RawDevice("bob", "pc").connect(stack)
+    lost: list[im_pb2.AckMsg] = []
+    lose_first(stack, im_pb2.SENT, lost)
+    try:
+        mid = await alice.send_chat("bob", b"hello")
+        await until(lambda: lost and bob.chats)
+        await settle()
+        assert not alice.receipts(im_pb2.SENT, mid)
+        await asyncio.sleep(GRACE)
+        await alice.send_chat("bob", b"hello", mid)  # no SENT came: alice resends
+        await until(lambda: alice.receipts(im_pb2.SENT, mid))
+        await settle()
+        assert len(alice.receipts(im_pb2.SENT, mid)) == 1 and not alice.errors
     finally:
         await alice.close()
         await bob.close()

@@ -15,13 +15,22 @@ from conftest import REDIS_URL, connect_redis
 from common.db import Database
 from common.errors import AuthError
 from common.ids import SLOTS, MessageIdGen, slot_of
-from common.ledger import MemoryLedger, MessageLedger, RedisLedger, Verdict, chat_digest
+from common.ledger import (
+    Fate,
+    MemoryLedger,
+    MessageLedger,
+    ReceiptKey,
+    RedisLedger,
+    Verdict,
+    chat_digest,
+)
 from common.tokens import NO_SLOT, TokenSigner
 from offline import MemoryOfflineQueue, OfflineItem, OfflineWriter, RejectedError, SQLOfflineStore
 from proto import im_pb2
 from rest_web.devices import DeviceSlots, SlotsExhausted
 
 SECRET = b"test-secret-0123456789"
+GRACE = 0.3  # the ledgers' receipt grace here: long for one test step, short to wait out
 
 
 def test_ids_carry_the_slot_never_repeat_and_borrow_the_next_ms(
@@ -95,11 +104,11 @@ async def test_device_slots_are_stable_distinct_and_reused_only_when_stale(db: D
 @pytest_asyncio.fixture(params=["memory", "redis"])
 async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[MessageLedger]:
     if request.param == "memory":
-        yield MemoryLedger(ttl=60)
+        yield MemoryLedger(ttl=60, grace=GRACE)
         return
     client = await connect_redis(REDIS_URL)
     prefix = f"imtest:{uuid.uuid4().hex[:10]}:"
-    led = RedisLedger(client, prefix, ttl=60)
+    led = RedisLedger(client, prefix, ttl=60, grace=GRACE)
     try:
         yield led
     finally:
@@ -132,21 +141,44 @@ async def test_ledger_tells_new_resend_done_and_reused(ledger: MessageLedger) ->
     assert await ledger.claim("alice", 7, "bob", chat_digest(_chat(b"ho"))) is Verdict.REUSED
     assert await ledger.claim("alice", 8, "bob", chat_digest(_chat(b"ho"))) is Verdict.NEW
     assert await ledger.claim("carol", 7, "bob", chat_digest(_chat(b"ho"))) is Verdict.NEW
-    assert await ledger.first_receipt("alice", 7, "bob", im_pb2.SENT)
+    assert await ledger.receipt_fate("alice", 7, "bob", im_pb2.SENT) is Fate.FORWARD
+    # its SENT has left (arrived or not): a resend is answered SENT at the edge
     assert await ledger.claim("alice", 7, "bob", a) is Verdict.DONE
 
 
 @pytest.mark.asyncio
-async def test_ledger_forwards_each_receipt_once(ledger: MessageLedger) -> None:
+async def test_ledger_lets_one_copy_of_a_receipt_go_at_a_time(ledger: MessageLedger) -> None:
     for kind in (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ):
-        results = await asyncio.gather(
-            *(ledger.first_receipt("alice", 9, "bob", kind) for _ in range(5))
+        fates = await asyncio.gather(
+            *(ledger.receipt_fate("alice", 9, "bob", kind) for _ in range(5))
         )
-        assert sorted(results) == [False] * 4 + [True]
-    assert await ledger.first_receipt("alice", 9, "carol", im_pb2.READ)  # another recipient
-    assert await ledger.first_receipt("alice", 10, "bob", im_pb2.READ)  # another message
+        assert sorted(f.value for f in fates) == ["forward"] + ["in flight"] * 4
+    assert await ledger.receipt_fate("alice", 9, "carol", im_pb2.READ) is Fate.FORWARD
+    assert await ledger.receipt_fate("alice", 10, "bob", im_pb2.READ) is Fate.FORWARD
     # a receipt that came first does not make the chat's claim look like a resend
     assert await ledger.claim("alice", 10, "bob", b"d" * 16) is Verdict.NEW
+
+
+@pytest.mark.asyncio
+async def test_a_receipt_never_confirmed_lets_a_later_copy_through(ledger: MessageLedger) -> None:
+    """The first copy may be lost after it left (a cut link): once it is overdue, the next copy
+    goes, and restarts the clock; one the sender's device acked holds back every repeat."""
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.READ) is Fate.FORWARD
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.READ) is Fate.IN_FLIGHT
+    await asyncio.sleep(GRACE + 0.1)
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.READ) is Fate.FORWARD
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.READ) is Fate.IN_FLIGHT
+    await ledger.receipts_arrived([ReceiptKey("alice", 12, "bob", im_pb2.READ)])
+    await asyncio.sleep(GRACE + 0.1)
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.READ) is Fate.ARRIVED
+    # only that receipt: the message's other kinds and recipients are untouched
+    assert await ledger.receipt_fate("alice", 12, "bob", im_pb2.SENT) is Fate.FORWARD
+    assert await ledger.receipt_fate("alice", 12, "carol", im_pb2.READ) is Fate.FORWARD
+    # arrived before any copy was seen here (the sender's connector was quicker): dropped too
+    await ledger.receipts_arrived([ReceiptKey("alice", 13, "bob", im_pb2.SENT)])
+    assert await ledger.receipt_fate("alice", 13, "bob", im_pb2.SENT) is Fate.ARRIVED
+    assert await ledger.claim("alice", 13, "bob", b"e" * 16) is Verdict.NEW
+    assert await ledger.claim("alice", 13, "bob", b"e" * 16) is Verdict.DONE
 
 
 @pytest.mark.asyncio
@@ -165,7 +197,8 @@ async def test_redis_ledger_keeps_one_expiring_key_per_message() -> None:
     try:
         await led.claim("alice", 5, "bob", b"x" * 16)
         for kind in (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ):
-            await led.first_receipt("alice", 5, "bob", kind)
+            await led.receipt_fate("alice", 5, "bob", kind)
+        await led.receipts_arrived([ReceiptKey("alice", 5, "bob", im_pb2.READ)])
         keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
         assert keys == [f"{prefix}mid:alice:5".encode()]
         assert 0 < await client.ttl(keys[0]) <= 120

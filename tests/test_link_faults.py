@@ -143,3 +143,33 @@ async def test_cut_slow_and_stalled_transfer_link(setup: Setup) -> None:
         await asyncio.gather(talker, *readers, return_exceptions=True)
         await alice.close()
         await bob.close()
+
+
+async def test_a_link_lost_with_unacked_frames_is_redialed_at_once(setup: Setup) -> None:
+    """The connector hands what the lost link held to another transfer; with one transfer that
+    is the next link to this one, so dialing it must not wait for that hand-over (it waited for
+    its whole deadline, 6 s here, with no transfer link at all)."""
+    alice, bob = await chatting_pair(setup.rest)
+    (handler,) = setup.connector._transfers.values()
+    try:
+        setup.proxy.stall()
+        msg_id = await alice.send_text("bob", "held by the link")
+        assert handler.link is not None
+        link = handler.link
+        assert await poll_until(lambda: link.unacked > 0, 5)
+        await setup.proxy.cut()  # the link goes with the chat unacked
+        setup.proxy.resume()
+        await setup.proxy.restore()
+        cut_at = time.monotonic()
+        assert await poll_until(lambda: setup.proxy.connections >= 2 and handler.ready.is_set(), 10)
+        assert time.monotonic() - cut_at < 3.0, "the transfer link was dialed again late"
+        sent: set[int] = set()
+        while msg_id not in sent:
+            ev = await alice.next_event(timeout=15)
+            if isinstance(ev, Receipt) and ev.kind == "SENT":
+                sent.add(ev.msg_id)
+        got = await bob.next_event(timeout=5)
+        assert isinstance(got, Message) and got.msg_id == msg_id
+    finally:
+        await alice.close()
+        await bob.close()

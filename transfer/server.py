@@ -12,9 +12,12 @@ Rules it keeps:
   with RabbitMQ the row is committed later, and the writer asks for that drain itself;
 - routing lookups go through a cache that a user's move invalidates (user_status/cache.py);
 - a connector link that dies with frames unacked: those are stored offline;
-- each SENT, DELIVERED and READ of a message goes to its sender once (the message ledger,
-  common/ledger.py): a second recipient device's SENT, a replayed READ are dropped here, and a
-  dropped DELIVERED or READ is answered ACCEPTED, so the device that sent it stops resending.
+- repeats of a SENT, DELIVERED or READ are dropped here (the message ledger, common/ledger.py):
+  a second recipient device's SENT, a replayed READ. Only while an earlier copy is known to
+  have reached the sender, or left a moment ago: a first copy lost after it left here (a cut
+  link, a stranded row) must not make the sender miss the receipt for good. A DELIVERED or READ
+  dropped because an earlier one arrived is answered ACCEPTED, so its device stops resending;
+  one dropped while the earlier is in flight is not, so its device tries again later.
 - with a timeline queue (issue 13), every chat is committed to its conversation's timeline
   before it goes anywhere: the commit is started as the chat arrives (so commits are submitted
   in arrival order), and the chat is routed, in that order, stamped with its conv_id and seq,
@@ -35,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from common.config import Settings
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import MessageIdGen, conversation_key
-from common.ledger import MemoryLedger, MessageLedger
+from common.ledger import Fate, MessageLedger, memory_ledger
 from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, serve_links
 from common.tokens import TokenSigner
 from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
@@ -207,12 +210,8 @@ class Transfer:
         self._commits: set[asyncio.Task[None]] = set()
         self.committed = 0
         # None: one of this transfer's own (the embedded mode shares one with its connector)
-        self.ledger: MessageLedger = (
-            MemoryLedger(settings.id_ledger_ttl, settings.id_ledger_memory)
-            if ledger is None
-            else ledger
-        )
-        self.receipts_dropped = 0  # repeats of a receipt already forwarded
+        self.ledger: MessageLedger = memory_ledger(settings) if ledger is None else ledger
+        self.receipts_dropped = 0  # repeats of a receipt that arrived or is in flight
         self.node_id = settings.name(settings.transfer_port)
         self.ids = MessageIdGen()
         self.serial = KeyedSerial()
@@ -254,22 +253,24 @@ class Transfer:
         raise AssertionError("unreachable")
 
     async def _repeated(self, ack: im_pb2.AckMsg) -> bool:
-        """True if this receipt already went to the sender (and is to be dropped). A ledger
-        that does not answer lets it through: a second receipt beats a lost one."""
+        """True if this receipt is a repeat to drop. A ledger that does not answer lets it
+        through: a second receipt beats a lost one."""
         if ack.ack_type not in (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ):
             return False
         try:
-            first = await self.ledger.first_receipt(
+            fate = await self.ledger.receipt_fate(
                 ack.dest_id, ack.ack_msg_id, ack.from_id, ack.ack_type
             )
         except IMError as exc:
             log.warning("message ledger unavailable, receipt forwarded unchecked: %s", exc)
             return False
-        if first:
+        if fate is Fate.FORWARD:
             return False
         self.receipts_dropped += 1
-        if ack.ack_type != im_pb2.SENT:
-            # a client's receipt: taken (it needs no second delivery), so say so
+        if fate is Fate.ARRIVED and ack.ack_type != im_pb2.SENT:
+            # a client's receipt, and the sender has one: taken, so say so. Not while the
+            # earlier copy is only in flight: if that one is lost, this device's next try is
+            # what reaches the sender.
             accepted = im_pb2.AckMsg(
                 id=self.ids(),
                 from_id=ack.dest_id,
