@@ -183,6 +183,9 @@ class Stack:
                 server_header=False,
                 # uvicorn would believe X-Forwarded-For from loopback; rest_web/proxies.py decides
                 proxy_headers=False,
+                # longer than clients' pauses between calls under load, so a kept-alive
+                # connection is rarely closed just as a client reuses it
+                timeout_keep_alive=30,
             )
             self._rest = _GuestServer(config)
             task = self._rest_task = asyncio.create_task(self._rest.serve(), name="rest")

@@ -74,7 +74,13 @@ class RestClient:
         """One request; a connection that fails is a RestError (status 0), like any answer
         we did not want, so callers handle one exception."""
         try:
-            return await self._http.request(method, url, **kw)
+            try:
+                return await self._http.request(method, url, **kw)
+            except httpx.RemoteProtocolError:
+                # a kept-alive connection the server closed as we reused it (its idle timeout
+                # raced our request): the request never reached the application; once more,
+                # on a fresh connection
+                return await self._http.request(method, url, **kw)
         except httpx.TransportError as exc:
             raise RestError(0, f"REST unreachable: {exc!r}") from exc
 

@@ -48,6 +48,13 @@ CONNECT_TIMEOUT = 5.0  # seconds; a server that is down should fail a start quic
 # stuck on the old primary for longer misses that much more.
 DEAD_AFTER = 6.0
 HEALTH_CHECK = 2.0  # seconds idle before a PING: keeps data in flight so DEAD_AFTER applies
+# redis-py's pools allow 100 connections and then *fail* a command ("Too many connections"):
+# under load (a connector checking every chat in the message ledger) that turned bursts into
+# INTERNAL errors. One server: a blocking pool, so a burst waits for a free connection (back-
+# pressure, bounded by POOL_WAIT). Sentinel's pool has no blocking kind: a larger bound there.
+MAX_CONNECTIONS = 128
+POOL_WAIT = 10.0  # seconds a command waits for a pooled connection before it fails
+SENTINEL_MAX_CONNECTIONS = 1024
 _SENTINEL_OPTIONS = {"sentinel_password", "socket_timeout", "socket_connect_timeout"}
 
 
@@ -149,9 +156,14 @@ def client_for(url: str) -> aioredis.Redis:
     if not is_sentinel_url(url):
         try:
             # URL query options (e.g. ?socket_connect_timeout=1) override these defaults
-            return aioredis.from_url(
-                url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_WAIT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=CONNECT_TIMEOUT,
             )
+            return aioredis.Redis(connection_pool=pool)
         except (RedisError, ValueError) as exc:
             raise BackendError("redis", f"bad URL {redact_url(url)}: {exc}") from exc
     p = SentinelParams.from_url(url)
@@ -167,6 +179,7 @@ def client_for(url: str) -> aioredis.Redis:
     client = sentinel.master_for(
         p.service,
         redis_class=SentinelRedis,
+        max_connections=SENTINEL_MAX_CONNECTIONS,
         db=p.db,
         username=p.username,
         password=p.password,

@@ -555,6 +555,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         server_header=False,
         # uvicorn would believe X-Forwarded-For from loopback; rest_web/proxies.py decides
         proxy_headers=False,
+        # longer than clients' pauses between calls under load, so a kept-alive connection is
+        # rarely closed just as a client reuses it
+        timeout_keep_alive=30,
     )
     server = uvicorn.Server(config) if stop is None else _GuestServer(config)
     watcher: asyncio.Task[None] | None = None
