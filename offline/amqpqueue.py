@@ -21,10 +21,8 @@ import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -33,7 +31,7 @@ from aio_pika.abc import (
 )
 from google.protobuf.message import DecodeError
 
-from common import amqpconn
+from common import amqpconn, shardqueue
 from common.errors import BackendError
 from offline.base import KIND_CHAT, Delivery, OfflineItem
 from offline.errors import RejectedError
@@ -43,11 +41,9 @@ from proto import im_pb2
 log = logging.getLogger(__name__)
 
 _SERVICE = "rabbitmq"
-# a closed channel or connection raises ChannelInvalidStateError / RuntimeError, not AMQPError
-_AMQP_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, OSError)
+_AMQP_ERRORS = shardqueue.AMQP_ERRORS
 BATCH_ITEMS = 500  # records per queue message
 BATCH_BYTES = 4 * 1024 * 1024  # below RabbitMQ's default 128 MiB message limit by far
-PUBLISH_TIMEOUT = 10.0
 
 
 def encode_batch(items: Sequence[OfflineItem]) -> bytes:
@@ -92,17 +88,10 @@ class _AmqpDelivery:
         self._message = message
 
     async def ack(self) -> None:
-        try:
-            await self._message.ack()
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"ack: {exc}") from exc
+        await shardqueue.ack(self._message)
 
     async def reject(self, reason: str) -> None:
-        log.error("offline queue message dead-lettered: %s", reason)
-        try:
-            await self._message.reject(requeue=False)
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"reject: {exc}") from exc
+        await shardqueue.dead_letter(self._message, reason, log, "offline")
 
 
 class _ShardBatcher:
@@ -206,24 +195,13 @@ class AmqpOfflineQueue:
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.name}.dead"
+        return shardqueue.dead_letter_queue(self.name)
 
     def shard_of(self, user_id: str) -> int:
         return zlib.crc32(user_id.encode()) % self.shards
 
     async def _declare(self, channel: AbstractRobustChannel) -> list[AbstractQueue]:
-        quorum: dict[str, Any] = {"x-queue-type": "quorum"}
-        await channel.declare_queue(self.dead_letter_queue, durable=True, arguments=quorum)
-        args = {
-            **quorum,
-            "x-single-active-consumer": True,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self.dead_letter_queue,
-        }
-        return [
-            await channel.declare_queue(self.shard_queue(i), durable=True, arguments=args)
-            for i in range(self.shards)
-        ]
+        return await shardqueue.declare_shards(channel, self.name, self.shards)
 
     async def publish(self, items: Sequence[OfflineItem]) -> None:
         if self._closed:
@@ -245,20 +223,7 @@ class AmqpOfflineQueue:
             content_type="application/x-protobuf",
             type="im.OfflineBatch",
         )
-        try:
-            await asyncio.wait_for(
-                self._channel.default_exchange.publish(
-                    message, routing_key=routing_key, mandatory=True
-                ),
-                PUBLISH_TIMEOUT,
-            )
-        except TimeoutError:
-            raise BackendError(_SERVICE, f"no confirm within {PUBLISH_TIMEOUT:.0f}s") from None
-        except aio_pika.exceptions.DeliveryError as exc:  # nacked: the channel may be stuck
-            await amqpconn.renew_channel(self._channel)
-            raise BackendError(_SERVICE, f"publish: {exc}") from exc
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"publish: {exc}") from exc
+        await shardqueue.publish_confirmed(self._channel, message, routing_key)
 
     async def deliveries(self, max_batch: int) -> AsyncIterator[list[Delivery]]:
         """Consume every shard (the broker makes this writer the active consumer of some);

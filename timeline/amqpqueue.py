@@ -25,10 +25,8 @@ import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -36,7 +34,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from common import amqpconn
+from common import amqpconn, shardqueue
 from common.errors import BackendError
 from proto import im_pb2
 from timeline.queue import (
@@ -56,8 +54,7 @@ from timeline.queue import (
 log = logging.getLogger(__name__)
 
 _SERVICE = "rabbitmq"
-_AMQP_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, OSError)
-PUBLISH_TIMEOUT = 10.0
+_AMQP_ERRORS = shardqueue.AMQP_ERRORS
 
 _Waiter = tuple[int, "asyncio.Future[list[im_pb2.Committed]]"]
 
@@ -96,17 +93,10 @@ class _AmqpDelivery:
                 )
             except _AMQP_ERRORS as exc:
                 log.warning("timeline answer to %s lost: %s", reply_to, exc)
-        try:
-            await self._message.ack()
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"ack: {exc}") from exc
+        await shardqueue.ack(self._message)
 
     async def reject(self, reason: str) -> None:
-        log.error("timeline queue message dead-lettered: %s", reason)
-        try:
-            await self._message.reject(requeue=False)
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"reject: {exc}") from exc
+        await shardqueue.dead_letter(self._message, reason, log, "timeline")
 
 
 class _ShardBatcher:
@@ -220,21 +210,10 @@ class AmqpTimelineQueue:
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.name}.dead"
+        return shardqueue.dead_letter_queue(self.name)
 
     async def _declare(self, channel: AbstractRobustChannel) -> list[AbstractQueue]:
-        quorum: dict[str, Any] = {"x-queue-type": "quorum"}
-        await channel.declare_queue(self.dead_letter_queue, durable=True, arguments=quorum)
-        args = {
-            **quorum,
-            "x-single-active-consumer": True,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": self.dead_letter_queue,
-        }
-        return [
-            await channel.declare_queue(self.shard_queue(i), durable=True, arguments=args)
-            for i in range(self.shards)
-        ]
+        return await shardqueue.declare_shards(channel, self.name, self.shards)
 
     async def _listen(self) -> None:
         """The reply queue and its consumer; the robust channel declares both again after a
@@ -321,20 +300,7 @@ class AmqpTimelineQueue:
             reply_to=self.reply_queue,
             correlation_id=correlation,
         )
-        try:
-            await asyncio.wait_for(
-                self._channel.default_exchange.publish(
-                    message, routing_key=routing_key, mandatory=True
-                ),
-                PUBLISH_TIMEOUT,
-            )
-        except TimeoutError:
-            raise BackendError(_SERVICE, f"no confirm within {PUBLISH_TIMEOUT:.0f}s") from None
-        except aio_pika.exceptions.DeliveryError as exc:
-            await amqpconn.renew_channel(self._channel)
-            raise BackendError(_SERVICE, f"publish: {exc}") from exc
-        except _AMQP_ERRORS as exc:
-            raise BackendError(_SERVICE, f"publish: {exc}") from exc
+        await shardqueue.publish_confirmed(self._channel, message, routing_key)
 
     def _forget(self, correlation: str, _done: object = None) -> None:
         """Drop a message's waiters once none of them waits any more."""
