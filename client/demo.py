@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.core import IMClient, Message, Receipt, ServerError, befriend
+from client.rest import RestError
 from common.errors import IMError
 
 PASSWORD = "demo-password-1"
@@ -146,9 +147,23 @@ async def run_demo(
     try:
         sem = asyncio.Semaphore(16)
 
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+
         async def register(c: IMClient) -> None:
             async with sem:
-                await c.register()
+                while True:
+                    try:
+                        await c.register()
+                        break
+                    except RestError as exc:
+                        # the server's registration limit per address: wait as it says, within
+                        # the demo's own time (a fresh `im up` allows 20 a minute)
+                        wait = exc.retry_after or 1.0
+                        if exc.status != 429 or loop.time() + wait > give_up:
+                            raise
+                        say(f"registration limited; waiting {wait:.0f} s")
+                        await asyncio.sleep(wait)
                 await c.login()
 
         async def make_friends(i: int) -> None:

@@ -24,10 +24,11 @@ from common.errors import IMError
 class RestError(IMError):
     """An answer that is not the expected one; ``status`` 0: REST did not answer at all."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after: float = 0.0) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after  # a 429's Retry-After, seconds (0: none given)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,13 @@ class UploadAnswer:
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "0")))
+    except ValueError:  # an HTTP date, or nonsense: no hint
+        return 0.0
 
 
 class RestClient:
@@ -91,7 +99,7 @@ class RestClient:
                 detail = str(resp.json().get("detail", resp.text))
             except ValueError:
                 detail = resp.text
-            raise RestError(resp.status_code, detail)
+            raise RestError(resp.status_code, detail, _retry_after(resp))
         return resp.json() if resp.content else None
 
     async def register(self, user_id: str, password: str, display_name: str = "") -> bool:

@@ -166,7 +166,9 @@ class Settings(BaseSettings):
     register_per_address: int = Field(
         20, ge=1, description="registrations per source address per register_window, then 429"
     )
-    register_window: float = Field(10 * 60 * SECONDS, gt=0, description="registration window")
+    # a minute: a burst from one address is cut at the limit, and a newcomer's demos (20 users,
+    # then more) are slowed for seconds, not locked out for minutes
+    register_window: float = Field(60 * SECONDS, gt=0, description="registration window")
     rest_max_body: int = Field(64 * KIB, ge=1 * KIB, description="largest REST request body")
     # Connections that have not yet sent an accepted GREET, per connector (docs/security.md): a
     # silent one costs about 5.5 KB of server RSS (tests/test_preauth.py prints it), so the total

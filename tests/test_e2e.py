@@ -391,3 +391,20 @@ async def test_transfer_refuses_silent_and_impersonating_connectors(stack: Stack
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_demo_waits_out_the_registration_limit(tmp_path: Path) -> None:
+    """More demo users than one address may register per window: the demo waits as the 429's
+    Retry-After says and comes out exact, instead of failing (README's newcomer path runs
+    demos of 20 and then more users against a fresh `im up`)."""
+    from client.demo import ok, run_demo
+
+    st = Stack(stack_settings(tmp_path, register_per_address=4, register_window=1.0))
+    await st.start()
+    try:
+        report = await run_demo(rest_url(st), 9, 60, 1, prefix="lim", progress=False, timeout=60)
+        assert ok(report), report
+        assert report["received"] == 60
+    finally:
+        await st.stop()
