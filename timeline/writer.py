@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 
 from common.errors import BackendError
 from proto import im_pb2
-from timeline.model import AppendResult, NewMessage, message_problem, new_message, pair_conv_id
+from timeline.model import AppendResult, NewMessage, message_problem, new_message
 from timeline.queue import TimelineDelivery, TimelineQueue
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,23 @@ class Appender(Protocol):
     async def is_member(self, conv_id: str, user_id: str) -> bool: ...
 
 
-def chat_problem(chat: im_pb2.ChatMsg) -> str | None:
-    """Why this chat can't be appended, or None (the connector checked; this is the last line,
-    for a record that reached the queue some other way)."""
+def prepare(chat: im_pb2.ChatMsg) -> tuple[NewMessage | None, str]:
+    """The store's message for this chat, built once, or why it can't be appended (the
+    connector checked; this is the last line, for a record that reached the queue some other
+    way)."""
     if chat.dest_type != im_pb2.SINGLE:
-        return "only 1-1 conversations are written yet"
+        return None, "only 1-1 conversations are written yet"
     try:
-        conv_id = pair_conv_id(chat.from_id, chat.dest_id)
+        message = new_message(chat)  # its conv_id from the sender and destination
     except ValueError as exc:
-        return str(exc)
-    if chat.conv_id != conv_id:
-        return f"conv_id {chat.conv_id!r} is not the conversation of its sender and destination"
-    return message_problem(new_message(chat))
+        return None, str(exc)
+    if chat.conv_id != message.conv_id:
+        return (
+            None,
+            f"conv_id {chat.conv_id!r} is not the conversation of its sender and destination",
+        )
+    problem = message_problem(message)
+    return (None, problem) if problem else (message, "")
 
 
 class TimelineWriter:
@@ -105,9 +110,9 @@ class TimelineWriter:
         for i, record in enumerate(records):
             if record.WhichOneof("body") != "chat":
                 continue
-            problem = chat_problem(record.chat)
-            if problem is None:
-                chats.append((i, new_message(record.chat)))
+            message, problem = prepare(record.chat)
+            if message is not None:
+                chats.append((i, message))
             else:
                 answers[i].chat.CopyFrom(record.chat)
                 answers[i].refused = im_pb2.BAD_MESSAGE
