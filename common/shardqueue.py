@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -29,6 +30,8 @@ SERVICE = "rabbitmq"
 AMQP_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, OSError)
 PUBLISH_TIMEOUT = 10.0
 _QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+
+T = TypeVar("T")
 
 
 def dead_letter_queue(name: str) -> str:
@@ -87,3 +90,24 @@ async def dead_letter(
         await message.reject(requeue=False)
     except AMQP_ERRORS as exc:
         raise BackendError(SERVICE, f"reject: {exc}") from exc
+
+
+async def batches(
+    inbox: asyncio.Queue[T],
+    max_batch: int,
+    max_items: int,
+    items_of: Callable[[T], int],
+    closed: Callable[[], bool],
+) -> AsyncIterator[list[T]]:
+    """What the consumers put in ``inbox``, in batches for a writer: the first delivery waited
+    for, then whatever else has arrived, up to ``max_batch`` deliveries and ``max_items`` items
+    (``items_of`` counts a delivery's). Ends once ``closed()`` says so."""
+    while not closed():
+        first = await inbox.get()
+        batch = [first]
+        count = items_of(first)
+        while not inbox.empty() and len(batch) < max_batch and count < max_items:
+            nxt = inbox.get_nowait()
+            batch.append(nxt)
+            count += items_of(nxt)
+        yield batch

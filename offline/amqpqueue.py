@@ -230,7 +230,7 @@ class AmqpOfflineQueue:
         yields what has arrived, up to ``max_batch`` deliveries and :data:`BATCH_ITEMS` items."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        inbox: asyncio.Queue[_AmqpDelivery] = asyncio.Queue()
+        inbox: asyncio.Queue[Delivery] = asyncio.Queue()
         try:
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self._prefetch)
@@ -250,14 +250,9 @@ class AmqpOfflineQueue:
         # never more than shards * prefetch unacked deliveries reach ``inbox``: bounded
         for q in queues:
             await q.consume(on_message)
-        while not self._closed:
-            first = await inbox.get()
-            batch: list[Delivery] = [first]
-            count = len(first.items)
-            while not inbox.empty() and len(batch) < max_batch and count < BATCH_ITEMS:
-                nxt = inbox.get_nowait()
-                batch.append(nxt)
-                count += len(nxt.items)
+        async for batch in shardqueue.batches(
+            inbox, max_batch, BATCH_ITEMS, lambda d: len(d.items), lambda: self._closed
+        ):
             yield batch
 
     async def close(self) -> None:

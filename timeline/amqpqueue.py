@@ -316,7 +316,7 @@ class AmqpTimelineQueue:
         """Consume every shard (the broker makes this writer the active consumer of some)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        inbox: asyncio.Queue[_AmqpDelivery] = asyncio.Queue()
+        inbox: asyncio.Queue[TimelineDelivery] = asyncio.Queue()
         try:
             channel = await self._connection.channel()
             await channel.set_qos(prefetch_count=self._prefetch)
@@ -337,14 +337,9 @@ class AmqpTimelineQueue:
         # at most shards * prefetch unacked messages ever reach ``inbox``: bounded
         for q in queues:
             await q.consume(on_message)
-        while not self._closed:
-            first = await inbox.get()
-            batch: list[TimelineDelivery] = [first]
-            count = len(first.records)
-            while not inbox.empty() and len(batch) < max_batch and count < BATCH_ITEMS:
-                nxt = inbox.get_nowait()
-                batch.append(nxt)
-                count += len(nxt.records)
+        async for batch in shardqueue.batches(
+            inbox, max_batch, BATCH_ITEMS, lambda d: len(d.records), lambda: self._closed
+        ):
             yield batch
 
     async def close(self) -> None:
