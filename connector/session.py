@@ -183,9 +183,14 @@ class Limits:
         )
 
 
+# a `since` from a client is only a hint: one past any real clock (a hostile uint64) lists
+# nothing rather than reach the store as a number it cannot hold
+SINCE_MAX = 1 << 53
+
+
 def listing_since(since: int) -> int:
     """Where a listing for a device whose last CaughtUp said ``since`` starts (0: all)."""
-    return max(0, since - LISTING_SLACK_MS) if since else 0
+    return max(0, min(since, SINCE_MAX) - LISTING_SLACK_MS) if since else 0
 
 
 def sent_ack(chat: im_pb2.ChatMsg) -> im_pb2.Envelope:

@@ -3,8 +3,11 @@
 - a conversation keeps one transfer while that transfer lives: rendezvous hashing over the linked
   ones, so a transfer joining or leaving moves only the conversations it wins or held;
 - what a lost link never acknowledged (chats, cursor records) goes out again through the others
-  before anything newer is forwarded; the writer keeps one row per message identity and cursors
-  only move forward, so a frame that did get through is harmless twice;
+  before anything newer is forwarded, and so does every chat it did acknowledge whose commit
+  has not come back as a fanout yet: a transfer killed between its link-ack and its publish
+  would otherwise lose the chat to the client's resend, after chats sent later (sender order,
+  I3). The writer keeps one row per message identity and cursors only move forward, so a frame
+  that did get through is harmless twice (a chat's resend is SENT again at its first seq);
 - a fanout may have been lost with a link, and a transfer that (re)sends WELCOME may have
   missed routes: either way every session lists again (``on_change``) and Syncs what it lacks;
 - every live transfer of the registry gets a link kept open, and one that left is unlinked.
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from common import health
@@ -28,6 +33,12 @@ from proto import im_pb2
 log = logging.getLogger(__name__)
 
 FORWARD_WAIT = 5.0  # seconds a client's frame may wait for a transfer link
+# Chats forwarded on a link and not yet seen committed (their fanout), kept to forward again if
+# the link is lost: at most this many per link, each at most this long (a commit that never
+# answers is the client's to resend).
+IN_COMMIT_MAX = 20_000
+IN_COMMIT_FOR = 30.0
+ChatKey = tuple[str, int]
 TransferSource = Callable[[], Awaitable[dict[str, str]]]
 FanoutSink = Callable[[im_pb2.Fanout], None]
 
@@ -73,11 +84,39 @@ class TransferLinkHandler:
         # set as soon as the link is down, before on_closed reroutes what it held: the keeper
         # dials again at once, since that reroute may need this transfer's next link
         self.down = asyncio.Event()
+        # chats sent on the current link whose commit has not come back, in send order
+        self.in_commit: OrderedDict[ChatKey, tuple[float, im_pb2.Envelope]] = OrderedDict()
+
+    def sent_chat(self, env: im_pb2.Envelope) -> None:
+        now = time.monotonic()
+        box = self.in_commit
+        box[(env.chat.from_id, env.chat.id)] = (now, env)
+        while box:
+            first, (when, _) = next(iter(box.items()))
+            if len(box) <= IN_COMMIT_MAX and now - when < IN_COMMIT_FOR:
+                break
+            del box[first]
+
+    def take_in_commit(self, unacked: list[im_pb2.Envelope]) -> list[im_pb2.Envelope]:
+        """What a lost link leaves to forward again: its chats not seen committed, in send
+        order, then its other unacked frames (cursor records)."""
+        chats = [env for _, env in self.in_commit.values()]
+        self.in_commit.clear()
+        held = {(e.chat.from_id, e.chat.id) for e in chats}
+        rest = [
+            e
+            for e in unacked
+            if e.WhichOneof("body") != "chat" or (e.chat.from_id, e.chat.id) not in held
+        ]
+        return chats + rest
 
     async def on_frame(self, link: Link, env: im_pb2.Envelope) -> None:
         kind = env.WhichOneof("body")
         if kind == "fanout":
-            self.links.on_fanout(env.fanout)
+            fanout = env.fanout
+            if fanout.WhichOneof("body") == "chat":
+                self.links.committed((fanout.chat.from_id, fanout.chat.id))
+            self.links.on_fanout(fanout)
         elif kind == "welcome":
             self.ready.set()
             health.LINKS.up(self.links.node_id, "transfer", self.node_id)
@@ -97,13 +136,15 @@ class TransferLinkHandler:
         if was_ready:
             health.LINKS.down(self.links.node_id, "transfer", self.node_id)
             self.links.on_change()
-        if unacked:
+        again = self.take_in_commit(unacked)
+        if again:
             log.warning(
-                "transfer %s gone with %d unacked frames; sending them through another",
+                "transfer %s gone with %d frames not acked or not seen committed; sending them"
+                " through another",
                 link.name,
-                len(unacked),
+                len(again),
             )
-            await self.links.reroute(unacked)
+            await self.links.reroute(again)
 
 
 class TransferLinks:
@@ -136,16 +177,36 @@ class TransferLinks:
         return any(h.ready.is_set() for h in self.handlers.values())
 
     def pick(self, key: str) -> Link | None:
+        chosen = self.pick_handler(key)
+        return None if chosen is None else chosen.link
+
+    def pick_handler(self, key: str) -> TransferLinkHandler | None:
         best: tuple[int, str] | None = None
-        link: Link | None = None
+        chosen: TransferLinkHandler | None = None
         for node, handler in self.handlers.items():
             cand = handler.link
             if cand is None or cand.closing or not handler.ready.is_set():
                 continue
             score = (zlib.crc32(handler.rank + key.encode()), node)
             if best is None or score > best:
-                best, link = score, cand
-        return link
+                best, chosen = score, handler
+        return chosen
+
+    def committed(self, key: ChatKey) -> None:
+        """A chat's commit came back (its fanout): no link need forward it again."""
+        for handler in self.handlers.values():
+            handler.in_commit.pop(key, None)
+
+    async def send(self, env: im_pb2.Envelope, key: str) -> None:
+        """Send on the conversation's transfer's link (LinkClosed: none, or it just went),
+        remembering a chat until its commit comes back."""
+        handler = self.pick_handler(key)
+        link = None if handler is None else handler.link
+        if handler is None or link is None:
+            raise LinkClosed("no transfer")
+        await link.send(env)
+        if env.WhichOneof("body") == "chat" and handler.link is link:
+            handler.sent_chat(env)
 
     async def forward(self, env: im_pb2.Envelope, key: str) -> None:
         """Send to the conversation's transfer. Without one, wait up to :data:`FORWARD_WAIT`
@@ -157,13 +218,11 @@ class TransferLinks:
         while True:
             if self._rerouting:
                 await self._reroute_done.wait()
-            link = self.pick(key)
-            if link is not None:
-                try:
-                    await link.send(env)
-                    return
-                except LinkClosed:
-                    pass  # what it held is rerouted; this one goes on the next link
+            try:
+                await self.send(env, key)
+                return
+            except LinkClosed:
+                pass  # none yet, or what it held is rerouted: this one goes on the next link
             if self.stopping or loop.time() >= deadline:
                 raise ProtocolError("no transfer available, retry later", code=im_pb2.INTERNAL)
             await asyncio.sleep(0.05)
@@ -179,11 +238,8 @@ class TransferLinks:
                 if key is None:
                     continue
                 while True:
-                    link = self.pick(key)
                     try:
-                        if link is None:
-                            raise LinkClosed("no transfer")
-                        await link.send(env)
+                        await self.send(env, key)
                         break
                     except LinkClosed:
                         if loop.time() > deadline or self.stopping:

@@ -14,6 +14,7 @@ from connector.session import (
     LISTING_SLACK_MS,
     MAX_SYNCS,
     RELIST_AFTER,
+    SINCE_MAX,
     Admit,
     Effect,
     Forward,
@@ -93,6 +94,8 @@ def test_a_new_device_lists_everything() -> None:
     assert StartListing(0) in effects
     _, effects = greeted(since=5)  # slack below zero is zero
     assert StartListing(0) in effects
+    _, effects = greeted(since=(1 << 64) - 1)  # a hostile since stays a number stores hold
+    assert StartListing(SINCE_MAX - LISTING_SLACK_MS) in effects
 
 
 @pytest.mark.parametrize(
