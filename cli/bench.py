@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -34,9 +35,9 @@ from typing import Any
 
 from cli import cluster
 from cli import loop as eventloop
-from client import bench, benchstats
-from client.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
 from common.errors import IMError
+from workload import bench, benchstats
+from workload.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
 
 HOST = "127.0.0.1"
 REST_PORT, CONNECTOR_PORT, TRANSFER_PORT, RELAY_PORT = 28082, 29081, 29082, 29181
@@ -150,9 +151,7 @@ async def start_up(logdir: Path, server_loop: str) -> Started:
         await started.stop()
         raise
     started.pids["im-up"] = p.proc.pid
-    started.target = bench.Target(
-        f"http://{HOST}:{rest}", database_url=f"sqlite:///{data / 'im.db'}", secret=secret
-    )
+    started.target = bench.Target(f"http://{HOST}:{rest}", secret=secret)
     return started
 
 
@@ -195,7 +194,7 @@ async def start_cluster(
         await started.stop()
         raise
     started.pids = _cluster_children(p.proc.pid)
-    started.target = bench.Target(f"http://{HOST}:{rest}", database_url=BENCH_MYSQL, secret=secret)
+    started.target = bench.Target(f"http://{HOST}:{rest}", secret=secret)
     return started
 
 
@@ -327,7 +326,7 @@ class Runner:
             print(json.dumps(result, sort_keys=False), flush=True)
         else:
             keys = ("msgs_per_s", "p50_ms", "p99_ms", "connections", "rss_per_conn_kb",
-                    "stored_per_s", "drain_10k_s", "skipped")  # fmt: skip
+                    "catchup_messages", "catchup_seconds", "skipped")  # fmt: skip
             shown = " ".join(f"{k}={result[k]}" for k in keys if k in result)
             print(f"{result['scenario']:<8} {result.get('mode', ''):<6} {shown}", flush=True)
         self.results.append(result)
@@ -356,7 +355,7 @@ class Runner:
             result["processes"] = use
             total = sum(float(u["cpu_s"]) for u in use.values())
             result["server_cpu_s"] = round(total, 3)
-            done = result.get("completed") or result.get("stored")
+            done = result.get("completed") or result.get("catchup_messages")
             if isinstance(done, int) and done > 0:
                 result["server_cpu_us_per_msg"] = round(total / done * 1e6, 1)
         a, b = mine.get("start"), mine.get("end")
@@ -400,7 +399,7 @@ class Runner:
             target: bench.Target | None = None
             pids = _parse_pids(a.pids)
             if server and a.rest:
-                target = bench.Target(a.rest, a.database, a.secret)
+                target = bench.Target(a.rest, a.secret)
             elif server and a.target == "up":
                 st = await start_up(logdir, a.server_loop)
                 targets.append(st)
@@ -411,8 +410,7 @@ class Runner:
                 targets.append(st)
                 target, pids = st.target, pids | st.pids
             if target is not None and a.connector:
-                target = bench.Target(target.rest, target.database_url, target.secret,
-                                      _addr(a.connector))  # fmt: skip
+                target = dataclasses.replace(target, connector=_addr(a.connector))
             if target is not None and "online" in a.scenarios:
 
                 def online_run(rate: float, probe: Any) -> Any:
@@ -485,7 +483,6 @@ def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="load generator: msgs/s, latency, RSS per connection")
     b.add_argument("--target", choices=("up", "cluster"), default="up")
     b.add_argument("--rest", default="", help="a running target's REST URL (else one is started)")
-    b.add_argument("--database", default="", help="its database URL, to count offline rows")
     b.add_argument("--secret", default="", help="its IM_SECRET, to mint idle tokens")
     b.add_argument("--pids", default="", help="its server PIDs: name=pid,name=pid")
     b.add_argument("--connector", default="", help="pin every connection to host:port")
@@ -499,7 +496,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--connections", type=int, default=1000)
     b.add_argument("--hold", type=float, default=5.0, help="seconds idle before RSS is read")
     b.add_argument("--heartbeat", type=float, default=15.0)
-    b.add_argument("--offline-messages", type=int, default=10_000)
+    b.add_argument("--offline-messages", type=int, default=10_000,
+                   help="offline: how far behind the catching-up device is")  # fmt: skip
     b.add_argument("--offline-senders", type=int, default=100)
     b.add_argument("--timeout", type=float, default=300.0)
     b.add_argument("--connectors", type=int, default=2, help="im cluster: connector processes")

@@ -1,13 +1,15 @@
 """``im chaos``: the cluster under SIGKILL, and a check that G1-G4 held (DESIGN §5).
 
-Starts the multi-process cluster (REST, transfers, connectors, offline writers) on the configured
-services, as ``im cluster`` does, but in a database, Redis key prefix and RabbitMQ queue set of
-its own, so it can run beside a real deployment and leaves nothing behind. Users chat without
-pause through the client library, some going offline and coming back (client/traffic.py), while
-every few seconds a random connector, transfer or writer is SIGKILLed and started again. Then it
-stops the killing, brings every user online, waits for the system to settle and compares what
-every side recorded. Exit status: 0 only when nothing acknowledged was lost, nothing was
-surfaced twice or out of order, every receipt arrived once, and no process died by itself.
+Starts the multi-process cluster (REST, transfers, connectors, timeline writers) on the
+configured services, as ``im cluster`` does, but in a database, Redis key prefix and RabbitMQ
+queue set of its own, so it can run beside a real deployment and leaves nothing behind. Users
+chat without pause through the client library on D devices each, devices going offline and
+coming back (workload/traffic.py), while every few seconds a random connector, transfer or
+writer is SIGKILLed and started again. Then it stops the killing, brings every device online,
+waits for the system to settle and compares what every side recorded. Exit status: 0 only when
+nothing acknowledged was lost, nothing was surfaced twice or out of order, every receipt
+arrived once, every device of every user holds every message of its conversations in the same
+order, the devices of each user agree on where it read to, and no process died by itself.
 
 REST is not killed: it is stateless, and a login that fails is the client's to retry.
 """
@@ -37,11 +39,13 @@ from cli.cluster import (
     stop_gently,
     wait_port,
 )
-from client.traffic import Users, check
 from common.config import Settings
 from common.db import MySQLParams, open_database
+from workload.traffic import Users, check, check_all
 
-KILLABLE = ("connector", "transfer", "offline-writer")
+# the timeline writer's role is "writer"; "offline-writer" is its name before the timelines
+KILLABLE = ("connector", "transfer", "writer", "offline-writer")
+START_ORDER = ("transfer", "writer", "offline-writer", "connector", "rest")
 START_TIMEOUT = 30.0
 
 
@@ -58,6 +62,7 @@ class Options:
     quiesce: float = 90.0
     seed: int | None = None
     keep: bool = False
+    devices: int = 1  # per user: each is checked on its own, and against its siblings
 
 
 @dataclass
@@ -142,8 +147,7 @@ class Chaos:
                 "connector": int(child.env.get("IM_CONNECTOR_PORT", 0)),
             }.get(child.role, 0)
             self.procs.append(Proc(child, self.workdir / f"{child.name}.log", port))
-        order = ["transfer", "offline-writer", "connector", "rest"]
-        for p in sorted(self.procs, key=lambda p: order.index(p.child.role)):
+        for p in sorted(self.procs, key=lambda p: START_ORDER.index(p.child.role)):
             await p.start()
             if not await p.wait_ready(self.host):
                 raise RuntimeError(f"{p.child.name} did not come up (log: {p.log})")
@@ -230,7 +234,7 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
     workdir = Path(tempfile.mkdtemp(prefix=f"im-chaos-{tag}-"))
     chaos = Chaos(settings, opts, workdir, quiet=quiet)
     began = time.monotonic()
-    users = Users.named(chaos.rest, f"ch{tag}", opts.users)
+    users = Users.named(chaos.rest, f"ch{tag}", opts.users, opts.devices)
     report: dict[str, object] = {}
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -238,7 +242,10 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
             await check_services(settings)
         await chaos.start_cluster()
         await users.setup()
-        chaos.say(f"{opts.users} users online; chaos for {opts.seconds:g}s (seed {seed})")
+        chaos.say(
+            f"{opts.users} users online on {opts.devices} device(s) each;"
+            f" chaos for {opts.seconds:g}s (seed {seed})"
+        )
         tasks.append(asyncio.create_task(chaos.watch()))
         started = time.monotonic()
         until = started + opts.seconds
@@ -263,8 +270,9 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
         chaos.say("killing stopped; bringing everyone online and letting it settle")
         await users.everyone_online()
         settled = await users.quiesce(opts.quiesce, chaos.say)
+        users.read_cursors()
         report = {
-            **check(users.ledger),
+            **check_all(users.ledger),
             "kills": sum(chaos.kills.values()),
             "kills_by_role": dict(chaos.kills),
             "crashed": len(chaos.crashed),
@@ -301,6 +309,10 @@ VIOLATIONS = (
     "receipts_missing",
     "receipts_duplicated",
     "crashed",
+    "device_missing",
+    "device_duplicates",
+    "device_order_mismatch",
+    "read_cursor_divergent",
 )
 
 
@@ -311,6 +323,7 @@ def ok(report: dict[str, object]) -> bool:
         bool(report)
         and all(report.get(k) == 0 for k in VIOLATIONS)
         and report.get("settled") is True
+        and report.get("device_deliveries") == report.get("device_deliveries_expected")
     )
 
 
@@ -341,8 +354,13 @@ def main(settings: Settings, opts: Options, as_json: bool) -> int:
             f"  out of order {report.get('out_of_order')}\n"
             f"  receipts missing {report.get('receipts_missing')}"
             f"  duplicated {report.get('receipts_duplicated')}  crashed {report.get('crashed')}\n"
-            f"  client: reconnects {report.get('reconnects')}  resent {report.get('resent')}"
-            f"  reordered {report.get('reordered')}  gaps given up {report.get('gaps_skipped')}\n"
+            f"  {report.get('devices')} device(s) per user: deliveries"
+            f" {report.get('device_deliveries')} of {report.get('device_deliveries_expected')}"
+            f"  missing {report.get('device_missing')}"
+            f"  duplicates {report.get('device_duplicates')}"
+            f"  order mismatch {report.get('device_order_mismatch')}"
+            f"  read cursors apart {report.get('read_cursor_divergent')}\n"
+            f"  client: reconnects {report.get('reconnects')}  resent {report.get('resent')}\n"
             f"  {'OK' if good else 'FAILED'}"
             + (f"  (logs in {report['logs']})" if "logs" in report else "")
         )

@@ -1,9 +1,10 @@
 """``im cluster``: the production topology as local OS processes on the real services.
 
-REST, M transfers, N connectors and K offline writers, each its own ``im`` process, sharing
-Redis (user status, registry), RabbitMQ (offline queue) and MySQL (users, relations, offline
-rows). Every child's output is prefixed with its name; Ctrl-C (or SIGTERM) stops them all,
-politely first, then with SIGKILL after a grace period.
+REST, M transfers, N connectors and K timeline writers, each its own ``im`` process, sharing
+Redis (user status, registry), RabbitMQ (the timeline write queue) and MySQL (users, relations,
+timelines). Every child's output is prefixed with its name; Ctrl-C (or SIGTERM) stops them all,
+politely first, then with SIGKILL after a grace period. A writer runs as ``im offline-writer``,
+the old name of ``im writer``, which scripts (and ``im chaos``) still use.
 
 Unset service URLs default to this machine's services, so ``im cluster`` alone works where
 MariaDB, Redis and RabbitMQ run on 127.0.0.1 with their stock settings.
@@ -158,7 +159,8 @@ async def _start(child: Child, width: int) -> None:
 
 
 async def _stop(children: list[Child]) -> None:
-    """SIGTERM in reverse start order (connectors hand leftovers to transfers), then SIGKILL."""
+    """SIGTERM in reverse start order (connectors first, so what they passed on is still
+    committed and fanned out), then SIGKILL."""
     for child in reversed(children):
         if child.proc is not None and child.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -228,12 +230,12 @@ async def check_services(settings: Settings) -> None:
     """Fail fast, naming the service, when MySQL, Redis or RabbitMQ does not answer."""
     import user_status
     from cli.migrate import run_migrate
-    from offline.amqpqueue import AmqpOfflineQueue
+    from timeline.amqpqueue import AmqpTimelineQueue
 
     status = await user_status.create(settings)
     await status.close()
-    queue = await AmqpOfflineQueue.connect(
-        settings.amqp_url, name=settings.amqp_queue, shards=settings.amqp_shards
+    queue = await AmqpTimelineQueue.connect(
+        settings.amqp_url, name=settings.timeline_queue(), shards=settings.amqp_shards
     )
     await queue.close()
     for line in await run_migrate(settings):

@@ -79,7 +79,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 def cmd_writer(args: argparse.Namespace) -> int:
     if not _settings(args).amqp_url:
         print(
-            "im: the offline writer consumes the RabbitMQ queue: set IM_AMQP_URL"
+            "im: the timeline writer consumes the RabbitMQ queue: set IM_AMQP_URL"
             " (with the in-process queue, the transfer writes itself)",
             file=sys.stderr,
         )
@@ -134,8 +134,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         quiesce=args.quiesce,
         seed=args.seed,
         keep=args.keep,
+        devices=args.devices,
     )
-    if opts.users < 2 or min(opts.connectors, opts.transfers, opts.writers) < 1:
+    if opts.users < 2 or min(opts.connectors, opts.transfers, opts.writers, opts.devices) < 1:
         print("im: need 2+ users and 1+ connector, transfer and writer", file=sys.stderr)
         return 2
     try:
@@ -161,11 +162,18 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from client import demo
+    from workload import demo
 
     logsetup.setup("WARNING")
     return demo.main(
-        args.rest, args.users, args.messages, args.offline, args.json, args.timeout, args.files
+        args.rest,
+        args.users,
+        args.messages,
+        args.offline,
+        args.json,
+        args.timeout,
+        args.files,
+        devices=args.devices,
     )
 
 
@@ -173,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="im", description="IM server cluster")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    up = sub.add_parser("up", help="connector + transfer + REST + offline writer in one process")
+    up = sub.add_parser("up", help="connector + transfer + REST + timeline writer in one process")
     up.add_argument("--data-dir", help="where SQLite and the secret live (default ./im-data)")
     up.set_defaults(
         func=lambda a: cmd_serve(a, frozenset({"rest", "transfer", "connector", "writer"}))
@@ -185,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--data-dir")
         sp.set_defaults(func=lambda a, r=frozenset(roles): cmd_serve(a, r))
-    ow = sub.add_parser("offline-writer", help="offline writer only (needs IM_AMQP_URL)")
+    # `offline-writer`: its name before the timelines, kept so scripts and compose files run
+    ow = sub.add_parser(
+        "writer",
+        aliases=["offline-writer"],
+        help="timeline writer only (needs IM_AMQP_URL)",
+    )
     ow.add_argument("--data-dir")
     ow.set_defaults(func=cmd_writer)
     tr = sub.add_parser("transfer", help="transfer only (+ the writer if the queue is in-process)")
@@ -224,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--quiesce", type=float, default=90.0, help="longest wait to settle, s")
     ch.add_argument("--seed", type=int, default=None, help="replay a run's random choices")
     ch.add_argument("--keep", action="store_true", help="keep its database, keys, queues, logs")
+    ch.add_argument("--devices", type=int, default=1, help="devices per user, each checked")
     ch.add_argument("--json", action="store_true", help="last line: one JSON object")
     ch.set_defaults(func=cmd_chaos)
 
@@ -236,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--rest", default="http://127.0.0.1:8082")
     d.add_argument("--timeout", type=float, default=120.0)
+    d.add_argument("--devices", type=int, default=1, help="devices per user, each checked")
     d.add_argument("--json", action="store_true", help="last line: one JSON object")
     d.set_defaults(func=cmd_demo)
 

@@ -1,11 +1,12 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``offline.sqlstore`` the offline rows, ``rest_web.devices`` the message id slots,
-``timeline.schema`` the timelines); this only runs them, in one place an operator can call
-before starting a new release. Safe to run again, and from several hosts at once. It also
-brings user ids stored before the canonical-id rule to their canonical form, and says which
-it could not (rest_web/id_migration.py).
+``rest_web.devices`` the message id slots, ``timeline.schema`` the timelines); this only runs
+them, in one place an operator can call before starting a new release. Safe to run again, and
+from several hosts at once. It also brings user ids stored before the canonical-id rule to their
+canonical form, and says which it could not (rest_web/id_migration.py); and last, on a database
+of the store-and-forward model, it moves the chats still waiting in ``im_offline`` into their
+timelines (offline/legacy.py). A fresh install has no ``im_offline`` and gets none.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from common import files
 from common.config import Settings
 from common.db import create_database, open_database, schema_version
 from common.files import FileStore
-from offline import sqlstore
-from offline.sqlstore import SQLOfflineStore
+from offline.legacy import import_offline_rows
 from rest_web import admin_store, devices
 from rest_web import store as userstore
 from rest_web.admin_store import AdminStore
@@ -40,16 +40,10 @@ async def run_migrate(settings: Settings) -> list[str]:
         components: list[
             tuple[
                 str,
-                UserStore
-                | SQLOfflineStore
-                | FileStore
-                | AdminStore
-                | DeviceSlots
-                | SQLTimelineStore,
+                UserStore | FileStore | AdminStore | DeviceSlots | SQLTimelineStore,
             ]
         ] = [
             (userstore.COMPONENT, UserStore(db)),
-            (sqlstore.COMPONENT, SQLOfflineStore(db)),
             (files.COMPONENT, FileStore(db)),
             (admin_store.COMPONENT, AdminStore(db)),
             (devices.COMPONENT, DeviceSlots(db)),
@@ -65,6 +59,10 @@ async def run_migrate(settings: Settings) -> list[str]:
                 lines.append(f"{name}: version {before} -> {after}")
             if isinstance(result, IdReport):  # user ids from before the canonical rule
                 lines += result.lines()
+        # after the timeline tables (they receive the rows) and the user ids (they rename the
+        # rows' ids to canonical ones first)
+        report = await import_offline_rows(db, SQLTimelineStore(db))
+        lines.append(report.line())
         return lines
     finally:
         await db.close()

@@ -33,11 +33,11 @@ from common.health import Readiness
 from common.opsweb import OpsServer
 from common.redact import redact_url
 from hooks import BeforeSend, Webhooks
-from offline.sqlstore import SQLOfflineStore
 from rest_web.admin import AdminDeps, AdminStatus
 from rest_web.admin_store import AdminStore
 from rest_web.blobs import BlobStore
 from rest_web.store import UserStore
+from timeline.store import SQLTimelineStore
 from user_status.kick import KickBus, create_kick_bus
 from user_status.redis import RedisUserStatus
 
@@ -136,9 +136,10 @@ class Ops:
         if self.roles & {"rest", "connector"}:
             self.kicks = await create_kick_bus(s.redis_url, s.redis_prefix)
         if s.amqp_url and self.roles & {"rest", "transfer", "writer"}:
-            queues = [f"{s.amqp_queue}.{i}" for i in range(s.amqp_shards)]
+            # the timeline write queue's shards: chats and cursors not yet committed
+            queues = [f"{s.timeline_queue()}.{i}" for i in range(s.amqp_shards)]
             self.amqp = AmqpProbe(s.amqp_url, queues)
-            metrics.queue_depth_source("offline", self.amqp, lambda p: p.depth or 0)
+            metrics.queue_depth_source("timeline", self.amqp, lambda p: p.depth or 0)
         if isinstance(db, MySQLDatabase | SQLiteDatabase):
             metrics.db_pool_source(db, lambda d: d.in_use, lambda d: d.pool_size)
 
@@ -156,7 +157,7 @@ class Ops:
     async def _queue_depths(self) -> dict[str, int]:
         assert self.amqp is not None
         await self.amqp.check()
-        return {"offline": self.amqp.depth or 0}
+        return {"timeline": self.amqp.depth or 0}
 
     async def start(
         self, db: Database, status: object | None, node: str, connector_node: str = ""
@@ -213,7 +214,7 @@ def _ping(db: Database) -> health.Check:
 
 
 def _schema(db: Database) -> health.Check:
-    components = (UserStore(db), SQLOfflineStore(db), FileStore(db), AdminStore(db))
+    components = (UserStore(db), SQLTimelineStore(db), FileStore(db), AdminStore(db))
 
     async def current() -> None:
         for component in components:

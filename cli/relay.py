@@ -26,8 +26,8 @@ import signal
 import sys
 
 from cli import loop as eventloop
-from client.benchload import FramedProtocol
 from proto import im_pb2
+from workload.benchload import FramedProtocol
 
 HOST = "127.0.0.1"
 

@@ -1,9 +1,10 @@
 """Wires services into one process: all of them for ``im up``, one for ``im connector`` etc.
 
 The only module that imports several services (DESIGN.md §2). Start order: storage and brokers,
-then the offline writer, transfer, connector, REST; stop order is the reverse, so a connector's
-sessions can still hand their leftovers to a transfer and the writer still commits them, and the
-databases and brokers close last.
+then the timeline writer, transfer, connector, REST; stop order is the reverse, so chats a
+connector passed on before it stopped are still committed and fanned out, and the databases and
+brokers close last. The connector lists and syncs conversations from the timeline store the
+writer appends to (one SQL database: SQLite embedded, MySQL in a cluster).
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import uvicorn
 
-import offline
 import timeline
 import user_status
 from cli.ops import Ops
 from common.config import Settings
 from common.db import Database, open_database
 from common.files import FileStore
-from common.ledger import MessageLedger, open_ledger
 from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
-from offline.base import OfflineQueue
-from offline.sqlstore import SQLOfflineStore
-from offline.writer import OfflineWriter
 from rest_web.app import create_app
 from rest_web.devices import DeviceSlots
 from rest_web.files import FileService
@@ -67,12 +62,10 @@ class Stack:
     roles: frozenset[str] = ALL_ROLES
     db: Database | None = None
     status: StatusBackend | None = None
-    queue: OfflineQueue | None = None
     timeline: TimelineQueue | None = None
     transfer: Transfer | None = None
     connector: Connector | None = None
     revocations: RevocationBus | None = None
-    ledger: MessageLedger | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -85,40 +78,29 @@ class Stack:
         signer = TokenSigner(s.signing_secret())
         self.db = await open_database(s.db_url(), pool_size=s.db_pool)
         users = UserStore(self.db)
-        store = SQLOfflineStore(self.db)
         files = FileStore(self.db)  # REST writes uploads, the connector checks and grants them
         devices = DeviceSlots(self.db)  # message id slots, handed out at REST login
         timeline_store = SQLTimelineStore(self.db)
         if self.db.dialect == "sqlite":
             # the embedded file is this deployment's own: bring it up to date
-            for component in (users, store, files, devices, timeline_store):
+            for component in (users, files, devices, timeline_store):
                 await component.migrate()
         else:
             # a shared server is migrated by the operator (`im migrate`), once per release
-            for component in (users, store, files, devices, timeline_store):
+            for component in (users, files, devices, timeline_store):
                 await component.check_schema()
         self.ops = Ops(s, self.roles)
         await self.ops.open(self.db)  # admin schema, kick bus, webhooks (cli/ops.py)
         # REST needs the registry to hand out live connectors, and for the admin API
-        needs_status = bool(self.roles & {"transfer", "connector", "writer"}) or bool(s.redis_url)
+        needs_status = bool(self.roles & {"transfer", "connector"}) or bool(s.redis_url)
         if needs_status:
             self.status = await user_status.create(s)
         if self.roles & {"transfer", "writer"}:
-            self.queue = await offline.create_queue(s)
             self.timeline = await timeline.create_queue(s)
         if self.roles & {"rest", "connector"}:
             # REST publishes logouts and password changes, connectors close what they cover:
             # on Redis across the cluster, in-process when both run here
             self.revocations = await create_bus(s.redis_url, s.redis_prefix)
-        if self.roles & {"transfer", "connector"}:
-            # one ledger for the connector and the transfer of this process (Redis: the cluster's)
-            self.ledger = await open_ledger(s)
-        if "writer" in self.roles and self.queue is not None:
-            notify = None
-            if s.amqp_url and self.status is not None:
-                notify = functools.partial(_request_drains, self.status)
-            writer = OfflineWriter(self.queue, store, notify=notify)
-            self._tasks.append(asyncio.create_task(writer.run(), name="offline-writer"))
         if "writer" in self.roles and self.timeline is not None:
             appender = TimelineWriter(self.timeline, timeline_store)
             self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
@@ -126,10 +108,8 @@ class Stack:
                 purge = keep_retention(timeline_store, s.timeline_retention_days)
                 self._tasks.append(asyncio.create_task(purge, name="timeline-retention"))
         if "transfer" in self.roles:
-            assert self.status is not None and self.queue is not None
-            self.transfer = Transfer(
-                s, self.status, self.queue, signer, self.timeline, ledger=self.ledger
-            )
+            assert self.status is not None and self.timeline is not None
+            self.transfer = Transfer(s, self.status, signer, self.timeline)
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -140,7 +120,7 @@ class Stack:
             self.connector = Connector(
                 s,
                 self.status,
-                store,
+                timeline_store,
                 RelationReader(self.db),
                 signer,
                 source,
@@ -148,7 +128,6 @@ class Stack:
                 revocations=self.revocations,
                 revocation_check=RevocationReader(self.db),
                 kicks=self.ops.kicks,
-                ledger=self.ledger,
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -214,7 +193,7 @@ class Stack:
         if self._rest is not None:
             lines.append(f"rest       http://{s.bind_host}:{self.rest_port}  (docs at /docs)")
         if "writer" in self.roles:
-            lines.append("writer     offline queue -> " + redact_url(s.db_url()))
+            lines.append("writer     timeline queue -> " + redact_url(s.db_url()))
         if self.ops is not None and self.ops.metrics_port:
             where = f"http://{s.bind_host}:{self.ops.metrics_port}"
             lines.append(f"metrics    {where}/metrics  (/healthz, /readyz)")
@@ -232,8 +211,6 @@ class Stack:
         if self._rest_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._rest_task), 5)
-        if self.queue is not None:
-            await self.queue.close()
         if self.timeline is not None:
             await self.timeline.close()
         for t in self._tasks:
@@ -247,21 +224,9 @@ class Stack:
             await self.status.close()
         if self.revocations is not None:
             await self.revocations.close()
-        if self.ledger is not None:
-            await self.ledger.close()
         if self.db is not None:
             await self.db.close()
 
 
 async def _addresses(live: LiveNodes) -> list[str]:
     return list((await live.get()).values())
-
-
-async def _request_drains(status: StatusBackend, users: Collection[str]) -> None:
-    """Ask the connectors of ``users`` to drain them (rows were just committed for them)."""
-    by_connector: dict[str, list[str]] = {}
-    for user in users:
-        for connector in set((await status.lookup(user)).values()):
-            by_connector.setdefault(connector, []).append(user)
-    for connector, its_users in by_connector.items():
-        await status.request_drain(connector, its_users)

@@ -1,15 +1,18 @@
-"""Asyncio client library: REST login, friends, blocks; one TCP link to a connector; sealed bodies.
+"""Asyncio client library: REST login, friends, blocks; one link to a connector; sealed bodies;
+every conversation kept up by seq (sync by cursor).
 
     async with IMClient("http://127.0.0.1:8082", "alice", "password") as alice:
         await alice.connect()
+        await alice.caught_up.wait()  # everything that was there is here
         msg_id = await alice.send_text("bob", "hello")
         async for event in alice.events():
-            ...  # Message, Receipt or ServerError
+            ...  # Message, Receipt or ServerError, each with conv_id and seq
 
 Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 """
 
-from client.core import IMClient, Message, Receipt, ServerError, befriend
+from client.core import IMClient, befriend
+from client.events import Event, Message, Receipt, ServerError
 from client.files import FileCheckError, FileInfo
 from client.history import Conversation, ConversationInfo
 from client.rest import FriendRequests, RestClient, RestError
@@ -17,6 +20,7 @@ from client.rest import FriendRequests, RestClient, RestError
 __all__ = [
     "Conversation",
     "ConversationInfo",
+    "Event",
     "FileCheckError",
     "FileInfo",
     "FriendRequests",

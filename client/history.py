@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from proto import im_pb2
 
 if TYPE_CHECKING:
-    from client.core import Message, ServerError
+    from client.events import Message, ServerError
 
 
 class MalformedAnswer(ValueError):

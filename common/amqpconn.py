@@ -23,7 +23,7 @@ Rules:
 A node that dies takes its connections with it. What survives it lives in the queues: quorum
 queues keep every confirmed message on a majority of nodes, so the cluster loses nothing while
 two of three nodes are up, and the confirms of messages in flight at the cut never arrive, so
-their publishers retry them (see :mod:`offline.amqpqueue`).
+their publishers retry them (see :mod:`timeline.amqpqueue`).
 """
 
 from __future__ import annotations

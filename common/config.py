@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("im-data")
     database_url: str = Field("", description="empty: SQLite file in data_dir")
     redis_url: str = Field("", description="empty: in-memory user status")
-    amqp_url: str = Field("", description="empty: in-process offline queue")
+    amqp_url: str = Field("", description="empty: in-process timeline write queue")
     secret: str = Field("", description="token signing secret; empty: kept in data_dir/secret")
 
     node_id: str = Field("", description="this process's name in routing; default host:port")
@@ -64,14 +64,16 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("im:", description="key prefix of every Redis key")
     node_ttl: float = Field(6.0, description="a node silent this long is out of routing")
-    amqp_queue: str = Field("im.offline", description="offline queue name (and its shards)")
-    amqp_shards: int = Field(4, ge=1, le=256, description="offline queue shards, by recipient")
+    # the timeline write queue is named after it (timeline_queue()): the default keeps the
+    # queues a deployment already has
+    amqp_queue: str = Field("im.offline", description="queue name prefix (see timeline_queue)")
+    amqp_shards: int = Field(4, ge=1, le=256, description="write queue shards, by conversation")
     amqp_prefetch: int = Field(64, ge=1, description="unacked queue messages per writer shard")
     db_pool: int = Field(10, ge=1, description="database connections per process")
 
     max_frame: int = 64 * KIB
     # Connector <-> transfer links carry what clients sent plus what the servers add on the way
-    # (a longer link seq, the read tag, a Bounce wrapper, server stamps): under 512 bytes today
+    # (a longer link seq, a Fanout wrapper and its users, server stamps): under 512 bytes today
     # (connector/rules.py ENVELOPE_HEADROOM). 16 KiB above the client limit is 32 times that, room
     # for stamps yet to come without re-tuning, while a node link's window still pins at most
     # 1.25 times what a client link's may.
@@ -117,24 +119,6 @@ class Settings(BaseSettings):
     # open internet; the numbers are per connector or per REST process.
     max_devices: int = Field(
         8, ge=1, description="devices one user may have online at once, cluster-wide"
-    )
-    # The message ledger (common/ledger.py): how long a message id is remembered, to answer a
-    # resend SENT once more and refuse the id's reuse for other content, and to forward each
-    # receipt once. In Redis one small hash per message for this long; in memory (no Redis) at
-    # most id_ledger_memory messages, the oldest forgotten first.
-    id_ledger_ttl: float = Field(
-        7 * 24 * 3600 * SECONDS, gt=0, description="seconds a message id is remembered"
-    )
-    id_ledger_memory: int = Field(
-        200_000, ge=1, description="message ids remembered in memory without Redis"
-    )
-    # A receipt copy dropped as a repeat only while the earlier one is confirmed by the
-    # sender's device or left less than this long ago: a first copy lost with a link is then
-    # replaced by the next one (common/ledger.py). Keep it below the client's resend interval.
-    receipt_grace: float = Field(
-        5 * SECONDS,
-        ge=0,
-        description="seconds an unconfirmed receipt holds back its repeats",
     )
     login_failures_per_user: int = Field(
         5,
@@ -246,7 +230,8 @@ class Settings(BaseSettings):
         return _addr_list(self.connector_addrs or f"{self.bind_host}:{self.connector_port}")
 
     def timeline_queue(self) -> str:
-        """The timeline write queue's name (and its shards'): beside the offline queue's."""
+        """The timeline write queue's name (and its shards'): ``<amqp_queue>.tl``, where the
+        retired offline queue's sat beside it."""
         return f"{self.amqp_queue}.tl"
 
     def sqlite_path(self) -> Path:

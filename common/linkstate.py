@@ -52,7 +52,21 @@ from common.window import (
 from proto import im_pb2
 
 # Bodies that travel in the window (numbered, acked, retransmitted); all others are control frames.
-WINDOWED = frozenset({"chat", "ack", "drain", "bounce", "fanout"})
+WINDOWED = frozenset(
+    {
+        "chat",
+        "ack",
+        "cursor",
+        "sync",
+        "sync_done",
+        "conv_state",
+        "caught_up",
+        "presence",
+        "group_receipt",
+        "fanout",
+        "record",
+    }
+)
 # What an unauthenticated peer may send; anything else is fatal NOT_AUTHENTICATED.
 PREAUTH_KINDS = frozenset({"greet", "ping", "pong", "link_ack"})
 BODY_FIELDS: dict[str, int] = {

@@ -1,6 +1,6 @@
 """The one place the app connects to Redis: a single server, or the primary that Sentinel names.
 
-Every Redis client of the app (user status, node registry, drain and revocation channels, the
+Every Redis client of the app (user status, node registry, move, kick and revocation channels, the
 tools' clean-up) is made by :func:`connect`, so ``IM_REDIS_URL`` means the same thing everywhere.
 Two forms:
 

@@ -31,7 +31,6 @@ from common.ids import SLOTS
 _PREFIX = "v1"
 # Tokens are short; anything longer is garbage and is refused before any work is done.
 MAX_TOKEN_LEN = 1024
-TAG_BYTES = 16
 NO_SLOT = -1  # Claims.slot of a token without the claim
 
 
@@ -151,22 +150,8 @@ class TokenSigner:
             raise ValueError("token secret must be at least 16 bytes")
         self._key = secret
 
-        # a key of its own for receipt tags, so a tag can never pass for a token signature
-        self._tag_key = hmac.new(secret, b"im read tag v1", hashlib.sha256).digest()
-
     def _sig(self, signed: bytes) -> str:
         return _b64(hmac.new(self._key, signed, hashlib.sha256).digest())
-
-    def read_tag(self, user_id: str, from_id: str, msg_id: int) -> bytes:
-        """Proof that ``user_id`` was given chat ``msg_id`` of ``from_id``: a connector sets it
-        on every chat it pushes, the client echoes it in its READ, and any connector of the
-        cluster checks it with no memory of what it pushed (DESIGN.md §6: a READ only for a
-        message the user received). 128 bits of HMAC-SHA256."""
-        data = f"{user_id}\x00{from_id}\x00{msg_id}".encode()
-        return hmac.new(self._tag_key, data, hashlib.sha256).digest()[:TAG_BYTES]
-
-    def check_read_tag(self, user_id: str, from_id: str, msg_id: int, tag: bytes) -> bool:
-        return hmac.compare_digest(self.read_tag(user_id, from_id, msg_id), tag)
 
     def issue(
         self, user_id: str, ttl: int, *, device_id: str = "", role: str = "user", slot: int = 0

@@ -13,7 +13,8 @@ Rules (DESIGN §5, §7):
   SIGKILL between the claim and the device's ack loses nothing; the client library dedupes;
 - order is the autoincrement ``id``, i.e. the order rows were first stored.
 - ``msg_id`` is a uint64 on the wire; it is stored as the signed BIGINT with the same 64 bits.
-- a chat row keeps the digest of its message (common/ledger.py, ``chat_digest``): a chat whose
+- a chat row keeps the digest of its message (``chat_digest`` below, as the retired message
+  ledger made it): a chat whose
   identity is stored with another digest is a reuse of its id for other content, not a
   duplicate; ``save`` leaves the stored row alone and returns it among the conflicts, and the
   writer refuses it (no SENT) where the sender still waits for the answer.
@@ -25,7 +26,9 @@ kept just records version 1.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +37,6 @@ from google.protobuf.message import DecodeError
 
 from common.db import Database, Row, apply_migrations, require_schema
 from common.errors import ConfigError
-from common.ledger import chat_digest
 from offline.base import KIND_CHAT, OfflineItem
 from proto import im_pb2
 
@@ -181,6 +183,21 @@ def _digest(item: OfflineItem) -> bytes:
         return chat_digest(im_pb2.ChatMsg.FromString(item.content))
     except DecodeError:
         return b""
+
+
+def chat_digest(chat: im_pb2.ChatMsg) -> bytes:
+    """16 bytes naming what a chat says and to whom, as rows stored before timelines carry it."""
+    h = hashlib.blake2b(digest_size=16, person=b"im chat v1")
+    for part in (
+        chat.dest_id.encode(),
+        struct.pack(">IIQ", chat.dest_type, chat.msg_type, chat.file.size),
+        chat.file.id.encode(),
+        chat.file.checksum.encode(),
+        bytes(chat.body),
+    ):
+        h.update(struct.pack(">I", len(part)))
+        h.update(part)
+    return h.digest()
 
 
 class SQLOfflineStore:

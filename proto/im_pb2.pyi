@@ -18,6 +18,7 @@ class MsgType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MSG_TYPE_UNSPECIFIED: _ClassVar[MsgType]
     TEXT: _ClassVar[MsgType]
     FILE: _ClassVar[MsgType]
+    SYSTEM: _ClassVar[MsgType]
 
 class AckType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,7 +26,6 @@ class AckType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SENT: _ClassVar[AckType]
     DELIVERED: _ClassVar[AckType]
     READ: _ClassVar[AckType]
-    ACCEPTED: _ClassVar[AckType]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,21 +46,32 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorCode]
     ALREADY_GREETED: _ClassVar[ErrorCode]
     NO_SUCH_FILE: _ClassVar[ErrorCode]
-    NOT_RECEIVED: _ClassVar[ErrorCode]
     TOO_MANY_DEVICES: _ClassVar[ErrorCode]
     REPLACED: _ClassVar[ErrorCode]
+    TOO_LARGE: _ClassVar[ErrorCode]
     ID_REUSED: _ClassVar[ErrorCode]
+    NOT_MEMBER: _ClassVar[ErrorCode]
+    MUTED: _ClassVar[ErrorCode]
+    REFUSED: _ClassVar[ErrorCode]
+    STALE_KEY: _ClassVar[ErrorCode]
+    KICKED: _ClassVar[ErrorCode]
+
+class PresenceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESENCE_UNSPECIFIED: _ClassVar[PresenceState]
+    ONLINE: _ClassVar[PresenceState]
+    OFFLINE: _ClassVar[PresenceState]
 DEST_TYPE_UNSPECIFIED: DestType
 SINGLE: DestType
 GROUP: DestType
 MSG_TYPE_UNSPECIFIED: MsgType
 TEXT: MsgType
 FILE: MsgType
+SYSTEM: MsgType
 ACK_TYPE_UNSPECIFIED: AckType
 SENT: AckType
 DELIVERED: AckType
 READ: AckType
-ACCEPTED: AckType
 ERROR_CODE_UNSPECIFIED: ErrorCode
 BAD_FRAME: ErrorCode
 UNKNOWN_TYPE: ErrorCode
@@ -78,39 +89,51 @@ SHUTTING_DOWN: ErrorCode
 INTERNAL: ErrorCode
 ALREADY_GREETED: ErrorCode
 NO_SUCH_FILE: ErrorCode
-NOT_RECEIVED: ErrorCode
 TOO_MANY_DEVICES: ErrorCode
 REPLACED: ErrorCode
+TOO_LARGE: ErrorCode
 ID_REUSED: ErrorCode
+NOT_MEMBER: ErrorCode
+MUTED: ErrorCode
+REFUSED: ErrorCode
+STALE_KEY: ErrorCode
+KICKED: ErrorCode
+PRESENCE_UNSPECIFIED: PresenceState
+ONLINE: PresenceState
+OFFLINE: PresenceState
 
 class Greet(_message.Message):
-    __slots__ = ("token", "device_id", "node_id")
+    __slots__ = ("token", "device_id", "node_id", "since")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     token: str
     device_id: str
     node_id: str
-    def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    since: int
+    def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., node_id: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("user_id", "node_id", "heartbeat_ms", "max_frame_bytes", "window", "id_slot")
+    __slots__ = ("user_id", "node_id", "heartbeat_ms", "max_frame_bytes", "window", "id_slot", "max_body_bytes")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     ID_SLOT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     node_id: str
     heartbeat_ms: int
     max_frame_bytes: int
     window: int
     id_slot: int
-    def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ..., id_slot: _Optional[int] = ...) -> None: ...
+    max_body_bytes: int
+    def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ..., id_slot: _Optional[int] = ..., max_body_bytes: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "read_tag", "stream", "stream_seq", "stream_floor", "from_store", "conv_id", "seq", "server_time", "key_id")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "conv_id", "seq", "server_time", "key_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -119,11 +142,6 @@ class ChatMsg(_message.Message):
     BODY_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
-    READ_TAG_FIELD_NUMBER: _ClassVar[int]
-    STREAM_FIELD_NUMBER: _ClassVar[int]
-    STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
-    STREAM_FLOOR_FIELD_NUMBER: _ClassVar[int]
-    FROM_STORE_FIELD_NUMBER: _ClassVar[int]
     CONV_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -136,16 +154,11 @@ class ChatMsg(_message.Message):
     body: bytes
     create_time: int
     file: FileRef
-    read_tag: bytes
-    stream: int
-    stream_seq: int
-    stream_floor: int
-    from_store: bool
     conv_id: str
     seq: int
     server_time: int
     key_id: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., read_tag: _Optional[bytes] = ..., stream: _Optional[int] = ..., stream_seq: _Optional[int] = ..., stream_floor: _Optional[int] = ..., from_store: _Optional[bool] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ..., key_id: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ..., key_id: _Optional[int] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")
@@ -173,23 +186,167 @@ class FileBody(_message.Message):
     sha256: bytes
     def __init__(self, file_id: _Optional[str] = ..., checksum: _Optional[str] = ..., size: _Optional[int] = ..., name: _Optional[str] = ..., key: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
+class SystemBody(_message.Message):
+    __slots__ = ("event", "actor", "target", "text", "key_id", "until")
+    class Event(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        EVENT_UNSPECIFIED: _ClassVar[SystemBody.Event]
+        CREATED: _ClassVar[SystemBody.Event]
+        JOINED: _ClassVar[SystemBody.Event]
+        LEFT: _ClassVar[SystemBody.Event]
+        REMOVED: _ClassVar[SystemBody.Event]
+        ROLE: _ClassVar[SystemBody.Event]
+        MUTED: _ClassVar[SystemBody.Event]
+        DISSOLVED: _ClassVar[SystemBody.Event]
+        KEY_ROTATED: _ClassVar[SystemBody.Event]
+        NOTICE: _ClassVar[SystemBody.Event]
+        WITHHELD: _ClassVar[SystemBody.Event]
+        RENAMED: _ClassVar[SystemBody.Event]
+    EVENT_UNSPECIFIED: SystemBody.Event
+    CREATED: SystemBody.Event
+    JOINED: SystemBody.Event
+    LEFT: SystemBody.Event
+    REMOVED: SystemBody.Event
+    ROLE: SystemBody.Event
+    MUTED: SystemBody.Event
+    DISSOLVED: SystemBody.Event
+    KEY_ROTATED: SystemBody.Event
+    NOTICE: SystemBody.Event
+    WITHHELD: SystemBody.Event
+    RENAMED: SystemBody.Event
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    event: SystemBody.Event
+    actor: str
+    target: str
+    text: str
+    key_id: int
+    until: int
+    def __init__(self, event: _Optional[_Union[SystemBody.Event, str]] = ..., actor: _Optional[str] = ..., target: _Optional[str] = ..., text: _Optional[str] = ..., key_id: _Optional[int] = ..., until: _Optional[int] = ...) -> None: ...
+
 class AckMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "read_tag", "seq")
+    __slots__ = ("id", "from_id", "dest_id", "ack_type", "ack_msg_id", "conv_id", "seq")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ACK_MSG_ID_FIELD_NUMBER: _ClassVar[int]
-    READ_TAG_FIELD_NUMBER: _ClassVar[int]
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
     ack_type: AckType
     ack_msg_id: int
-    read_tag: bytes
+    conv_id: str
     seq: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., read_tag: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., ack_type: _Optional[_Union[AckType, str]] = ..., ack_msg_id: _Optional[int] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Cursor(_message.Message):
+    __slots__ = ("conv_id", "user_id", "type", "seq")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    user_id: str
+    type: AckType
+    seq: int
+    def __init__(self, conv_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[AckType, str]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class GroupReceipt(_message.Message):
+    __slots__ = ("conv_id", "seq", "members", "delivered", "read")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    seq: int
+    members: int
+    delivered: int
+    read: int
+    def __init__(self, conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., members: _Optional[int] = ..., delivered: _Optional[int] = ..., read: _Optional[int] = ...) -> None: ...
+
+class Sync(_message.Message):
+    __slots__ = ("conv_id", "from_seq", "to_seq", "limit")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    from_seq: int
+    to_seq: int
+    limit: int
+    def __init__(self, conv_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SyncDone(_message.Message):
+    __slots__ = ("conv_id", "from_seq", "to_seq", "last_seq")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    from_seq: int
+    to_seq: int
+    last_seq: int
+    def __init__(self, conv_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class ConvState(_message.Message):
+    __slots__ = ("conv_id", "type", "peer_id", "last_seq", "min_seq", "max_seq", "read_seq", "device_seq", "peer_read_seq", "peer_delivered_seq", "unread")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PEER_READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PEER_DELIVERED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    type: DestType
+    peer_id: str
+    last_seq: int
+    min_seq: int
+    max_seq: int
+    read_seq: int
+    device_seq: int
+    peer_read_seq: int
+    peer_delivered_seq: int
+    unread: int
+    def __init__(self, conv_id: _Optional[str] = ..., type: _Optional[_Union[DestType, str]] = ..., peer_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., min_seq: _Optional[int] = ..., max_seq: _Optional[int] = ..., read_seq: _Optional[int] = ..., device_seq: _Optional[int] = ..., peer_read_seq: _Optional[int] = ..., peer_delivered_seq: _Optional[int] = ..., unread: _Optional[int] = ...) -> None: ...
+
+class CaughtUp(_message.Message):
+    __slots__ = ("since",)
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    since: int
+    def __init__(self, since: _Optional[int] = ...) -> None: ...
+
+class Typing(_message.Message):
+    __slots__ = ("conv_id", "user_id", "typing")
+    CONV_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPING_FIELD_NUMBER: _ClassVar[int]
+    conv_id: str
+    user_id: str
+    typing: bool
+    def __init__(self, conv_id: _Optional[str] = ..., user_id: _Optional[str] = ..., typing: _Optional[bool] = ...) -> None: ...
+
+class Presence(_message.Message):
+    __slots__ = ("user_id", "state", "last_seen")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    state: PresenceState
+    last_seen: int
+    def __init__(self, user_id: _Optional[str] = ..., state: _Optional[_Union[PresenceState, str]] = ..., last_seen: _Optional[int] = ...) -> None: ...
 
 class LinkAck(_message.Message):
     __slots__ = ("seq",)
@@ -221,59 +378,23 @@ class Pong(_message.Message):
     nonce: int
     def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
-class Drain(_message.Message):
-    __slots__ = ("user_id",)
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
-
-class Bounce(_message.Message):
-    __slots__ = ("chat", "ack")
-    CHAT_FIELD_NUMBER: _ClassVar[int]
-    ACK_FIELD_NUMBER: _ClassVar[int]
-    chat: ChatMsg
-    ack: AckMsg
-    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ...) -> None: ...
-
-class OfflineRecord(_message.Message):
-    __slots__ = ("chat", "ack", "rearm")
-    CHAT_FIELD_NUMBER: _ClassVar[int]
-    ACK_FIELD_NUMBER: _ClassVar[int]
-    REARM_FIELD_NUMBER: _ClassVar[int]
-    chat: ChatMsg
-    ack: AckMsg
-    rearm: bool
-    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., rearm: _Optional[bool] = ...) -> None: ...
-
-class OfflineBatch(_message.Message):
-    __slots__ = ("records",)
-    RECORDS_FIELD_NUMBER: _ClassVar[int]
-    records: _containers.RepeatedCompositeFieldContainer[OfflineRecord]
-    def __init__(self, records: _Optional[_Iterable[_Union[OfflineRecord, _Mapping]]] = ...) -> None: ...
-
-class Cursor(_message.Message):
-    __slots__ = ("conv_id", "user_id", "type", "seq")
-    CONV_ID_FIELD_NUMBER: _ClassVar[int]
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    TYPE_FIELD_NUMBER: _ClassVar[int]
-    SEQ_FIELD_NUMBER: _ClassVar[int]
-    conv_id: str
-    user_id: str
-    type: AckType
-    seq: int
-    def __init__(self, conv_id: _Optional[str] = ..., user_id: _Optional[str] = ..., type: _Optional[_Union[AckType, str]] = ..., seq: _Optional[int] = ...) -> None: ...
-
 class Fanout(_message.Message):
-    __slots__ = ("users", "chat", "cursor", "refused")
+    __slots__ = ("users", "chat", "cursor", "typing", "presence", "group_receipt", "refused")
     USERS_FIELD_NUMBER: _ClassVar[int]
     CHAT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    TYPING_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RECEIPT_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedScalarFieldContainer[str]
     chat: ChatMsg
     cursor: Cursor
+    typing: Typing
+    presence: Presence
+    group_receipt: GroupReceipt
     refused: ErrorCode
-    def __init__(self, users: _Optional[_Iterable[str]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., refused: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
+    def __init__(self, users: _Optional[_Iterable[str]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., typing: _Optional[_Union[Typing, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., group_receipt: _Optional[_Union[GroupReceipt, _Mapping]] = ..., refused: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
 
 class TimelineRecord(_message.Message):
     __slots__ = ("chat", "cursor", "device_id", "origin")
@@ -294,18 +415,20 @@ class TimelineBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[TimelineRecord, _Mapping]]] = ...) -> None: ...
 
 class Committed(_message.Message):
-    __slots__ = ("chat", "cursor", "origin", "refused", "duplicate")
+    __slots__ = ("chat", "cursor", "origin", "refused", "duplicate", "moved")
     CHAT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     chat: ChatMsg
     cursor: Cursor
     origin: str
     refused: ErrorCode
     duplicate: bool
-    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., origin: _Optional[str] = ..., refused: _Optional[_Union[ErrorCode, str]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    moved: bool
+    def __init__(self, chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., origin: _Optional[str] = ..., refused: _Optional[_Union[ErrorCode, str]] = ..., duplicate: _Optional[bool] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class CommittedBatch(_message.Message):
     __slots__ = ("records",)
@@ -314,7 +437,7 @@ class CommittedBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Committed, _Mapping]]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("seq", "greet", "welcome", "chat", "ack", "link_ack", "error", "ping", "pong", "drain", "bounce", "fanout")
+    __slots__ = ("seq", "greet", "welcome", "chat", "ack", "link_ack", "error", "ping", "pong", "cursor", "sync", "sync_done", "conv_state", "caught_up", "typing", "presence", "fanout", "group_receipt", "record")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     GREET_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
@@ -324,9 +447,16 @@ class Envelope(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
-    DRAIN_FIELD_NUMBER: _ClassVar[int]
-    BOUNCE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    SYNC_DONE_FIELD_NUMBER: _ClassVar[int]
+    CONV_STATE_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    TYPING_FIELD_NUMBER: _ClassVar[int]
+    PRESENCE_FIELD_NUMBER: _ClassVar[int]
     FANOUT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     seq: int
     greet: Greet
     welcome: Welcome
@@ -336,7 +466,14 @@ class Envelope(_message.Message):
     error: Error
     ping: Ping
     pong: Pong
-    drain: Drain
-    bounce: Bounce
+    cursor: Cursor
+    sync: Sync
+    sync_done: SyncDone
+    conv_state: ConvState
+    caught_up: CaughtUp
+    typing: Typing
+    presence: Presence
     fanout: Fanout
-    def __init__(self, seq: _Optional[int] = ..., greet: _Optional[_Union[Greet, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., link_ack: _Optional[_Union[LinkAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., bounce: _Optional[_Union[Bounce, _Mapping]] = ..., fanout: _Optional[_Union[Fanout, _Mapping]] = ...) -> None: ...
+    group_receipt: GroupReceipt
+    record: TimelineRecord
+    def __init__(self, seq: _Optional[int] = ..., greet: _Optional[_Union[Greet, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., chat: _Optional[_Union[ChatMsg, _Mapping]] = ..., ack: _Optional[_Union[AckMsg, _Mapping]] = ..., link_ack: _Optional[_Union[LinkAck, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., cursor: _Optional[_Union[Cursor, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_done: _Optional[_Union[SyncDone, _Mapping]] = ..., conv_state: _Optional[_Union[ConvState, _Mapping]] = ..., caught_up: _Optional[_Union[CaughtUp, _Mapping]] = ..., typing: _Optional[_Union[Typing, _Mapping]] = ..., presence: _Optional[_Union[Presence, _Mapping]] = ..., fanout: _Optional[_Union[Fanout, _Mapping]] = ..., group_receipt: _Optional[_Union[GroupReceipt, _Mapping]] = ..., record: _Optional[_Union[TimelineRecord, _Mapping]] = ...) -> None: ...

@@ -63,6 +63,10 @@ class ConversationOut(BaseModel):
     type: str = Field(description="SINGLE or GROUP")
     peer_id: str = Field(description="the other user (SINGLE) or the group id")
     last_seq: int = Field(description="the newest message's seq; 0 before the first")
+    min_seq: int = Field(
+        description="the first seq still stored: 1 unless retention removed older ones,"
+        " last_seq + 1 when it removed them all"
+    )
     last_message: MessageOut | None = Field(description="null once retention removed it")
     unread: int = Field(description=f"messages from others after read_seq, at most {UNREAD_CAP}")
     read_seq: int = Field(description="your READ cursor, shared by your devices")
@@ -133,6 +137,7 @@ def conversation_out(s: ConvSummary) -> ConversationOut:
         type=_name(im_pb2.DestType, s.dest_type),
         peer_id=s.peer_id,
         last_seq=s.last_seq,
+        min_seq=s.min_seq,
         last_message=None if s.last is None else message_out(s.last),
         unread=s.unread,
         read_seq=s.read_seq,

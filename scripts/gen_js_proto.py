@@ -1,10 +1,12 @@
 """Writes the web app's protobuf module (rest_web/webapp/js/proto/im.js) from the schema.
 
 The browser speaks the same Envelope as the Python library. Rather than keep a second copy of
-the schema by hand, this reads the compiled descriptor (``proto.im_pb2.DESCRIPTOR``, or a
-``.proto`` file compiled on the spot with ``--proto``) and emits field tables that the small
-hand-written runtime (js/proto/pb.js) encodes and decodes by. ``scripts/check`` runs it with
-``--check`` so the committed module can never drift from the schema.
+the schema by hand, this compiles proto/im.proto (the one schema; ``--proto`` names another
+file) and emits field tables that the small hand-written runtime (js/proto/pb.js) encodes and
+decodes by. ``scripts/check`` runs it with ``--check`` so the committed module can never drift
+from the schema. Compiling needs grpcio-tools (the dev extra); without it, or with
+``--module``, the descriptor compiled into ``proto.im_pb2`` (scripts/gen-proto's output of the
+same file) is read instead.
 
 Rules:
 - the output depends on the descriptor only (declaration order, no dates), so it is the same
@@ -13,13 +15,14 @@ Rules:
   wrongly later: floats, fixed-width and zigzag integers, maps, groups, proto2, explicit
   presence (``optional``) and cross-file references.
 
-Usage: ``scripts/gen-js-proto [--proto FILE] [--check] [--out PATH]``.
+Usage: ``scripts/gen-js-proto [--proto FILE | --module] [--check] [--out PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -30,6 +33,7 @@ from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "rest_web" / "webapp" / "js" / "proto" / "im.js"
+DEFAULT_PROTO = ROOT / "proto" / "im.proto"
 
 F = descriptor_pb2.FieldDescriptorProto
 KINDS = {
@@ -201,14 +205,21 @@ def render(fdp: descriptor_pb2.FileDescriptorProto) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--proto", type=Path, help="compile this .proto instead of proto.im_pb2")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--proto", type=Path, help=f"compile this .proto (default {DEFAULT_PROTO})")
+    source.add_argument(
+        "--module", action="store_true", help="read proto.im_pb2's descriptor, compile nothing"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if --out differs from the generator's output"
     )
     args = parser.parse_args(argv)
     try:
-        fdp = descriptor_of_proto(args.proto) if args.proto else descriptor_of_module()
+        proto: Path | None = args.proto
+        if proto is None and not args.module and importlib.util.find_spec("grpc_tools"):
+            proto = DEFAULT_PROTO
+        fdp = descriptor_of_proto(proto) if proto is not None else descriptor_of_module()
         text = render(fdp)
     except SchemaError as exc:
         print(f"gen-js-proto: {exc}", file=sys.stderr)

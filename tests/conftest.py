@@ -134,7 +134,7 @@ async def drop_namespace(redis_url: str, tag: str, amqp_url: str, database: str)
     await r.aclose()
     conn = await aio_pika.connect(amqp_url)
     ch = await conn.channel()
-    for suffix in ("0", "dead", "tl.0", "tl.dead"):
+    for suffix in ("tl.0", "tl.dead"):
         await ch.queue_delete(f"imtest.{tag}.{suffix}")
     await conn.close()
     db = await open_database(MYSQL_URL, pool_size=1)

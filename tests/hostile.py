@@ -8,7 +8,8 @@ Used by tests/test_fuzz_live.py, and by hand against a running ``im up`` (on thi
 prints one JSON object: how many connections were opened, how many the server closed and how
 long the slowest took, which ERROR codes came back, and any that were still open at the end.
 With ``--rest``, some attackers register an account of their own first and misbehave after a
-valid GREET (spoofed senders, strangers, forged READs, bad sequences, then silence).
+valid GREET (spoofed senders, strangers, cursors and syncs of other people's conversations,
+bad sequences, then silence).
 """
 
 from __future__ import annotations
@@ -137,21 +138,23 @@ def authenticated_payload(rng: random.Random, user: str, token: str) -> list[byt
                 msg_type=im_pb2.TEXT,
             )
             frames.append(windowed(chat=c))
-        elif case == 2:  # READ for a message never received
-            tag = rng.randbytes(16)
-            a = im_pb2.AckMsg(
-                id=seq + 1,
-                from_id=user,
-                dest_id="victim",
-                ack_type=im_pb2.READ,
-                ack_msg_id=9,
-                read_tag=tag,
+        elif case == 2:  # a cursor in someone else's conversation, or in someone's name
+            cursor = rng.choice(
+                [
+                    im_pb2.Cursor(conv_id="p:stranger:victim", type=im_pb2.READ, seq=9),
+                    im_pb2.Cursor(
+                        conv_id=_pair(user, "victim"), user_id="victim", type=im_pb2.READ, seq=9
+                    ),
+                    im_pb2.Cursor(conv_id=_pair(user, "victim"), type=im_pb2.SENT, seq=9),
+                ]
             )
-            frames.append(windowed(ack=a))
-        elif case == 3:  # a receipt only servers may issue
-            server_kind = rng.choice([im_pb2.SENT, im_pb2.ACCEPTED])
-            a = im_pb2.AckMsg(id=seq + 1, from_id=user, dest_id="victim", ack_type=server_kind)
-            frames.append(windowed(ack=a))
+            frames.append(windowed(cursor=cursor))
+        elif case == 3:  # a sync of someone else's conversation, or a receipt from a client
+            if rng.random() < 0.5:
+                frames.append(windowed(sync=im_pb2.Sync(conv_id="p:stranger:victim")))
+            else:
+                a = im_pb2.AckMsg(id=seq + 1, from_id=user, dest_id="victim", ack_type=im_pb2.SENT)
+                frames.append(windowed(ack=a))
         elif case == 4:  # a second GREET, or a body only servers send
             kind = rng.choice(["greet", "welcome", "error"])
             env = im_pb2.Envelope()
@@ -163,6 +166,11 @@ def authenticated_payload(rng: random.Random, user: str, token: str) -> list[byt
     # stopped short of it would be an idle client, closed at the idle timeout like any other.
     frames.append(encode(im_pb2.Envelope(chat=im_pb2.ChatMsg(id=1, from_id=user))))
     return [b"".join(frames)]
+
+
+def _pair(a: str, b: str) -> str:
+    low, high = sorted((a, b))
+    return f"p:{low}:{high}"
 
 
 async def attack(

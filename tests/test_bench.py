@@ -52,9 +52,9 @@ def test_short_bench_against_im_up() -> None:
     idle = by[("idle", None)]
     assert idle["connections"] == 100 and idle["alive"] == 100, idle
     assert float(idle["rss_per_conn_kb"]) > 0, idle  # type: ignore[arg-type]
-    off = by[("offline", None)]
-    assert off["stored"] == 1000 and off["drained"] == 1000, off
-    assert float(off["stored_per_s"]) > 0 and float(off["drain_10k_s"]) > 0, off  # type: ignore[arg-type]
+    off = by[("offline", None)]  # catch-up: a device 1000 messages behind
+    assert off["catchup_messages"] == 1000 and off["catchup_disorder"] == 0, off
+    assert float(off["catchup_seconds"]) > 0 and off["missing"] == 0, off  # type: ignore[arg-type]
     assert by[("fanout", None)]["skipped"] == "groups not implemented"
 
 
@@ -73,7 +73,7 @@ async def _answer() -> int:
 
 def test_percentiles_and_reservoir() -> None:
     """Nearest-rank percentiles; the reservoir stays bounded while count and max stay exact."""
-    from client.benchstats import Latencies, percentile
+    from workload.benchstats import Latencies, percentile
 
     assert percentile([], 0.5) == 0.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
@@ -97,7 +97,7 @@ def _listening(port: int) -> bool:
 @pytest.mark.slow
 def test_short_bench_against_im_cluster() -> None:
     """The same short run against ``im cluster`` on MySQL, Redis and RabbitMQ (its own database
-    im_bench, Redis db 12, queue imbench.offline)."""
+    im_bench, Redis db 12, queues imbench.*)."""
 
     for name, port in (("redis", 6379), ("rabbitmq", 5672), ("mysql", 3306)):
         if not _listening(port):
@@ -108,4 +108,4 @@ def test_short_bench_against_im_cluster() -> None:
     processes = by["online"]["processes"]
     assert isinstance(processes, dict) and any(n.startswith("connector") for n in processes)
     assert by["idle"]["alive"] == 100
-    assert by["offline"]["stored"] == 1000 and by["offline"]["drained"] == 1000
+    assert by["offline"]["catchup_messages"] == 1000 and by["offline"]["errors"] == 0

@@ -1,5 +1,6 @@
 """``im chaos`` end to end, short: the real cluster on this machine's services, killed and
-restarted while users chat, and the report it prints. (CI also runs the full 60 s one.)"""
+restarted while users chat on two devices each, and the report it prints. (CI also runs the
+full 60 s one.)"""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ KEYS = (
     "kills",
     "seconds",
 )
+DEVICE_KEYS = (
+    "device_missing",
+    "device_duplicates",
+    "device_order_mismatch",
+    "read_cursor_divergent",
+)
 
 
 async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
@@ -43,7 +50,7 @@ async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
         }
     )
     cmd = [sys.executable, "-m", "cli.main", "chaos", "--seconds", "12", "--users", "8"]
-    cmd += ["--rate", "60", "--kill-every", "2", "--json"]
+    cmd += ["--rate", "60", "--kill-every", "2", "--devices", "2", "--json"]
     proc = await asyncio.create_subprocess_exec(
         *cmd, env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -62,3 +69,8 @@ async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
     assert report["delivered"] >= report["acked"]
     assert all(report[k] == 0 for k in KEYS[2:7])
     assert report["settled"] is True
+    # every device of every user checked on its own and against its sibling
+    assert report["devices"] == 2
+    assert all(report[k] == 0 for k in DEVICE_KEYS), report
+    assert report["device_deliveries"] == report["device_deliveries_expected"] > 0
+    assert report["read_cursors_checked"] > 0

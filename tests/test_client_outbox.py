@@ -1,15 +1,18 @@
-"""The client library's reliability rules without a server: outbox, resend, stream floor,
-dedupe and per-conversation order, driven through a fake link and frames fed to on_frame."""
+"""IMClient's own rules without a server: the outbox (until SENT, resent with the same id,
+bounded, ended by a refusal), frames fed to it turned into events, Syncs and cursors, and the
+reader never waiting for window room. Driven through a fake link."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 import pytest
 import test_session_fuzz as session_fuzz
 
-from client.core import IMClient, Message, Receipt, ServerError
+from client.core import IMClient
+from client.events import Message, Receipt, ServerError
 from common.crypto import new_pair_key, seal
 from common.link import Link
 from proto import im_pb2
@@ -17,6 +20,7 @@ from proto import im_pb2
 pytestmark = pytest.mark.asyncio
 
 KEY = new_pair_key()
+CONV = "p:alice:bob"
 
 
 class FakeLink(session_fuzz.FakeLink):
@@ -26,11 +30,8 @@ class FakeLink(session_fuzz.FakeLink):
         super().__init__()
         self.window_full = False
 
-    def chats(self) -> list[im_pb2.ChatMsg]:
-        return [e.chat for e in self.sent if e.WhichOneof("body") == "chat"]
-
-    def receipts(self) -> list[im_pb2.AckMsg]:
-        return [e.ack for e in self.sent if e.WhichOneof("body") == "ack"]
+    def kinds(self, kind: str) -> list[Any]:
+        return [getattr(e, kind) for e in self.sent if e.WhichOneof("body") == kind]
 
 
 def client(**kw: Any) -> tuple[IMClient, FakeLink]:
@@ -43,38 +44,45 @@ def client(**kw: Any) -> tuple[IMClient, FakeLink]:
 
 def attach(c: IMClient, link: FakeLink) -> None:
     """As a successful connect leaves it: linked, welcomed, wanting the link."""
-    c._link = cast(Link, link)
-    c.node_id = "c1"
-    c._want_link = True
+    conn = c._conn
+    conn.link = cast(Link, link)
+    conn.node_id = "c1"
+    conn.wanted = True
+    c._outbox.new_link()
+    c._sync.link_up(0.0)
 
 
-def ack(kind: int, of: int, frm: str = "bob", rid: int = 900) -> im_pb2.Envelope:
+def sent_ack(of: int, seq: int) -> im_pb2.Envelope:
     return im_pb2.Envelope(
-        ack=im_pb2.AckMsg(id=rid, from_id=frm, dest_id="alice", ack_type=kind, ack_msg_id=of)  # type: ignore[arg-type]
+        ack=im_pb2.AckMsg(
+            from_id="bob",
+            dest_id="alice",
+            ack_type=im_pb2.SENT,
+            ack_msg_id=of,
+            conv_id=CONV,
+            seq=seq,
+        )
     )
 
 
-def chat_from(
-    frm: str, msg_id: int, text: str, *, stream: int = 0, seq: int = 0, floor: int = 0
-) -> im_pb2.Envelope:
+def chat_from(frm: str, msg_id: int, text: str, seq: int, conv: str = CONV) -> im_pb2.Envelope:
+    to = "alice" if frm != "alice" else "bob"
     return im_pb2.Envelope(
         chat=im_pb2.ChatMsg(
             id=msg_id,
             from_id=frm,
-            dest_id="alice",
+            dest_id=to,
             dest_type=im_pb2.SINGLE,
             msg_type=im_pb2.TEXT,
-            body=seal(KEY, msg_id, frm, "alice", text.encode()),
-            read_tag=b"tag",
-            stream=stream,
-            stream_seq=seq,
-            stream_floor=floor,
+            body=seal(KEY, msg_id, frm, to, text.encode()),
+            conv_id=conv,
+            seq=seq,
         )
     )
 
 
 async def feed(c: IMClient, env: im_pb2.Envelope) -> None:
-    await c.on_frame(cast(Link, None), env)
+    await c.on_envelope(env)
 
 
 async def drain_events(c: IMClient) -> list[object]:
@@ -89,31 +97,33 @@ async def drain_events(c: IMClient) -> list[object]:
 async def test_a_chat_stays_in_the_outbox_until_sent() -> None:
     c, link = client()
     m1 = await c.send_text("bob", "one")
-    assert c.pending == 1 and [x.id for x in link.chats()] == [m1]
-    await feed(c, ack(im_pb2.DELIVERED, m1))
-    assert c.pending == 1, "DELIVERED is not SENT: the server has not said it took it"
-    await feed(c, ack(im_pb2.SENT, m1))
+    assert c.pending == 1 and [x.id for x in link.kinds("chat")] == [m1]
+    await feed(c, sent_ack(m1, 1))
     assert c.pending == 0
+    (ev,) = await drain_events(c)
+    assert ev == Receipt("SENT", "bob", m1, 1, CONV)
+    assert c.have(CONV) == 1, "our own message holds its seq"
 
 
 async def test_after_a_reconnect_the_outbox_goes_again_in_order_with_the_same_ids() -> None:
     c, first = client()
     ids = [await c.send_text("bob", f"m{i}") for i in range(3)]
-    await feed(c, ack(im_pb2.SENT, ids[0]))
+    await feed(c, sent_ack(ids[0], 1))
     first.closing = True
+    c._conn.node_id = ""
     later = await c.send_text("bob", "while down")  # kept, not sent
     second = FakeLink()
     attach(c, second)
-    await c._flush(force=True)
-    assert [x.id for x in second.chats()] == [ids[1], ids[2], later]
+    await c._flush_outbox(force=True)
+    assert [x.id for x in second.kinds("chat")] == [ids[1], ids[2], later]
     assert c.resent == 2  # the two that had gone out once
 
 
-async def test_unconfirmed_frames_are_resent_after_a_while() -> None:
+async def test_unconfirmed_chats_are_resent_after_a_while() -> None:
     c, link = client(resend_after=0.0)
     m1 = await c.send_text("bob", "one")
-    await c._flush(force=False)
-    assert [x.id for x in link.chats()] == [m1, m1]
+    await c._flush_outbox(force=False)
+    assert [x.id for x in link.kinds("chat")] == [m1, m1]
 
 
 async def test_the_outbox_is_bounded_and_send_waits_for_room() -> None:
@@ -122,140 +132,109 @@ async def test_the_outbox_is_bounded_and_send_waits_for_room() -> None:
     await c.send_text("bob", "two")
     third = asyncio.create_task(c.send_text("bob", "three"))
     await asyncio.sleep(0.05)
-    assert not third.done() and len(link.chats()) == 2
-    await feed(c, ack(im_pb2.SENT, m1))
+    assert not third.done() and len(link.kinds("chat")) == 2
+    await feed(c, sent_ack(m1, 1))
     await asyncio.wait_for(third, 1.0)
-    assert len(link.chats()) == 3
+    assert len(link.kinds("chat")) == 3
 
 
-async def test_a_refusal_for_good_ends_the_resending() -> None:
-    c, link = client()
-    await c.send_text("bob", "one")
-    seq = link.sent[-1].seq
-    err = im_pb2.Error(code=im_pb2.NOT_FRIEND, detail="no", ref_seq=seq)
-    await c.on_frame(cast(Link, link), im_pb2.Envelope(error=err))
+@pytest.mark.parametrize("code", [im_pb2.NOT_FRIEND, im_pb2.TOO_LARGE, im_pb2.ID_REUSED])
+async def test_a_refusal_for_good_ends_the_resending(code: int) -> None:
+    c, _link = client()
+    m1 = await c.send_text("bob", "one")
+    err = im_pb2.Error(code=code, detail="no", ref_msg_id=m1)  # type: ignore[arg-type]
+    await feed(c, im_pb2.Envelope(error=err))
     assert c.pending == 0
     ev = await c.next_event(timeout=1)
-    assert isinstance(ev, ServerError) and ev.code == "NOT_FRIEND"
+    assert isinstance(ev, ServerError) and ev.code == im_pb2.ErrorCode.Name(code)
 
 
-async def test_receipts_wait_in_the_outbox_for_accepted() -> None:
-    c, link = client()
-    await feed(c, chat_from("bob", 5, "hi"))
-    (delivered,) = link.receipts()
-    assert delivered.ack_type == im_pb2.DELIVERED and delivered.ack_msg_id == 5
-    assert c.pending == 1
-    await feed(c, ack(im_pb2.ACCEPTED, delivered.id))
+async def test_a_refusal_naming_only_the_link_seq_ends_the_resending_too() -> None:
+    c, _link = client()
+    await c.send_text("bob", "one")
+    err = im_pb2.Error(code=im_pb2.NOT_FRIEND, detail="no", ref_seq=1)  # its link seq
+    await feed(c, im_pb2.Envelope(error=err))
     assert c.pending == 0
 
 
-async def test_stream_places_and_floor() -> None:
-    """Each peer has its own numbering; the floor is the oldest not yet DELIVERED, and a
-    resend carries the floor of the moment it is resent."""
-    c, link = client(resend_after=0.0)
-    a1 = await c.send_text("bob", "a1")
-    a2 = await c.send_text("bob", "a2")
-    await c.send_text("carol", "c1")
-    chats = link.chats()
-    assert [(x.dest_id, x.stream_seq, x.stream_floor) for x in chats] == [
-        ("bob", 1, 1),
-        ("bob", 2, 1),
-        ("carol", 1, 1),
+async def test_a_message_surfaces_once_and_delivered_goes_as_a_cursor() -> None:
+    c, link = client()
+    await feed(c, chat_from("bob", 7, "hi", 1))
+    await feed(c, chat_from("bob", 7, "hi", 1))
+    (ev,) = await drain_events(c)
+    assert isinstance(ev, Message) and (ev.text, ev.conv_id, ev.seq, ev.own) == (
+        "hi",
+        CONV,
+        1,
+        False,
+    )
+    assert c.duplicates_dropped == 1
+    assert [(x.conv_id, x.type, x.seq) for x in link.kinds("cursor")] == [
+        (CONV, im_pb2.DELIVERED, 1)
     ]
-    assert len({x.stream for x in chats}) == 1 and chats[0].stream != 0
-    await feed(c, ack(im_pb2.DELIVERED, a1))
-    await c.send_text("bob", "a3")
-    assert link.chats()[-1].stream_floor == 2
-    await feed(c, ack(im_pb2.DELIVERED, a2))
-    link.sent.clear()
-    await c._flush(force=False)  # everything is unconfirmed (no SENT): all resent
-    assert {(x.id, x.stream_floor) for x in link.chats() if x.dest_id == "bob"} >= {(a2, 3)}
+    await c.send_read(ev)
+    assert link.kinds("cursor")[-1].type == im_pb2.READ
 
 
-async def test_duplicate_messages_and_receipts_surface_once() -> None:
+async def test_a_gap_asks_for_a_sync_and_sync_done_closes_it() -> None:
+    c, link = client()
+    await feed(c, chat_from("bob", 1, "one", 1))
+    await feed(c, chat_from("bob", 4, "four", 4))
+    (sync,) = link.kinds("sync")
+    assert (sync.conv_id, sync.from_seq, sync.to_seq) == (CONV, 2, 3)
+    await feed(c, chat_from("bob", 3, "three", 3))
+    done = im_pb2.SyncDone(conv_id=CONV, from_seq=2, to_seq=3, last_seq=4)
+    await feed(c, im_pb2.Envelope(sync_done=done))
+    texts = [e.text for e in await drain_events(c) if isinstance(e, Message)]
+    assert texts == ["one", "three", "four"] and c.have(CONV) == 4
+
+
+async def test_caught_up_is_set_once_the_listing_is_synced() -> None:
+    c, _link = client()
+    cs = im_pb2.ConvState(conv_id=CONV, type=im_pb2.SINGLE, peer_id="bob", last_seq=1)
+    await feed(c, im_pb2.Envelope(conv_state=cs))
+    await feed(c, im_pb2.Envelope(caught_up=im_pb2.CaughtUp(since=42)))
+    assert not c.caught_up.is_set() and c.since == 42
+    await feed(c, chat_from("bob", 9, "x", 1))
+    done = im_pb2.SyncDone(conv_id=CONV, from_seq=1, to_seq=1, last_seq=1)
+    await feed(c, im_pb2.Envelope(sync_done=done))
+    assert c.caught_up.is_set()
+
+
+async def test_a_body_that_does_not_open_is_unreadable() -> None:
     c, _ = client()
-    await feed(c, chat_from("bob", 7, "hi"))
-    await feed(c, chat_from("bob", 7, "hi"))
-    await feed(c, ack(im_pb2.SENT, 42))
-    await feed(c, ack(im_pb2.SENT, 42))
-    events = await drain_events(c)
-    assert [type(e) for e in events] == [Message, Receipt]
-    assert c.duplicates_dropped == 2
+    env = chat_from("bob", 5, "hi", 1)
+    env.chat.body = b"garbage"
+    await feed(c, env)
+    (ev,) = await drain_events(c)
+    assert isinstance(ev, ServerError) and (ev.code, ev.seq, ev.conv_id) == ("UNREADABLE", 1, CONV)
 
 
-async def test_messages_of_a_stream_surface_in_the_senders_order() -> None:
-    c, _ = client()
-    await feed(c, chat_from("bob", 11, "first", stream=77, seq=1, floor=1))
-    await feed(c, chat_from("bob", 13, "third", stream=77, seq=3, floor=2))
-    await feed(c, chat_from("carol", 5, "other", stream=99, seq=1, floor=1))
-    await feed(c, chat_from("bob", 12, "second", stream=77, seq=2, floor=2))
-    events = await drain_events(c)
-    texts = [e.text for e in events if isinstance(e, Message)]
-    assert texts == ["first", "other", "second", "third"]
-    assert c.order_stats["reordered"] == 1
-
-
-async def test_a_gap_that_lasts_asks_for_a_drain_then_is_given_up() -> None:
-    c, link = client(order_hold=1.5)
-    c._order_task = asyncio.create_task(c._keep_order())
-    try:
-        await feed(c, chat_from("bob", 11, "first", stream=77, seq=1, floor=1))
-        await feed(c, chat_from("bob", 13, "third", stream=77, seq=3, floor=2))
-        first = await c.next_event(timeout=1)
-        assert isinstance(first, Message) and first.text == "first"
-        third = await c.next_event(timeout=3)  # the hold ran out: surfaced, out of place
-        assert isinstance(third, Message) and third.text == "third"
-        drains = [e for e in link.sent if e.WhichOneof("body") == "drain"]
-        assert drains and drains[0].drain.user_id == "alice"
-        assert c.order_stats["gaps_skipped"] == 1
-    finally:
-        c._order_task.cancel()
-        await asyncio.gather(c._order_task, return_exceptions=True)
-
-
-async def test_a_chat_overtaken_by_a_later_sent_is_resent_at_once() -> None:
-    """Hops are FIFO per conversation: SENT for m2 while m1 waits means m1 was lost."""
-    c, link = client(resend_after=60.0)
-    m1 = await c.send_text("bob", "one")
-    m2 = await c.send_text("bob", "two")
-    c1 = await c.send_text("carol", "other peer")
-    for key in (m1, c1):
-        c._outbox[key].sent_at -= 5.0  # out a while ago
-    await feed(c, ack(im_pb2.SENT, m2))
-    link.sent.clear()
-    await c._flush(force=False)
-    assert [x.id for x in link.chats()] == [m1], "only the overtaken one, to the same peer"
-
-
-async def test_a_chat_just_sent_is_not_resent_when_overtaken() -> None:
-    c, link = client(resend_after=60.0)
-    await c.send_text("bob", "one")
-    m2 = await c.send_text("bob", "two")
-    await feed(c, ack(im_pb2.SENT, m2))
-    link.sent.clear()
-    await c._flush(force=False)
-    assert link.chats() == []
-
-
-async def test_a_receipt_made_by_the_reader_never_waits_for_window_room() -> None:
-    """The reader makes DELIVERED; waiting there for room would stop the reading of the very
-    LinkAcks that make room. It stays in the outbox, due, for the keeper's next flush."""
+async def test_the_reader_never_waits_for_window_room() -> None:
+    """Cursors and Syncs made while reading wait for the ticker when the window is full: the
+    reader must go on reading the LinkAcks that make room."""
     c, link = client()
     link.window_full = True
-    await asyncio.wait_for(feed(c, chat_from("bob", 5, "hi")), 1.0)
-    assert link.receipts() == [] and c.pending == 1
+    await asyncio.wait_for(feed(c, chat_from("bob", 5, "hi", 1)), 1.0)
+    assert link.kinds("cursor") == [] and len(c._deferred) == 1
     link.window_full = False
-    await c._flush(force=False)
-    assert [r.ack_msg_id for r in link.receipts()] == [5]
+    c._ticker = asyncio.create_task(c._tick_loop())
+    try:
+        await asyncio.sleep(0.2)
+        assert [x.seq for x in link.kinds("cursor")] == [1]
+    finally:
+        c._ticker.cancel()
+        await asyncio.gather(c._ticker, return_exceptions=True)
 
 
-async def test_a_send_cancelled_while_waiting_for_room_takes_no_place_in_the_stream() -> None:
-    c, link = client(outbox_size=1)
-    m1 = await c.send_text("bob", "one")
-    waiting = asyncio.create_task(c.send_text("bob", "never"))
+async def test_a_cursor_lost_with_the_link_goes_again_on_the_next() -> None:
+    c, first = client()
+    await feed(c, chat_from("bob", 5, "hi", 1))
+    (cursor,) = first.kinds("cursor")
+    await c.link_lost([im_pb2.Envelope(cursor=cursor)])
+    second = FakeLink()
+    c._conn.link, c._conn.node_id = cast(Link, second), "c2"
+    c.welcomed(cast(Link, second), im_pb2.Welcome(node_id="c2", id_slot=0))
     await asyncio.sleep(0.05)
-    waiting.cancel()
-    await asyncio.gather(waiting, return_exceptions=True)
-    await feed(c, ack(im_pb2.SENT, m1))
-    await c.send_text("bob", "two")
-    assert [x.stream_seq for x in link.chats()] == [1, 2]
+    await c._apply(c._sync.tick(time.monotonic() + 1.0), may_wait=True)  # the ticker's part
+    assert [x.seq for x in second.kinds("cursor")] == [1]

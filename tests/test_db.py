@@ -25,7 +25,6 @@ from common.db import (
     schema_version,
 )
 from common.errors import BackendError, ConfigError
-from offline.sqlstore import SQLOfflineStore
 from rest_web.store import UserStore
 from timeline.store import SQLTimelineStore
 
@@ -81,7 +80,7 @@ async def test_rowcounts_agree(db: Database) -> None:
     assert await db.execute(ignore, ("a", "2")) == 0  # ignored
     assert await db.executemany(ignore, [("a", "x"), ("b", "x"), ("c", "x")]) == 2
     assert await db.executemany(ignore, []) == 0
-    if db.dialect == "mysql":  # the offline store's insert-if-new
+    if db.dialect == "mysql":  # an insert-if-new (the timeline store's, as the offline store's was)
         upsert = "INSERT INTO im_test_kv (k, v) VALUES (?, ?) ON DUPLICATE KEY UPDATE k = k"
         assert await db.execute(upsert, ("a", "3")) == 0
         assert await db.execute(upsert, ("d", "3")) == 1
@@ -104,7 +103,7 @@ async def test_binary_round_trips_every_byte(db: Database) -> None:
     # with those, every bytes parameter fails, which is what this catches.
     await db.execute(create_table(db, "im_test_bin", f"id INT PRIMARY KEY, data {blob(db)}"))
     every = bytes(range(256))
-    big = os.urandom(200_000)  # over BLOB's 64 KiB on MySQL: the offline rows are MEDIUMBLOB
+    big = os.urandom(200_000)  # over BLOB's 64 KiB on MySQL: timeline messages are MEDIUMBLOB
     values = {1: every, 2: every[::-1] * 3, 3: b"", 4: big, 5: b"%s?'\\\x00"}
     await db.execute("INSERT INTO im_test_bin (id, data) VALUES (?, ?)", (1, every))
     await db.executemany(
@@ -120,7 +119,7 @@ async def test_binary_round_trips_every_byte(db: Database) -> None:
 
 @pytest.mark.asyncio
 async def test_signed_bigint_extremes(db: Database) -> None:
-    # uint64 message ids are stored as the signed BIGINT with the same bits (offline.sqlstore)
+    # uint64 message ids are stored as the signed BIGINT with the same bits (timeline.store)
     await db.execute(create_table(db, "im_test_ids", "id BIGINT PRIMARY KEY"))
     extremes = [-(1 << 63), -1, 0, (1 << 63) - 1]
     await db.executemany("INSERT INTO im_test_ids (id) VALUES (?)", [(v,) for v in extremes])
@@ -292,19 +291,19 @@ async def test_require_schema_refuses_an_older_schema(db: Database) -> None:
 
 MIGRATED = [
     "users: version 0 -> 4",
-    "offline: version 0 -> 3",
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
     "devices: version 0 -> 1",
     "timeline: version 0 -> 1",
+    "offline: no im_offline table, nothing to import",  # a fresh install never gets one
 ]
 UP_TO_DATE = [
     "users: version 4 (up to date)",
-    "offline: version 3 (up to date)",
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",
     "devices: version 1 (up to date)",
     "timeline: version 1 (up to date)",
+    "offline: no im_offline table, nothing to import",
 ]
 
 
@@ -316,7 +315,6 @@ async def test_run_migrate_twice_on_sqlite(tmp_path: Path) -> None:
     db = await open_database(settings.db_url())
     try:
         await UserStore(db).check_schema()
-        await SQLOfflineStore(db).check_schema()
         await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()
@@ -354,7 +352,6 @@ async def test_run_migrate_twice_on_mysql_creates_the_database(
             " information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()"
         ) == ("utf8mb4", "utf8mb4_bin")
         await UserStore(db).check_schema()
-        await SQLOfflineStore(db).check_schema()
         await SQLTimelineStore(db).check_schema()
     finally:
         await db.close()

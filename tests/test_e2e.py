@@ -8,6 +8,7 @@ whether the connection was closed, and that a normal conversation beside it is u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from cli.stack import Stack
 from client import IMClient, Message, Receipt, ServerError, befriend
 from common.codec import FrameDecoder, encode
 from common.config import Settings
+from common.convid import pair_conv_id
 from common.tokens import TokenSigner
 from proto import im_pb2
 
@@ -90,6 +92,25 @@ async def receipts(c: IMClient, n: int, timeout: float = 5.0) -> set[tuple[str, 
     return got
 
 
+async def messages(c: IMClient, n: int, timeout: float = 10.0) -> list[Message]:
+    """The next ``n`` messages ``c`` surfaces (other events skipped)."""
+    got: list[Message] = []
+    while len(got) < n:
+        ev = await c.next_event(timeout)
+        if isinstance(ev, Message):
+            got.append(ev)
+    return got
+
+
+async def quiet(c: IMClient, seconds: float = 0.5) -> list[object]:
+    """Whatever ``c`` surfaces within ``seconds`` (to check nothing more comes)."""
+    out: list[object] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            out.append(await c.next_event(seconds))
+    return out
+
+
 @pytest.mark.asyncio
 async def test_chat_with_sent_delivered_read(stack: Stack) -> None:
     alice, bob = await make_users(stack, "alice", "bob")
@@ -98,8 +119,11 @@ async def test_chat_with_sent_delivered_read(stack: Stack) -> None:
         msg = await expect(bob, Message)
         assert isinstance(msg, Message)
         assert (msg.from_id, msg.text, msg.msg_id) == ("alice", "hello", mid)
+        assert (msg.conv_id, msg.seq, msg.own) == ("p:alice:bob", 1, False)
         await bob.send_read(msg)
         assert await receipts(alice, 3) == {("SENT", mid), ("DELIVERED", mid), ("READ", mid)}
+        assert alice.have("p:alice:bob") == 1 and bob.have("p:alice:bob") == 1
+        assert [e for e in await quiet(alice) if isinstance(e, Receipt)] == []
     finally:
         await alice.close()
         await bob.close()
@@ -111,11 +135,13 @@ async def test_offline_recipient_gets_messages_in_order_on_login(stack: Stack) -
     await alice.connect()
     try:
         ids = [await alice.send_text("bob", f"m{i}") for i in range(50)]
-        # SENT for an offline recipient means stored: all 50 before bob exists on any socket
+        # SENT means committed to the timeline: all 50 before bob exists on any socket
         assert {m for k, m in await receipts(alice, 50) if k == "SENT"} == set(ids)
         await bob.connect()
-        got = [await expect(bob, Message) for _ in ids]
-        assert [m.msg_id for m in got] == ids  # type: ignore[attr-defined]
+        got = await messages(bob, 50)
+        assert [m.msg_id for m in got] == ids
+        assert [m.seq for m in got] == list(range(1, 51))
+        await asyncio.wait_for(bob.caught_up.wait(), 5)
         delivered = await receipts(alice, 50)
         assert delivered == {("DELIVERED", i) for i in ids}
     finally:
@@ -124,15 +150,15 @@ async def test_offline_recipient_gets_messages_in_order_on_login(stack: Stack) -
 
 
 @pytest.mark.asyncio
-async def test_messages_sent_during_the_login_drain_are_not_lost_or_reordered(
+async def test_messages_sent_during_the_login_sync_are_not_lost_or_reordered(
     stack: Stack,
 ) -> None:
-    """The seed's hole: a message stored while the recipient drains must still arrive, in order."""
+    """Live pushes interleave with the listing and the Syncs: still each once, in seq order."""
     alice, bob = await make_users(stack, "alice", "bob", connect=False)
     await alice.connect()
     try:
         before = [await alice.send_text("bob", f"old{i}") for i in range(300)]
-        await receipts(alice, 300)  # all stored offline
+        await receipts(alice, 300)
         during: list[int] = []
 
         async def keep_sending() -> None:
@@ -144,21 +170,119 @@ async def test_messages_sent_during_the_login_drain_are_not_lost_or_reordered(
         racer = asyncio.create_task(keep_sending())
         await bob.connect()
         await racer
-        expected = before + during
-        got: list[int] = []
-        while len(got) < len(expected):
-            ev = await bob.next_event(10)
-            if isinstance(ev, Message):
-                got.append(ev.msg_id)
-        assert got == expected
+        got = await messages(bob, 600)
+        assert [m.seq for m in got] == list(range(1, 601))
+        assert [m.msg_id for m in got] == before + during
+        assert await quiet(bob) == []
     finally:
         await alice.close()
         await bob.close()
 
 
 @pytest.mark.asyncio
+async def test_a_device_that_comes_back_resumes_from_its_since(stack: Stack) -> None:
+    alice, bob = await make_users(stack, "alice", "bob")
+    try:
+        first = [await alice.send_text("bob", f"a{i}") for i in range(5)]
+        assert [m.msg_id for m in await messages(bob, 5)] == first
+        await asyncio.wait_for(bob.caught_up.wait(), 5)
+        since = bob.since
+        assert since > 0
+        await bob.disconnect()
+        later = [await alice.send_text("bob", f"b{i}") for i in range(20)]
+        await receipts(alice, 25)  # all SENT
+        await bob.connect()
+        got = await messages(bob, 20)
+        assert [m.msg_id for m in got] == later and [m.seq for m in got] == list(range(6, 26))
+        await asyncio.wait_for(bob.caught_up.wait(), 5)
+        assert bob.since >= since and bob.have("p:alice:bob") == 25
+        assert [e for e in await quiet(bob) if isinstance(e, Message)] == []
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@pytest.mark.asyncio
+async def test_a_new_device_gets_every_conversation_once_own_messages_marked(
+    stack: Stack,
+) -> None:
+    alice, bob, carol = await make_users(stack, "alice", "bob", "carol")
+    try:
+        sent: dict[str, list[int]] = {"p:alice:bob": [], "p:bob:carol": []}
+        for i in range(30):
+            sent["p:alice:bob"].append(await alice.send_text("bob", f"ab{i}"))
+            sent["p:alice:bob"].append(await bob.send_text("alice", f"ba{i}"))
+            sent["p:bob:carol"].append(await carol.send_text("bob", f"cb{i}"))
+        await receipts(carol, 30)
+        await messages(alice, 30)
+        await bob.close()
+        fresh = IMClient(rest_url(stack), "bob", PW, device_id="laptop")
+        try:
+            await fresh.connect()
+            await asyncio.wait_for(fresh.caught_up.wait(), 10)
+            got = await messages(fresh, 90)
+            by_conv: dict[str, list[Message]] = {}
+            for m in got:
+                by_conv.setdefault(m.conv_id, []).append(m)
+            for conv, ids in sent.items():
+                assert sorted(m.msg_id for m in by_conv[conv]) == sorted(ids)
+                assert [m.seq for m in by_conv[conv]] == list(range(1, len(ids) + 1))
+            own = [m for m in by_conv["p:alice:bob"] if m.own]
+            assert [m.msg_id for m in own] == sent["p:alice:bob"][1::2]  # one device: in order
+            assert all(m.text.startswith("ba") for m in own)
+            assert await quiet(fresh) == []
+        finally:
+            await fresh.close()
+    finally:
+        await alice.close()
+        await carol.close()
+
+
+@pytest.mark.asyncio
+async def test_another_device_of_the_sender_sees_the_message_as_own(stack: Stack) -> None:
+    alice, bob = await make_users(stack, "alice", "bob")
+    phone = IMClient(rest_url(stack), "alice", PW, device_id="phone")
+    try:
+        await phone.connect()
+        await asyncio.wait_for(phone.caught_up.wait(), 5)
+        mid = await alice.send_text("bob", "from the laptop")
+        (mine,) = await messages(phone, 1)
+        assert (mine.msg_id, mine.own, mine.text, mine.seq) == (mid, True, "from the laptop", 1)
+        (theirs,) = await messages(bob, 1)
+        await bob.mark_read(theirs.conv_id, theirs.seq)
+        # the receipts are for the device that sent it
+        assert await receipts(alice, 3) == {("SENT", mid), ("DELIVERED", mid), ("READ", mid)}
+        assert [e for e in await quiet(phone) if isinstance(e, Receipt)] == []
+        assert [e for e in await quiet(alice) if isinstance(e, Message)] == []
+    finally:
+        for c in (alice, bob, phone):
+            await c.close()
+
+
+@pytest.mark.asyncio
+async def test_caught_up_covers_more_conversations_than_sync_at_once(stack: Stack) -> None:
+    names = [f"u{i}" for i in range(12)]
+    hub, *others = await make_users(stack, "hub", *names, connect=False)
+    try:
+        for c in others:
+            await c.connect()
+            for i in range(3):
+                await c.send_text("hub", f"{c.user_id} {i}")
+        for c in others:
+            await receipts(c, 3)
+        await hub.connect()
+        await asyncio.wait_for(hub.caught_up.wait(), 10)
+        for c in others:
+            assert hub.have(pair_conv_id("hub", c.user_id)) == 3
+        assert len(await messages(hub, 36)) == 36
+    finally:
+        for c in (hub, *others):
+            await c.close()
+
+
+@pytest.mark.asyncio
 async def test_demo_runs_clean_twice(stack: Stack) -> None:
-    from client.demo import ok, run_demo
+    from workload.demo import ok, run_demo
 
     for _ in range(2):
         report = await run_demo(rest_url(stack), 6, 120, 2, prefix="t", progress=False, timeout=30)
@@ -272,11 +396,12 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
         await mallory.register()
         await mallory.login()
         await mallory.connect()
-        assert mallory._link is not None
-        await mallory._link.send(raw_chat(99, "alice", "bob"))  # claims to be alice
+        link = mallory._conn.link
+        assert link is not None
+        await link.send(raw_chat(99, "alice", "bob"))  # claims to be alice
         err = await expect(mallory, ServerError)
         assert err.code == "SPOOFED_SENDER" and err.msg_id == 99  # type: ignore[attr-defined]
-        await mallory._link.send(raw_chat(60, "mallory", "bob"))  # not a friend of bob
+        await link.send(raw_chat(60, "mallory", "bob"))  # not a friend of bob
         err = await expect(mallory, ServerError)
         assert err.code == "NOT_FRIEND" and err.msg_id == 60  # type: ignore[attr-defined]
         assert mallory.connected  # refused, not disconnected
@@ -291,9 +416,9 @@ async def test_spoofed_sender_and_non_friend_are_refused_not_delivered(stack: St
 
 
 @pytest.mark.asyncio
-async def test_device_that_never_acks_is_closed_and_its_message_stored(tmp_path: Path) -> None:
-    """Seed §8.1 option 2: after the retry limit the connector closes the device and stores what
-    it held offline; the message then arrives when the user comes back."""
+async def test_device_that_never_acks_is_closed_and_syncs_later(tmp_path: Path) -> None:
+    """After the retry limit the connector closes the device; the chat is in the timeline
+    already (SENT), so the user's next device has it."""
     st = Stack(stack_settings(tmp_path, retry_timeout=0.2, max_retries=2))
     await st.start()
     alice, bob = await make_users(st, "alice", "bob", connect=False)
@@ -313,7 +438,7 @@ async def test_device_that_never_acks_is_closed_and_its_message_stored(tmp_path:
         assert len(chats) == 1 + 2  # first push and two retransmits, same link seq
         assert {f.seq for f in chats} == {chats[0].seq}
         assert "RETRY_LIMIT" in codes(frames)
-        # stored, so alice hears SENT; then bob comes back with a real client and gets it
+        # committed, so alice hears SENT; then bob comes back with a real client and gets it
         assert await receipts(alice, 1) == {("SENT", mid)}
         await bob.connect()
         msg = await expect(bob, Message)
@@ -329,11 +454,12 @@ async def test_device_that_never_acks_is_closed_and_its_message_stored(tmp_path:
 async def test_oversize_body_is_refused_without_closing(stack: Stack) -> None:
     alice, bob = await make_users(stack, "alice", "bob")
     try:
-        assert alice._link is not None
+        link = alice._conn.link
+        assert link is not None
         big = b"x" * (stack.settings.max_frame - 200)  # fits a frame, not the body limit
-        await alice._link.send(raw_chat(7, "alice", "bob", big))
+        await link.send(raw_chat(7, "alice", "bob", big))
         err = await expect(alice, ServerError)
-        assert (err.code, err.msg_id) == ("BAD_MESSAGE", 7)  # type: ignore[attr-defined]
+        assert (err.code, err.msg_id) == ("TOO_LARGE", 7)  # type: ignore[attr-defined]
         mid = await alice.send_text("bob", "small")
         assert (await expect(bob, Message)).msg_id == mid  # type: ignore[attr-defined]
     finally:
@@ -398,7 +524,7 @@ async def test_demo_waits_out_the_registration_limit(tmp_path: Path) -> None:
     """More demo users than one address may register per window: the demo waits as the 429's
     Retry-After says and comes out exact, instead of failing (README's newcomer path runs
     demos of 20 and then more users against a fresh `im up`)."""
-    from client.demo import ok, run_demo
+    from workload.demo import ok, run_demo
 
     st = Stack(stack_settings(tmp_path, register_per_address=4, register_window=1.0))
     await st.start()
@@ -408,3 +534,33 @@ async def test_demo_waits_out_the_registration_limit(tmp_path: Path) -> None:
         assert report["received"] == 60
     finally:
         await st.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_link_lost_in_the_middle_of_the_sync_loses_and_repeats_nothing(
+    stack: Stack,
+) -> None:
+    alice, first = await make_users(stack, "alice", "bob", connect=False)
+    await first.close()
+    # a small event queue: the reader stops while the app does not read, so the cut below
+    # comes while most of the conversation is still to be synced
+    bob = IMClient(rest_url(stack), "bob", PW, queue_size=20)
+    await alice.connect()
+    try:
+        ids = [await alice.send_text("bob", f"m{i}") for i in range(500)]
+        await receipts(alice, 500)
+        await bob.connect()
+        got = await messages(bob, 120)
+        assert bob.have("p:alice:bob") < 400
+        link = bob._conn.link
+        assert link is not None
+        link.close()  # as a network that drops: the client reconnects by itself
+        got += await messages(bob, 380, timeout=15)
+        assert [m.seq for m in got] == list(range(1, 501))
+        assert [m.msg_id for m in got] == ids
+        await asyncio.wait_for(bob.caught_up.wait(), 10)
+        assert bob.reconnects >= 1
+        assert [e for e in await quiet(bob) if isinstance(e, Message)] == []
+    finally:
+        await alice.close()
+        await bob.close()

@@ -146,7 +146,7 @@ async def test_offline_recipient_gets_the_file_on_login(stack: Stack, tmp_path: 
     try:
         data = make_file(tmp_path / "later.bin", 50_000)
         mid = await alice.send_file("bob", tmp_path / "later.bin")
-        assert await receipts(alice, 1) == {("SENT", mid)}  # stored offline
+        assert await receipts(alice, 1) == {("SENT", mid)}  # in the timeline
         await bob.connect()
         msg = await file_message(bob)
         assert (await bob.download(msg, tmp_path / "out")).read_bytes() == data
@@ -212,14 +212,15 @@ async def test_file_chats_naming_files_not_the_senders_are_refused_and_not_deliv
             55: (im_pb2.FileRef(id="../../etc/passwd", size=1, checksum="0" * 64), "BAD_MESSAGE"),
             56: (None, "BAD_MESSAGE"),
         }
-        assert alice._link is not None
+        link = alice._conn.link
+        assert link is not None
         for mid, (ref, code) in cases.items():
-            await alice._link.send(file_chat(mid, ref))
+            await link.send(file_chat(mid, ref))
             err = await expect(alice, ServerError)
             assert (err.code, err.msg_id) == (code, mid)  # type: ignore[attr-defined]
         # a TEXT chat may not carry a file reference
         ref = im_pb2.FileRef(id=own.file_id, size=own.size, checksum=own.checksum)
-        await alice._link.send(file_chat(57, ref, im_pb2.TEXT))
+        await link.send(file_chat(57, ref, im_pb2.TEXT))
         err = await expect(alice, ServerError)
         assert (err.code, err.msg_id) == ("BAD_MESSAGE", 57)  # type: ignore[attr-defined]
         assert alice.connected
@@ -244,7 +245,7 @@ async def _body(data: bytes) -> AsyncIterator[bytes]:
 
 @pytest.mark.asyncio
 async def test_demo_with_files(stack: Stack) -> None:
-    from client.demo import ok, run_demo
+    from workload.demo import ok, run_demo
 
     report = await run_demo(
         rest_url(stack), 5, 40, 2, files=6, prefix="f", progress=False, timeout=60

@@ -173,7 +173,7 @@ async def test_redis_lost_while_running(faulty: Faulty) -> None:
 async def test_rabbitmq_lost_while_running(faulty: Faulty) -> None:
     alice, bob = await pair(faulty.rest, "amqp")
     try:
-        await alice.connect()  # bob stays offline: his messages go through the queue
+        await alice.connect()  # bob stays offline: he finds his messages in the timeline
         await faulty.amqp.cut()
         during = [await alice.send_text(bob.user_id, f"during {i}") for i in range(3)]
         _, sent_during = await events_until(alice, lambda m, s: False, 3.0)

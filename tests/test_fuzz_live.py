@@ -19,7 +19,7 @@ from test_e2e import rest_url, stack_settings
 from test_security import until
 
 from cli.stack import Stack
-from client.demo import ok, run_demo
+from workload.demo import ok, run_demo
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # Unbounded buffering would show here at once: the attackers announce frames of up to 4 GiB and
@@ -74,7 +74,7 @@ async def test_hostile_connections_never_disturb_a_conversation(tmp_path: Path) 
         assert attacks.closed_by_server == 300 and attacks.still_open == 0, summary
         assert attacks.max_close_seconds < 20, summary
         expected = {"BAD_FRAME", "BAD_TOKEN", "GREET_TIMEOUT", "NOT_AUTHENTICATED", "UNKNOWN_TYPE"}
-        expected |= {"SPOOFED_SENDER", "NOT_FRIEND", "NOT_RECEIVED", "BAD_MESSAGE"}
+        expected |= {"SPOOFED_SENDER", "NOT_FRIEND", "NOT_MEMBER", "BAD_MESSAGE"}
         assert expected <= set(attacks.codes), summary
         counted = st.connector.counters.errors
         assert expected | {"RATE_LIMITED"} <= set(counted), counted  # the PING floods

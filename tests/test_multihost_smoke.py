@@ -1,9 +1,10 @@
 """The ``im`` services spread over three test hosts, on the clustered Redis, RabbitMQ and Galera,
 with ``im demo`` run from a client host of its own.
 
-REST on app1, a transfer and a connector on each app host, the offline writer on app2: every
-message crosses the bridge at least twice (client -> connector -> transfer -> connector), the
-offline ones through RabbitMQ and the writer into Galera, and the demo checks every count.
+REST on app1, a transfer and a connector on each app host, the timeline writer on app2: every
+message crosses the bridge at least twice (client -> connector -> transfer -> connector), each
+one committed through RabbitMQ and the writer into Galera before anyone sees it, the offline
+users' ones found by their devices' catch-up, and the demo checks every count.
 """
 
 from __future__ import annotations

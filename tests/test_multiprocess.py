@@ -2,7 +2,9 @@
 
 They share routing through the real Redis and the SQLite file in one data directory, which is
 the embedded backends' multi-process shape. Users land on both connectors, so messages cross
-processes: connector A -> transfer -> connector B; offline users come online at the end.
+processes: connector A -> transfer -> connector B; offline users come online at the end and
+catch up from their timelines. Its keys carry a prefix of its own, so it shares Redis with
+anything else.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +42,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[str]:
+    prefix = f"imtest:mp{uuid.uuid4().hex[:10]}:"
     try:
         r = redis.Redis.from_url(MP_REDIS_URL, socket_connect_timeout=1)
-        r.flushdb()
-        r.close()
+        r.ping()
     except (redis.RedisError, OSError) as exc:
         require_service("redis", f"no answer at {MP_REDIS_URL} ({exc})")
     ports = {"t": free_port(), "c1": free_port(), "c2": free_port(), "rest": free_port()}
@@ -50,6 +53,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
         **os.environ,
         "IM_DATA_DIR": str(tmp_path),
         "IM_REDIS_URL": MP_REDIS_URL,
+        "IM_REDIS_PREFIX": prefix,
         "IM_SECRET": "multi-process-secret-0123",
         "IM_TRANSFER_PORT": str(ports["t"]),
         "IM_TRANSFER_ADDRS": f"127.0.0.1:{ports['t']}",
@@ -85,6 +89,10 @@ def cluster(tmp_path: Path) -> Iterator[str]:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        keys = list(r.scan_iter(match=f"{prefix}*"))
+        if keys:
+            r.delete(*keys)
+        r.close()
 
 
 def test_demo_across_processes_and_connectors(cluster: str) -> None:

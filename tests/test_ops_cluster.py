@@ -199,7 +199,7 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
             stats = (await http.get("/admin/stats", headers=root)).json()
             assert [c["node_id"] for c in stats["connectors"]] == ["connector-1", "connector-2"]
             assert [t["node_id"] for t in stats["transfers"]] == ["transfer-1", "transfer-2"]
-            assert "offline" in stats["queues"]
+            assert "timeline" in stats["queues"]
 
             # a kick and a disable, from REST to whichever connector holds the session
             for user in ("kicked", "disabled"):

@@ -3,7 +3,9 @@
 The cluster's services run in one process (connector, transfer, writer, REST) on this machine's
 Redis, RabbitMQ and MariaDB, and a test restarts one of those while Alice keeps sending. Then
 traffic stops and the test waits for the system to settle by itself (no manual step): every
-message ends SENT, and Bob surfaces all of them once, in order.
+message ends SENT, and Bob surfaces all of them once, in their timeline's order (seq 1, 2, 3 ...
+with no gap; a chat whose commit failed is resent by Alice's library and takes its place after
+those committed meanwhile).
 
 What a restart can and cannot save: Redis here keeps nothing on disk, so it comes back empty —
 who is online where and which nodes are alive are written again by the processes themselves
@@ -89,27 +91,55 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         await drop_namespace(RESTART_REDIS_URL, tag, AMQP_URL, database)
 
 
-async def conversation_through(
-    st: Stack, restart: Callable[[], Awaitable[None]], *, bob_online: bool
-) -> None:
-    """Alice sends every 50 ms before, during and after ``restart``; then everything settles."""
-    rest = f"http://127.0.0.1:{st.rest_port}"
-    name = uuid.uuid4().hex[:6]
-    alice = IMClient(rest, f"alice-{name}", "password-123", resend_after=2.0)
-    bob = IMClient(rest, f"bob-{name}", "password-123", resend_after=2.0)
-    got: list[int] = []
-    ids: list[int] = []
-    tasks: list[asyncio.Task[None]] = []
+class Device:
+    """One device's view: the messages it surfaced, in order."""
 
-    async def read(c: IMClient, into: list[int] | None) -> None:
-        async for ev in c.events():
-            if isinstance(ev, Message) and into is not None:
-                into.append(ev.msg_id)
-                await c.send_read(ev)
+    def __init__(self, client: IMClient) -> None:
+        self.client = client
+        self.ids: list[int] = []
+        self.seqs: list[int] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for ev in self.client.events():
+            if isinstance(ev, Message):
+                self.ids.append(ev.msg_id)
+                self.seqs.append(ev.seq)
+                if not ev.own:
+                    await self.client.send_read(ev)
             elif isinstance(ev, Receipt):
                 pass
 
+    def check(self, name: str, sent: list[int]) -> None:
+        assert len(self.ids) == len(set(self.ids)), f"{name}: a message surfaced twice"
+        missing = set(sent) - set(self.ids)
+        assert not missing, f"{name}: {len(missing)} of {len(sent)} SENT were lost"
+        assert self.seqs == list(range(1, len(self.seqs) + 1)), f"{name}: order or a gap"
+
+
+async def conversation_through(
+    st: Stack, restart: Callable[[], Awaitable[None]], *, bob_online: bool
+) -> None:
+    """Alice sends every 50 ms from one device before, during and after ``restart``; her
+    second device and Bob's first are online throughout (Bob's only if ``bob_online``, else it
+    comes back afterwards); a brand-new device of Bob's joins at the end. Then everything
+    settles, and every device has every message once, in the timeline's order."""
+    rest = f"http://127.0.0.1:{st.rest_port}"
+    name = uuid.uuid4().hex[:6]
+    a, b = f"alice-{name}", f"bob-{name}"
+    alice = IMClient(rest, a, "password-123", resend_after=2.0, device_id="phone")
+    bob = IMClient(rest, b, "password-123", resend_after=2.0, device_id="phone")
+    alice2 = IMClient(rest, a, "password-123", device_id="laptop")
+    bob2 = IMClient(rest, b, "password-123", device_id="laptop")
+    bob_new = IMClient(rest, b, "password-123", device_id="tablet")
+    clients = (alice, bob, alice2, bob2, bob_new)
+    devices = {c: Device(c) for c in clients}
+    ids: list[int] = []
     stop = asyncio.Event()
+    talker: asyncio.Task[None] | None = None
 
     async def talk() -> None:
         while not stop.is_set():
@@ -122,33 +152,37 @@ async def conversation_through(
             await c.login()
         await befriend(alice, bob)
         await bob.refresh_friends()
-        await alice.connect()
-        tasks.append(asyncio.create_task(read(alice, None)))
-        if bob_online:
-            await bob.connect()
-            tasks.append(asyncio.create_task(read(bob, got)))
-        tasks.append(asyncio.create_task(talk()))
+        online = [alice, alice2, bob2] + ([bob] if bob_online else [])
+        for c in online:
+            await c.connect()
+            devices[c].start()
+        talker = asyncio.create_task(talk())
         await asyncio.sleep(1.0)
         await restart()
         await asyncio.sleep(3.0)
         stop.set()
+        await talker
         await poll_until(lambda: not alice.pending, 60)
         assert alice.pending == 0, f"{alice.pending} messages never got SENT"
-        if not bob_online:
-            await bob.connect()
-            tasks.append(asyncio.create_task(read(bob, got)))
-        await poll_until(lambda: set(ids) <= set(got), 60)
-        assert len(got) == len(set(got)), "a message surfaced twice"
-        assert set(ids) <= set(got), f"{len(set(ids) - set(got))} of {len(ids)} SENT were lost"
-        assert got == ids, "out of order"
-        assert alice.connected and bob.connected
+        for c in ([] if bob_online else [bob]) + [bob_new]:
+            await c.connect()
+            devices[c].start()
+        others = [alice2, bob, bob2, bob_new]
+        await poll_until(lambda: all(set(ids) <= set(devices[c].ids) for c in others), 60)
+        for c in others:
+            devices[c].check(f"{c.user_id}/{c.device_id}", ids)
+        assert devices[alice].ids == [], "the sending device shows its own messages"
+        assert all(c.connected for c in clients)
     finally:
         stop.set()
+        tasks = [d.task for d in devices.values() if d.task is not None]
+        if talker is not None:
+            tasks.append(talker)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await alice.close()
-        await bob.close()
+        for c in clients:
+            await c.close()
 
 
 async def test_redis_restarted_empty_during_traffic(stack: Stack) -> None:

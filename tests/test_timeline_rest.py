@@ -1,6 +1,6 @@
 """History over REST and in the client library: GET /conversations and
-GET /conversations/{conv_id}/messages, with messages appended through the store directly
-(nothing writes timelines in production yet: issue 13, step 2)."""
+GET /conversations/{conv_id}/messages, with messages appended through the store directly.
+The client library is imported by its own tests only: the REST tests need none of it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from client.core import IMClient, Message, ServerError, befriend
-from client.rest import RestClient, RestError
 from common.config import Settings
 from common.crypto import seal
 from common.db import Database, open_database
@@ -127,6 +125,7 @@ async def test_conversations_list_last_message_unread_and_cursors(api: Api) -> N
         "type": "SINGLE",
         "peer_id": "bob",
         "last_seq": 3,
+        "min_seq": 1,
         "unread": 2,
         "read_seq": 0,
         "delivered_seq": 2,  # this token's device, alice-phone
@@ -284,6 +283,9 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.mark.asyncio
 async def test_client_reads_conversations_and_history_opened(tmp_path: Path, served: str) -> None:
+    from client.core import IMClient, Message, ServerError, befriend
+    from client.rest import RestError
+
     alice = IMClient(served, "alice", PASSWORD)
     bob = IMClient(served, "bob", PASSWORD)
     carol = IMClient(served, "carol", PASSWORD)
@@ -337,6 +339,8 @@ async def test_client_reads_conversations_and_history_opened(tmp_path: Path, ser
 
 @pytest.mark.asyncio
 async def test_rest_client_refuses_a_malformed_answer() -> None:
+    from client.rest import RestClient, RestError
+
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/conversations":
             return httpx.Response(200, json=[{"conv_id": AB}])

@@ -25,6 +25,8 @@ from timeline.memstore import MemoryTimelineStore
 from timeline.model import (
     UNREAD_CAP,
     AppendResult,
+    CursorMove,
+    CursorResult,
     NewMessage,
     chat_digest,
     new_message,
@@ -142,11 +144,31 @@ def test_stamp_sets_the_server_fields_and_keeps_the_rest() -> None:
         stamp(b"\x0a\x05ab", AB, 1, 1)  # a length past the end
 
 
+def test_stamp_drops_the_retired_fields() -> None:
+    """ChatMsg 9..13 (read_tag, stream, stream_seq, stream_floor, from_store) are reserved: an
+    old client's values are unknown fields now, and never stored."""
+    sent = im_pb2.ChatMsg(id=7, from_id="alice", dest_id="bob", body=b"x", key_id=3)
+    retired = b"".join(
+        (
+            b"\x4a\x03tag",  # 9, bytes
+            b"\x50\x05",  # 10, varint
+            b"\x58\x06",  # 11
+            b"\x60\x07",  # 12
+            b"\x68\x01",  # 13, bool
+            b"\xa0\x06\x2a",  # 100: a field some newer client knows, kept
+        )
+    )
+    out = im_pb2.ChatMsg.FromString(stamp(sent.SerializeToString() + retired, AB, 2, 5))
+    assert (out.id, out.body, out.key_id, out.seq) == (7, b"x", 3, 2)
+    # the retired fields are gone, the unknown field 100 is kept
+    assert stamp(retired, AB, 2, 5) == stamp(b"\xa0\x06\x2a", AB, 2, 5)
+
+
 def test_digest_tells_a_resend_from_a_reused_id() -> None:
     base = im_pb2.ChatMsg(id=1, from_id="alice", dest_id="bob", body=b"x", create_time=5)
     resend = im_pb2.ChatMsg()
     resend.CopyFrom(base)
-    resend.read_tag = b"hop-by-hop"
+    resend.conv_id, resend.seq, resend.server_time = AB, 3, 4  # stamps are not the message
     assert chat_digest(resend) == chat_digest(base)
     for change in ({"body": b"y"}, {"dest_id": "carol"}, {"create_time": 6}, {"msg_type": 2}):
         other = im_pb2.ChatMsg()
@@ -372,6 +394,28 @@ async def test_conversations_since(store: TimelineStore) -> None:
 
 
 @pytest.mark.asyncio
+async def test_conversations_page_oldest_first_after_a_key(store: TimelineStore) -> None:
+    """Keyset paging for the connector's listing: (changed, conv_id) strictly after the key,
+    oldest change first, every conversation exactly once across the pages."""
+    peers = [f"p{i:02d}" for i in range(7)]
+    for i, peer in enumerate(peers):
+        await store.append([chat("alice", peer, i + 1)])
+    seen: list[str] = []
+    after = (-1, "")
+    while True:
+        page = await store.conversations("alice", limit=3, after=after)
+        seen += [c.conv_id for c in page]
+        if len(page) < 3:
+            break
+        after = (page[-1].changed, page[-1].conv_id)
+    assert sorted(seen) == sorted(f"p:alice:{p}" for p in peers) and len(seen) == len(set(seen))
+    keys = [(c.changed, c.conv_id) for c in await store.conversations("alice", after=(-1, ""))]
+    assert keys == sorted(keys)
+    newest = await store.conversations("alice")
+    assert [c.conv_id for c in newest] == [k[1] for k in reversed(keys)]  # default: newest first
+
+
+@pytest.mark.asyncio
 async def test_cursors_only_move_forward_and_never_past_the_head(store: TimelineStore) -> None:
     await store.append([chat("bob", "alice", i) for i in range(1, 6)])
     assert await store.set_read(AB, "alice", 3) == 3
@@ -416,6 +460,113 @@ async def test_membership(store: TimelineStore) -> None:
     assert not await store.is_member(AB, "carol")
     assert not await store.is_member("p:bob:alice", "bob")  # not a conversation id
     assert not await store.is_member("g:team", "alice")  # groups: none yet
+
+
+@pytest.mark.asyncio
+async def test_head(store: TimelineStore) -> None:
+    assert await store.head(AB) == 0
+    await store.append([chat("alice", "bob", i) for i in range(1, 4)])
+    assert await store.head(AB) == 3
+    assert await store.head("p:alice:carol") == 0
+    assert await store.head("not an id") == 0
+
+
+@pytest.mark.asyncio
+async def test_min_seq_is_the_first_seq_still_stored(store: TimelineStore) -> None:
+    await store.append([chat("alice", "bob", 1), chat("alice", "bob", 2)])
+    assert (await store.conversations("bob"))[0].min_seq == 1
+    await asyncio.sleep(0.01)
+    cut = int(time.time() * 1000)
+    await asyncio.sleep(0.01)
+    await store.append([chat("alice", "bob", 3)])
+    await store.purge(cut)
+    (conv,) = await store.conversations("bob")
+    assert (conv.min_seq, conv.last_seq) == (3, 3)
+    await store.purge(int(time.time() * 1000) + 1000)
+    (conv,) = await store.conversations("alice")
+    assert (conv.min_seq, conv.last_seq) == (4, 3)  # nothing left: nothing to sync
+
+
+READ, DELIVERED = im_pb2.READ, im_pb2.DELIVERED
+
+
+@pytest.mark.asyncio
+async def test_merge_cursors_in_one_batch(store: TimelineStore) -> None:
+    await store.append([chat("alice", "bob", i) for i in range(1, 6)])
+    await store.append([chat("carol", "bob", 9)])
+    got = await store.merge_cursors(
+        [
+            CursorMove(AB, "bob", DELIVERED, 3, "phone"),
+            CursorMove(AB, "bob", DELIVERED, 2, "laptop"),  # behind the best: not moved
+            CursorMove(AB, "bob", DELIVERED, 4, "laptop"),  # ahead: the member moved
+            CursorMove(AB, "bob", DELIVERED, 4, "laptop"),  # a repeat
+            CursorMove(AB, "bob", READ, 2),
+            CursorMove(AB, "bob", READ, 1),  # lower: ignored
+            CursorMove(AB, "bob", READ, 1 << 63),  # capped at the head
+            CursorMove(AB, "carol", READ, 1),  # not a member
+            CursorMove("p:bob:carol", "bob", DELIVERED, 1, "phone"),  # another conversation
+            CursorMove("p:alice:dave", "dave", READ, 1),  # a member, no message yet
+            CursorMove("g:team", "bob", READ, 1),  # no such group
+            CursorMove("p:bob:alice", "bob", READ, 1),  # not a conversation id
+        ]
+    )
+    assert got == [
+        CursorResult(3, True, True, 3),
+        CursorResult(3, False, True, 2),
+        CursorResult(4, True, True, 4),
+        CursorResult(4, False, True, 4),
+        CursorResult(2, True, True),
+        CursorResult(2, False, True),
+        CursorResult(5, True, True),
+        CursorResult(0, False, False),
+        CursorResult(1, True, True, 1),
+        CursorResult(0, False, True),
+        CursorResult(0, False, False),
+        CursorResult(0, False, False),
+    ]
+    bob = {c.conv_id: c for c in await store.conversations("bob", device_id="laptop")}
+    assert (bob[AB].read_seq, bob[AB].delivered_seq, bob[AB].unread) == (5, 4, 0)
+    (alice,) = await store.conversations("alice")
+    assert (alice.peer_read_seq, alice.peer_delivered_seq) == (5, 4)
+    assert await store.set_delivered(AB, "bob", "phone", 2) == 3  # the device's own cursor
+    assert await store.merge_cursors([]) == []
+    for bad in (
+        CursorMove(AB, "bob", im_pb2.SENT, 1),
+        CursorMove(AB, "bob", READ, -1),
+        CursorMove(AB, "bob", DELIVERED, 1, "d" * 65),
+    ):
+        with pytest.raises(ValueError):
+            await store.merge_cursors([CursorMove(AB, "bob", READ, 1), bad])
+
+
+@pytest.mark.asyncio
+async def test_a_merge_tells_the_peer_only_when_the_member_moved(store: TimelineStore) -> None:
+    await store.append([chat("alice", "bob", i) for i in range(1, 4)])
+    await store.merge_cursors([CursorMove(AB, "bob", DELIVERED, 3, "phone")])
+    mark = max(c.changed for c in await store.conversations("alice")) + 1
+    await asyncio.sleep(0.005)
+    (behind,) = await store.merge_cursors([CursorMove(AB, "bob", DELIVERED, 2, "laptop")])
+    assert (behind.moved, behind.device_seq) == (False, 2)
+    assert await store.conversations("alice", since_ms=mark) == []  # no receipt for alice
+    assert [c.conv_id for c in await store.conversations("bob", since_ms=mark)] == [AB]
+    await asyncio.sleep(0.005)
+    (read,) = await store.merge_cursors([CursorMove(AB, "bob", READ, 1)])
+    assert read.moved
+    assert [c.peer_read_seq for c in await store.conversations("alice", since_ms=mark)] == [1]
+
+
+@pytest.mark.asyncio
+async def test_merge_cursors_of_many_conversations(store: TimelineStore) -> None:
+    """More conversations than one lookup takes (500 keys): one merge still gets them all."""
+    n = 700
+    await store.append([chat(f"a{i}", f"b{i}", i + 1) for i in range(n)])
+    moves = [
+        CursorMove(pair_conv_id(f"a{i}", f"b{i}"), f"b{i}", DELIVERED, 1, "p") for i in range(n)
+    ]
+    assert all(r == CursorResult(1, True, True, 1) for r in await store.merge_cursors(moves))
+    assert all(r == CursorResult(1, False, True, 1) for r in await store.merge_cursors(moves))
+    (a0,) = await store.conversations("a0")
+    assert a0.peer_delivered_seq == 1
 
 
 # --- retention ----------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The timeline write path (issue 13, step 2): every chat is committed to its conversation's
 timeline before it is routed, and reaches its recipient stamped with (conv_id, seq).
 
-The writer on a real store (SQLite and MySQL); then the embedded stack end to end: seqs 1, 2,
-3 in send order, SENT only for what is in the timeline, a resend answered with its first seq
-and never stored twice, an id reused for other content refused with ``ID_REUSED``, stamps a
-client sets ignored, and the largest chat the connector accepts fitting every hop's frame.
+The writer on a real store (SQLite and MySQL): seqs, resends, reuses, and cursors merged a
+batch at a time with ``moved`` saying when the member's cursor went up; then the embedded stack
+end to end: seqs 1, 2, 3 in send order, SENT only for what is in the timeline, a resend
+answered with its first seq and never stored twice, an id reused for other content refused
+with ``ID_REUSED``, stamps a client sets ignored, and the largest chat the connector accepts
+fitting every hop's frame. The stack and the client library are imported by the end-to-end
+tests only, so the writer's tests run on their own.
 """
 
 from __future__ import annotations
@@ -13,30 +16,22 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-from test_e2e import (
-    conn_addr,
-    expect,
-    make_users,
-    raw_chat,
-    receipts,
-    rest_url,
-    stack_settings,
-)
 
-from cli.stack import Stack
-from client import IMClient, Message, ServerError
 from common.codec import FrameDecoder, encode
 from common.db import Database
 from common.errors import BackendError
-from connector.rules import ENVELOPE_HEADROOM
 from proto import im_pb2
 from timeline.memqueue import MemoryTimelineQueue
-from timeline.model import AppendResult, NewMessage, pair_conv_id
+from timeline.model import AppendResult, CursorMove, CursorResult, NewMessage, pair_conv_id
 from timeline.store import SQLTimelineStore
 from timeline.writer import TimelineWriter
+
+if TYPE_CHECKING:
+    from cli.stack import Stack
 
 pytestmark = pytest.mark.asyncio
 
@@ -124,6 +119,43 @@ async def test_writer_merges_read_cursors_forward_only(
     (a,) = await writer.submit([read(2)])
     (b,) = await writer.submit([read(1)])  # lower: ignored
     assert (a.cursor.seq, b.cursor.seq) == (2, 2)
+    assert (a.moved, b.moved) == (True, False)
+
+
+def delivered(user: str, device: str, seq: int, conv: str = "p:alice:bob") -> im_pb2.TimelineRecord:
+    return im_pb2.TimelineRecord(
+        cursor=im_pb2.Cursor(conv_id=conv, user_id=user, type=im_pb2.DELIVERED, seq=seq),
+        device_id=device,
+        origin="c2",
+    )
+
+
+async def test_writer_says_when_the_members_delivered_cursor_moved(
+    writer: MemoryTimelineQueue,
+) -> None:
+    """``moved`` is about the member (the best of its devices): a device catching up behind
+    another moves nothing the peer must hear of; ``cursor.seq`` is the member's cursor."""
+    answers = await writer.submit(
+        [record("alice", "bob", 1), record("alice", "bob", 2), delivered("bob", "phone", 2)]
+    )
+    assert answers[2].cursor.seq == 2 and answers[2].moved  # the chats of its own batch count
+    assert answers[2].origin == "c2" and answers[2].cursor.type == im_pb2.DELIVERED
+    (behind,) = await writer.submit([delivered("bob", "laptop", 1)])
+    assert (behind.cursor.seq, behind.moved, behind.refused) == (2, False, 0)
+    await writer.submit([record("alice", "bob", 3)])
+    burst = await writer.submit(
+        [delivered("bob", "laptop", 3), delivered("bob", "phone", 3), delivered("bob", "x", 9)]
+    )
+    assert [(a.cursor.seq, a.moved) for a in burst] == [(3, True), (3, False), (3, False)]
+    refused = await writer.submit(
+        [
+            delivered("carol", "phone", 1),  # not a member
+            delivered("bob", "d" * 65, 1),  # a device id no store keeps
+            delivered("bob", "phone", 1, conv="p:bob:alice"),  # not a conversation id
+        ]
+    )
+    assert [a.refused for a in refused] == [im_pb2.BAD_MESSAGE] * 3
+    assert not any(a.moved for a in refused)
 
 
 class FlakyStore:
@@ -139,14 +171,11 @@ class FlakyStore:
             raise BackendError("mysql", "gone away")
         return await self.store.append(batch)
 
-    async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
-        return await self.store.set_read(conv_id, user_id, seq)
-
-    async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int:
-        return await self.store.set_delivered(conv_id, user_id, device_id, seq)
-
-    async def is_member(self, conv_id: str, user_id: str) -> bool:
-        return await self.store.is_member(conv_id, user_id)
+    async def merge_cursors(self, moves: Sequence[CursorMove]) -> list[CursorResult]:
+        if self.failures:
+            self.failures -= 1
+            raise BackendError("mysql", "gone away")
+        return await self.store.merge_cursors(moves)
 
 
 async def test_writer_retries_a_failing_store_and_loses_nothing(store: SQLTimelineStore) -> None:
@@ -156,6 +185,9 @@ async def test_writer_retries_a_failing_store_and_loses_nothing(store: SQLTimeli
     try:
         answers = await queue.submit([record("alice", "bob", n) for n in (1, 2)], timeout=10)
         assert [a.chat.seq for a in answers] == [1, 2] and flaky.failures == 0
+        flaky.failures = 2
+        (cursor,) = await queue.submit([delivered("bob", "phone", 2)], timeout=10)
+        assert (cursor.cursor.seq, cursor.moved, flaky.failures) == (2, True, 0)
     finally:
         await queue.close()
         task.cancel()
@@ -166,6 +198,10 @@ async def test_writer_retries_a_failing_store_and_loses_nothing(store: SQLTimeli
 
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    from test_e2e import stack_settings
+
+    from cli.stack import Stack
+
     st = Stack(stack_settings(tmp_path, greet_timeout=1.0))
     await st.start()
     try:
@@ -181,6 +217,10 @@ async def timeline_of(st: Stack, conv_id: str) -> list[tuple[int, str, int]]:
 
 
 async def test_chats_arrive_stamped_in_send_order_and_sent_means_stored(stack: Stack) -> None:
+    from test_e2e import expect, make_users, receipts
+
+    from client import Message
+
     alice, bob = await make_users(stack, "alice", "bob")
     try:
         ids = [await alice.send_text("bob", f"m{i}") for i in range(20)]
@@ -204,6 +244,10 @@ async def test_chats_arrive_stamped_in_send_order_and_sent_means_stored(stack: S
 
 async def greeted(st: Stack, user: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A raw connection of ``user`` (registered, friends with the others), after WELCOME."""
+    from test_e2e import conn_addr, rest_url
+
+    from client import IMClient
+
     c = IMClient(rest_url(st), user, "password-123")
     token, device = (await c.login()).token, c.device_id
     await c.close()
@@ -240,6 +284,10 @@ async def frames_until(
 
 
 async def test_a_resend_is_sent_again_and_a_reused_id_is_refused(stack: Stack) -> None:
+    from test_e2e import expect, make_users, raw_chat
+
+    from client import ServerError
+
     alice, bob = await make_users(stack, "alice", "bob", connect=False)
     await bob.connect()
     reader, writer = await greeted(stack, "alice")
@@ -282,6 +330,10 @@ async def test_a_resend_is_sent_again_and_a_reused_id_is_refused(stack: Stack) -
 
 
 async def test_stamps_a_client_sets_are_replaced_by_the_servers(stack: Stack) -> None:
+    from test_e2e import expect, make_users, raw_chat
+
+    from client import ServerError
+
     alice, bob = await make_users(stack, "alice", "bob", connect=False)
     await bob.connect()
     reader, writer = await greeted(stack, "alice")
@@ -291,7 +343,6 @@ async def test_stamps_a_client_sets_are_replaced_by_the_servers(stack: Stack) ->
         forged.chat.seq = 999
         forged.chat.conv_id = "p:bob:mallory"
         forged.chat.server_time = 1
-        forged.chat.from_store = True
         writer.write(encode(forged))
         await writer.drain()
         await frames_until(reader, writer, 1)
@@ -308,6 +359,8 @@ async def test_stamps_a_client_sets_are_replaced_by_the_servers(stack: Stack) ->
 async def test_the_largest_accepted_chat_fits_every_hops_frame() -> None:
     """Every field at its longest, the body at the connector's limit, then every stamp and
     wrapper a hop adds: still within the client frame limit (and the node links' headroom)."""
+    from connector.rules import ENVELOPE_HEADROOM
+
     max_frame = 64 * 1024
     a, b = "a" * 64, "b" * 64
     chat = im_pb2.ChatMsg(
@@ -321,27 +374,28 @@ async def test_the_largest_accepted_chat_fits_every_hops_frame() -> None:
         file=im_pb2.FileRef(id="f" * 22, size=(1 << 64) - 1, checksum="c" * 64),
         key_id=(1 << 32) - 1,
     )
-    chat.stream, chat.stream_seq, chat.stream_floor = (1 << 64) - 1, (1 << 64) - 1, (1 << 64) - 1
-    # the timeline's stamps, then the recipient connector's read tag and its link seq
+    # the timeline's stamps, then the recipient connector's link seq
     chat.conv_id = pair_conv_id(a, b)
     chat.seq, chat.server_time = (1 << 64) - 1, (1 << 63) - 1
-    chat.read_tag = b"t" * 32
-    chat.from_store = True
     pushed = im_pb2.Envelope(seq=(1 << 64) - 1, chat=chat)
     assert len(pushed.SerializeToString()) <= max_frame
-    bounced = im_pb2.Envelope(seq=(1 << 64) - 1, bounce=im_pb2.Bounce(chat=chat))
-    assert len(bounced.SerializeToString()) <= max_frame
+    fanout = im_pb2.Envelope(seq=(1 << 64) - 1, fanout=im_pb2.Fanout(users=[a, b], chat=chat))
+    assert len(fanout.SerializeToString()) <= max_frame + 16 * 1024  # node links: 16 KiB more
     batch = im_pb2.TimelineBatch(records=[im_pb2.TimelineRecord(chat=chat, origin="n" * 64)])
     assert len(batch.SerializeToString()) <= max_frame + 16 * 1024
 
 
 async def test_a_read_moves_the_readers_cursor_and_the_unread_count(stack: Stack) -> None:
+    from test_e2e import expect, make_users
+
+    from client import Message
+
     alice, bob = await make_users(stack, "alice", "bob")
     try:
         for i in range(5):
             await alice.send_text("bob", f"m{i}")
         got = [await expect(bob, Message) for _ in range(5)]
-        await bob.send_read(got[2])  # type: ignore[arg-type]
+        await bob.mark_read(got[2].conv_id, got[2].seq)  # type: ignore[attr-defined]
         assert stack.db is not None
         store = SQLTimelineStore(stack.db)
         loop = asyncio.get_running_loop()
@@ -355,43 +409,6 @@ async def test_a_read_moves_the_readers_cursor_and_the_unread_count(stack: Stack
         (theirs,) = await store.conversations("alice")
         assert (theirs.peer_read_seq, theirs.unread) == (3, 0)
     finally:
-        await alice.close()
-        await bob.close()
-
-
-async def test_a_reuse_the_ledger_forgot_is_refused_by_the_timeline(stack: Stack) -> None:
-    """The message ledger remembers ids for a while; the timeline for good. With the ledger's
-    memory gone, a reused id still never gets SENT: the writer refuses it, and the sender's
-    device hears ID_REUSED (a Fanout from the transfer)."""
-    from common.ledger import MemoryLedger
-
-    alice, bob = await make_users(stack, "alice", "bob", connect=False)
-    await bob.connect()
-    reader, writer = await greeted(stack, "alice")
-    try:
-        mid = 8001 << 12
-        first = raw_chat(mid, "alice", "bob", b"first")
-        first.seq = 1
-        writer.write(encode(first))
-        await writer.drain()
-        frames = await frames_until(reader, writer, 1)
-        assert any(e.WhichOneof("body") == "ack" and e.ack.ack_msg_id == mid for e in frames)
-        assert isinstance(stack.ledger, MemoryLedger)
-        stack.ledger._entries.clear()  # as after its TTL, or a Redis restart
-        reuse = raw_chat(mid, "alice", "bob", b"second, other content")
-        reuse.seq = 2
-        writer.write(encode(reuse))
-        await writer.drain()
-        frames = await frames_until(reader, writer, 1)
-        answers = [
-            (e.WhichOneof("body"), e.error.code if e.WhichOneof("body") == "error" else 0)
-            for e in frames
-            if e.WhichOneof("body") in ("ack", "error")
-        ]
-        assert answers == [("error", im_pb2.ID_REUSED)], answers
-        assert await timeline_of(stack, "p:alice:bob") == [(1, "alice", mid)]
-    finally:
-        writer.close()
         await alice.close()
         await bob.close()
 

@@ -81,7 +81,7 @@ async def test_chat_over_tls_with_the_certificate_verified(
     try:
         assert (await alice.login()).tls  # REST tells clients to use TLS
         for c in (alice, bob):
-            c._tls = trust
+            c._conn._tls = trust
             await c.connect()
         mid = await alice.send_text("bob", "over TLS")
         msg = await expect(bob, Message)

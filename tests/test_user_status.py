@@ -112,7 +112,7 @@ async def test_concurrent_calls(status: UserStatusService) -> None:
     assert await status.lookup("alice") == {}
 
 
-# --- liveness, registry, drain requests --------------------------------------------------------
+# --- liveness, registry, move notices ---------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -161,21 +161,6 @@ async def test_registry_live_and_leave(backend: StatusBackend) -> None:
     await backend.leave("transfer", "t2")
     assert await backend.live("transfer") == {"t1": "10.0.0.9:9082"}
     assert await backend.live("connector") == {"c1": "10.0.0.3:9081"}
-
-
-@pytest.mark.asyncio
-async def test_drain_requests_reach_the_subscribed_connector(backend: StatusBackend) -> None:
-    stream = backend.drain_requests("c1")
-    assert await asyncio.wait_for(anext(stream), 5) is None  # subscribed: drain everyone
-    other = backend.drain_requests("c2")
-    assert await asyncio.wait_for(anext(other), 5) is None
-    await backend.request_drain("c1", ["bob", "alice", "bob"])
-    await backend.request_drain("c1", [])
-    await backend.request_drain("c2", ["carol"])
-    assert await asyncio.wait_for(anext(stream), 5) == ["alice", "bob"]
-    assert await asyncio.wait_for(anext(other), 5) == ["carol"]
-    await stream.aclose()
-    await other.aclose()
 
 
 @pytest.mark.asyncio

@@ -6,6 +6,7 @@ member). Also: the committed JS is what the generator writes, and hostile bytes 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import subprocess
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from browser import b64, big, run_js, untag
 from google.protobuf import descriptor
 from google.protobuf.message import Message
-from timeline_pb import PIN, ROOT, cls, message_names
+from timeline_pb import ROOT, SCHEMA, cls, message_names
 
 FD = descriptor.FieldDescriptor
 IMPORT = 'const pb = await import("/app/js/proto/im.js");'
@@ -130,7 +131,18 @@ def test_committed_js_matches_the_generator() -> None:
     tampered.write_text(text.replace("TEXT: 1", "TEXT: 7"), encoding="utf-8")
     res = subprocess.run([*cmd, "--out", str(tampered)], capture_output=True, text=True)
     assert res.returncode == 1 and "stale" in res.stderr
-    assert PIN.exists() or "ConvState" in text
+    assert "ConvState" in text and "from im.proto" in text
+
+
+def test_generator_reads_proto_im_proto() -> None:
+    """The default schema (proto.im_pb2) is proto/im.proto: compiling the file itself gives the
+    committed module, so the web app can't follow a schema the servers don't speak."""
+    if importlib.util.find_spec("grpc_tools") is None:
+        # a tool of the dev extra, not a service: CI's scripts/check runs the same comparison
+        pytest.skip("grpcio-tools (dev extra) compiles proto/im.proto; scripts/check covers it")
+    cmd = [str(ROOT / "scripts" / "gen-js-proto"), "--check", "--proto", str(SCHEMA)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
 
 
 def test_every_message_type_round_trips_both_ways(page: Any) -> None:

@@ -1,49 +1,26 @@
-"""The wire schema the web app is built against, as Python message classes for its tests.
+"""The wire schema as Python message classes looked up by name, for tests that walk it.
 
-Until the timeline schema lands in proto/im.proto, the app follows the copy pinned in
-scripts/pinned-schema/im.proto (scripts/gen-js-proto); its classes are built in a private
-descriptor pool, so they do not clash with proto.im_pb2 in the same process. Once proto/ has
-the new schema (and the pin is deleted), proto.im_pb2 itself is used.
+The web app, the servers and the Python library all speak proto/im.proto; its compiled module
+(proto.im_pb2) is the one schema. Tests that iterate over every message type (the web app's
+codec round trips) or name a type in a string use these helpers rather than import each class.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from conftest import require_service
-from google.protobuf import descriptor, descriptor_pool, message_factory
+from google.protobuf import descriptor, message_factory
 
 from proto import im_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
-PIN = ROOT / "scripts" / "pinned-schema" / "im.proto"
+SCHEMA = ROOT / "proto" / "im.proto"
 
 
-def _generator() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "gen_js_proto", ROOT / "scripts" / "gen_js_proto.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gen_js_proto", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@cache
 def file_descriptor() -> descriptor.FileDescriptor:
-    if not PIN.exists():
-        return im_pb2.DESCRIPTOR
-    if importlib.util.find_spec("grpc_tools") is None:  # compiles the pin: the dev extra
-        require_service("grpcio-tools", "needed to compile scripts/pinned-schema/im.proto")
-    fdp = _generator().descriptor_of_proto(PIN)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return pool.FindFileByName(fdp.name)
+    """proto/im.proto as compiled into proto.im_pb2."""
+    return im_pb2.DESCRIPTOR
 
 
 def cls(name: str) -> Any:
@@ -54,6 +31,7 @@ def cls(name: str) -> Any:
 
 
 def enum(name: str, value: str) -> int:
+    """The number of ``value`` in enum ``name``."""
     fd = file_descriptor()
     number: int = fd.pool.FindEnumTypeByName(f"{fd.package}.{name}").values_by_name[value].number
     return number

@@ -7,7 +7,14 @@ from common.config import Settings
 from timeline.amqpqueue import AmqpTimelineQueue
 from timeline.memqueue import MemoryTimelineQueue
 from timeline.memstore import MemoryTimelineStore
-from timeline.model import AppendResult, ConvSummary, Entry, NewMessage
+from timeline.model import (
+    AppendResult,
+    ConvSummary,
+    CursorMove,
+    CursorResult,
+    Entry,
+    NewMessage,
+)
 from timeline.queue import TimelineQueue
 from timeline.store import SQLTimelineStore, TimelineStore
 from timeline.writer import TimelineWriter
@@ -16,6 +23,8 @@ __all__ = [
     "AmqpTimelineQueue",
     "AppendResult",
     "ConvSummary",
+    "CursorMove",
+    "CursorResult",
     "Entry",
     "MemoryTimelineQueue",
     "MemoryTimelineStore",

@@ -7,13 +7,17 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from proto import im_pb2
 from timeline.model import (
     SINGLE,
     UNREAD_CAP,
     AppendResult,
     ConvSummary,
+    CursorMove,
+    CursorResult,
     Entry,
     NewMessage,
+    conv_ref,
     parse_conv_id,
     resend_outcome,
     stamp,
@@ -22,6 +26,7 @@ from timeline.store import (
     MAX_CONVERSATIONS,
     check_batch,
     check_cursor,
+    check_move,
     check_page,
     now_ms,
 )
@@ -105,7 +110,13 @@ class MemoryTimelineStore:
         return None if known is None else known[0]
 
     async def conversations(
-        self, user_id: str, *, since_ms: int = 0, device_id: str = "", limit: int = 500
+        self,
+        user_id: str,
+        *,
+        since_ms: int = 0,
+        device_id: str = "",
+        limit: int = 500,
+        after: tuple[int, str] | None = None,
     ) -> list[ConvSummary]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -114,7 +125,10 @@ class MemoryTimelineStore:
             for conv_id, conv in self._convs.items()
             if user_id in conv.members and conv.members[user_id].changed >= since_ms
         ]
-        mine.sort(reverse=True)
+        if after is None:
+            mine.sort(reverse=True)
+        else:
+            mine = sorted(key for key in mine if key > after)
         return [
             self._summary(conv_id, user_id, device_id)
             for _, conv_id in mine[: min(limit, MAX_CONVERSATIONS)]
@@ -144,7 +158,41 @@ class MemoryTimelineStore:
             peer_delivered_seq=peer.delivered_seq if peer else 0,
             unread=unread,
             changed=me.changed,
+            min_seq=conv.seqs[0] if conv.seqs else conv.last_seq + 1,
         )
+
+    async def head(self, conv_id: str) -> int:
+        conv = self._convs.get(conv_id)
+        return 0 if conv is None else conv.last_seq
+
+    async def merge_cursors(self, moves: Sequence[CursorMove]) -> list[CursorResult]:
+        for move in moves:
+            check_move(move)  # before any change, as the SQL store's transaction
+        return [self._merge(m) for m in moves]
+
+    def _merge(self, m: CursorMove) -> CursorResult:
+        ref = conv_ref(m.conv_id)
+        conv = self._convs.get(m.conv_id)
+        if ref is None or conv is None or m.user_id not in conv.members:
+            member = ref is not None and ref.dest_type == SINGLE and m.user_id in ref.members
+            return CursorResult(0, False, member)
+        me = conv.members[m.user_id]
+        single = conv.dest_type == SINGLE
+        target = min(m.seq, conv.last_seq)
+        if m.kind == im_pb2.READ:
+            moved = target > me.read_seq
+            if moved:
+                me.read_seq = target
+                self._bump(conv, m.user_id, single)
+            return CursorResult(me.read_seq, moved, True)
+        device = me.devices.get(m.device_id, 0)
+        moved = False
+        if target > device:
+            me.devices[m.device_id] = device = target
+            moved = target > me.delivered_seq
+            me.delivered_seq = max(me.delivered_seq, target)
+            self._bump(conv, m.user_id, single and moved)
+        return CursorResult(me.delivered_seq, moved, True, device)
 
     def _bump(self, conv: _Conv, user_id: str, peers: bool) -> None:
         now = now_ms()
@@ -154,31 +202,12 @@ class MemoryTimelineStore:
 
     async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
         check_cursor(seq)
-        conv = self._convs.get(conv_id)
-        if conv is None or user_id not in conv.members:
-            return 0
-        me = conv.members[user_id]
-        target = min(seq, conv.last_seq)
-        if target > me.read_seq:
-            me.read_seq = target
-            self._bump(conv, user_id, conv.dest_type == SINGLE)
-        return me.read_seq
+        return self._merge(CursorMove(conv_id, user_id, im_pb2.READ, seq)).seq
 
     async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int:
         check_cursor(seq, device_id)
-        conv = self._convs.get(conv_id)
-        if conv is None or user_id not in conv.members:
-            return 0
-        me = conv.members[user_id]
-        current = me.devices.get(device_id, 0)
-        target = min(seq, conv.last_seq)
-        if target <= current:
-            return current
-        me.devices[device_id] = target
-        ahead = target > me.delivered_seq
-        me.delivered_seq = max(me.delivered_seq, target)
-        self._bump(conv, user_id, conv.dest_type == SINGLE and ahead)
-        return target
+        move = CursorMove(conv_id, user_id, im_pb2.DELIVERED, seq, device_id)
+        return self._merge(move).device_seq
 
     async def is_member(self, conv_id: str, user_id: str) -> bool:
         try:

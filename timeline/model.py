@@ -2,11 +2,12 @@
 ids are common/convid.py's, re-exported here).
 
 An :class:`Entry`'s content is the ChatMsg as its sender sent it, with the server's stamps
-(``conv_id`` 14, ``seq`` 15, ``server_time`` 16 of the wire schema in
-scripts/pinned-schema/im.proto) written into it by :func:`stamp`. The stamps are placed on the
-wire bytes directly, so every field of the sender's (including ones this code's generated
-classes do not know yet, such as ``key_id``) survives byte for byte, and anything a client put
-in the stamp fields itself is replaced.
+(``conv_id`` 14, ``seq`` 15, ``server_time`` 16 of ChatMsg in proto/im.proto) written into it
+by :func:`stamp`. The stamps are placed on the wire bytes directly, so every field of the
+sender's (including ones a newer client knows and this server does not) survives byte for byte,
+anything a client put in the stamp fields itself is replaced, and the retired fields 9 to 13
+(read tags and streams of the store-and-forward model, reserved now) are dropped: an old client
+may still send them, and no reader should ever find them stored.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ __all__ = [
     "AppendResult",
     "ConvRef",
     "ConvSummary",
+    "CursorMove",
+    "CursorResult",
     "Entry",
     "NewMessage",
     "chat_digest",
     "conv_of_chat",
+    "conv_ref",
     "group_conv_id",
     "is_conv_id",
     "message_problem",
@@ -63,6 +67,8 @@ U64 = 1 << 64
 # wire tags of the stamp fields: (field number << 3) | wire type
 _CONV_ID_FIELD, _SEQ_FIELD, _SERVER_TIME_FIELD = 14, 15, 16
 _STAMPS = frozenset({_CONV_ID_FIELD, _SEQ_FIELD, _SERVER_TIME_FIELD})
+_RETIRED = frozenset(range(9, 14))  # read_tag, stream, stream_seq, stream_floor, from_store
+_DROPPED = _STAMPS | _RETIRED
 
 Outcome = Literal["committed", "duplicate", "reused"]
 
@@ -128,6 +134,43 @@ class ConvSummary:
     peer_delivered_seq: int  # the highest over the peer's devices
     unread: int  # messages from others after read_seq, at most UNREAD_CAP
     changed: int  # ms: the last message or cursor move this member should hear about
+    # the first seq still stored: 1 until retention removes a prefix, last_seq + 1 once it
+    # removed everything (nothing left to sync)
+    min_seq: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CursorMove:
+    """A member's cursor to merge: ``kind`` is ``im_pb2.READ`` (the member's, shared by its
+    devices) or ``im_pb2.DELIVERED`` (``device_id``'s, the member's being the best of them)."""
+
+    conv_id: str
+    user_id: str
+    kind: int
+    seq: int
+    device_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CursorResult:
+    """What a merge did. ``member``: the user is in the conversation (when not, nothing was
+    stored and the rest is 0). ``seq``: the member's cursor as it now stands (READ: read_seq;
+    DELIVERED: the best over its devices), which is what its peers are told. ``moved``: that
+    cursor went up just now, so the peers must be told (a repeat or a lower one: False).
+    ``device_seq``: DELIVERED, the device's own cursor as it now stands (READ: 0)."""
+
+    seq: int
+    moved: bool
+    member: bool
+    device_seq: int = 0
+
+
+def conv_ref(conv_id: str) -> ConvRef | None:
+    """The parsed conversation id, or None for a string that is none."""
+    try:
+        return parse_conv_id(conv_id)
+    except ValueError:
+        return None
 
 
 def resend_outcome(stored_digest: bytes, digest: bytes) -> Outcome:
@@ -258,9 +301,9 @@ def _well_formed(data: bytes) -> bool:
 
 def stamp(content: bytes, conv_id: str, seq: int, server_time: int) -> bytes:
     """``content`` with ChatMsg's conv_id, seq and server_time set, every other field kept as
-    it was; whatever the sender put in those three fields is dropped."""
+    it was but the retired 9..13; whatever the sender put in those is dropped."""
     kept = b"".join(
-        content[start:end] for number, start, end in _fields(content) if number not in _STAMPS
+        content[start:end] for number, start, end in _fields(content) if number not in _DROPPED
     )
     conv = conv_id.encode()
     return b"".join(

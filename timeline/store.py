@@ -13,11 +13,13 @@ Rules kept here, whatever the caller (docs/timeline.md explains why they hold):
   stored first (``duplicate``, same seq), another digest is ``reused`` and stores nothing; a
   repeat inside one batch is treated the same way;
 - cursors (READ per member, DELIVERED per device) only move forward, never past ``last_seq``;
-  moving one bumps the member's ``changed`` (and, in a 1-1 conversation, the peer's: the move
-  is its receipt);
+  moving one bumps the member's ``changed`` (and, in a 1-1 conversation, the peer's when the
+  member's cursor moved: the move is its receipt). :meth:`TimelineStore.merge_cursors` merges
+  a writer's whole batch in one transaction: a reconnecting device sends one DELIVERED cursor
+  per conversation, and a transaction (and its round trips) per cursor was most of its cost;
 - retention deletes whole prefixes of timelines (server times never decrease within one).
 
-Tables: timeline/schema.py.
+Tables: timeline/schema.py; the batched cursor merge: timeline/sqlcursors.py.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from typing import Any, Protocol
 
 from common.db import Database, Row, Session, apply_migrations, require_schema
 from common.errors import BackendError
-from timeline import schema
+from proto import im_pb2
+from timeline import schema, sqlcursors
 from timeline.model import (
     SINGLE,
     UNREAD_CAP,
     AppendResult,
     ConvSummary,
+    CursorMove,
+    CursorResult,
     Entry,
     NewMessage,
     message_problem,
@@ -73,10 +78,30 @@ class TimelineStore(Protocol):
     async def get(self, sender: str, msg_id: int) -> Entry | None: ...
 
     async def conversations(
-        self, user_id: str, *, since_ms: int = 0, device_id: str = "", limit: int = 500
+        self,
+        user_id: str,
+        *,
+        since_ms: int = 0,
+        device_id: str = "",
+        limit: int = 500,
+        after: tuple[int, str] | None = None,
     ) -> list[ConvSummary]:
         """The conversations of ``user_id`` whose ``changed >= since_ms``, newest change
-        first; ``delivered_seq`` is ``device_id``'s (0 without one)."""
+        first; ``delivered_seq`` is ``device_id``'s (0 without one). With ``after`` =
+        (changed, conv_id): oldest change first, those after that key only, so a caller pages
+        through any number of them (the connector's listing does)."""
+        ...
+
+    async def head(self, conv_id: str) -> int:
+        """The conversation's last_seq: 0 before its first message (or for no conversation)."""
+        ...
+
+    async def merge_cursors(self, moves: Sequence[CursorMove]) -> list[CursorResult]:
+        """Merge ``moves`` in one transaction, in order (a later move of the same cursor sees
+        the earlier one): one result per move. Each cursor only moves forward and never past
+        the head; a user who is not a member stores nothing (``member`` False); a member of a
+        conversation with no message yet stores nothing either. A move
+        :func:`check_move` refuses makes the whole call a ValueError."""
         ...
 
     async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
@@ -118,6 +143,12 @@ def check_cursor(seq: int, device_id: str | None = None) -> None:
         raise ValueError(f"device id over {DEVICE_ID_MAX} characters")
 
 
+def check_move(move: CursorMove) -> None:
+    if move.kind not in (im_pb2.READ, im_pb2.DELIVERED):
+        raise ValueError(f"a cursor is READ or DELIVERED, not {move.kind}")
+    check_cursor(move.seq, move.device_id if move.kind == im_pb2.DELIVERED else None)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -137,7 +168,6 @@ class _Overlap(Exception):
 
 _DIALECT: dict[str, dict[str, str]] = {
     "sqlite": {
-        "greatest": "MAX",
         "for_update": "",
         "insert_message": "ON CONFLICT DO NOTHING",
         "upsert_conv": "ON CONFLICT (conv_id) DO UPDATE SET"
@@ -145,13 +175,10 @@ _DIALECT: dict[str, dict[str, str]] = {
         " last_time = MAX(last_time, excluded.last_time)",
         "upsert_member": "ON CONFLICT (conv_id, user_id) DO UPDATE SET"
         " changed = MAX(changed, excluded.changed)",
-        "upsert_device": "ON CONFLICT (conv_id, user_id, device_id) DO UPDATE SET"
-        " delivered_seq = MAX(delivered_seq, excluded.delivered_seq), changed = excluded.changed",
         "purge": "DELETE FROM im_tl_message WHERE rowid IN"
         " (SELECT rowid FROM im_tl_message WHERE server_time < ? LIMIT ?)",
     },
     "mysql": {
-        "greatest": "GREATEST",
         "for_update": " FOR UPDATE",
         # a no-op update counts 0 rows, so a refused row shows in the count (never ignored
         # silently: INSERT IGNORE would also swallow data errors)
@@ -160,9 +187,6 @@ _DIALECT: dict[str, dict[str, str]] = {
         " last_seq = GREATEST(last_seq, VALUES(last_seq)),"
         " last_time = GREATEST(last_time, VALUES(last_time))",
         "upsert_member": "ON DUPLICATE KEY UPDATE changed = GREATEST(changed, VALUES(changed))",
-        "upsert_device": "ON DUPLICATE KEY UPDATE"
-        " delivered_seq = GREATEST(delivered_seq, VALUES(delivered_seq)),"
-        " changed = VALUES(changed)",
         "purge": "DELETE FROM im_tl_message WHERE server_time < ? LIMIT ?",
     },
 }
@@ -333,15 +357,37 @@ class SQLTimelineStore:
         return None if row is None else _entry(row)
 
     async def conversations(
-        self, user_id: str, *, since_ms: int = 0, device_id: str = "", limit: int = 500
+        self,
+        user_id: str,
+        *,
+        since_ms: int = 0,
+        device_id: str = "",
+        limit: int = 500,
+        after: tuple[int, str] | None = None,
     ) -> list[ConvSummary]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        since_ms = max(since_ms, 0)
+        if after is None:
+            where = (
+                " WHERE m.user_id = ? AND m.changed >= ? ORDER BY m.changed DESC, m.conv_id DESC"
+            )
+            keys: tuple[object, ...] = (user_id, since_ms)
+        else:
+            # keyset paging on the (user_id, changed, conv_id) index, oldest first
+            where = (
+                " WHERE m.user_id = ? AND m.changed >= ?"
+                " AND (m.changed > ? OR (m.changed = ? AND m.conv_id > ?))"
+                " ORDER BY m.changed ASC, m.conv_id ASC"
+            )
+            keys = (user_id, since_ms, after[0], after[0], after[1])
         rows = await self._db.fetchall(
             "SELECT m.conv_id, c.dest_type, c.last_seq, m.read_seq, m.changed,"
             " p.user_id, COALESCE(p.read_seq, 0), COALESCE(p.delivered_seq, 0),"
             " COALESCE(d.delivered_seq, 0),"
-            " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content"
+            " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content,"
+            # the first seq still stored: the first key of the conversation's primary key range
+            " (SELECT MIN(f.seq) FROM im_tl_message f WHERE f.conv_id = m.conv_id)"
             " FROM im_tl_member m"
             " JOIN im_tl_conv c ON c.conv_id = m.conv_id"
             " LEFT JOIN im_tl_member p"
@@ -349,9 +395,9 @@ class SQLTimelineStore:
             " LEFT JOIN im_tl_device d"
             "  ON d.conv_id = m.conv_id AND d.user_id = m.user_id AND d.device_id = ?"
             " LEFT JOIN im_tl_message l ON l.conv_id = m.conv_id AND l.seq = c.last_seq"
-            " WHERE m.user_id = ? AND m.changed >= ?"
-            " ORDER BY m.changed DESC, m.conv_id DESC LIMIT ?",
-            (SINGLE, device_id, user_id, max(since_ms, 0), min(limit, MAX_CONVERSATIONS)),
+            + where
+            + " LIMIT ?",
+            (SINGLE, device_id, *keys, min(limit, MAX_CONVERSATIONS)),
         )
         pending = [(str(r[0]), int(r[3])) for r in rows if int(r[2]) > int(r[3])]
         unread = await self._unread(user_id, pending)
@@ -372,6 +418,7 @@ class SQLTimelineStore:
                     peer_delivered_seq=int(r[7]),
                     unread=unread.get(conv_id, 0),
                     changed=int(r[4]),
+                    min_seq=int(r[2]) + 1 if r[15] is None else int(r[15]),
                 )
             )
         return out
@@ -409,85 +456,30 @@ class SQLTimelineStore:
 
     # --- cursors --------------------------------------------------------------------------------
 
+    async def head(self, conv_id: str) -> int:
+        row = await self._db.fetchone(
+            "SELECT last_seq FROM im_tl_conv WHERE conv_id = ?", (conv_id,)
+        )
+        return 0 if row is None else int(row[0])
+
+    async def merge_cursors(self, moves: Sequence[CursorMove]) -> list[CursorResult]:
+        if not moves:
+            return []
+        for move in moves:
+            check_move(move)
+        dialect = self._db.dialect
+        return await self._db.transaction(lambda tx: sqlcursors.merge(tx, dialect, moves, now_ms()))
+
     async def set_read(self, conv_id: str, user_id: str, seq: int) -> int:
         check_cursor(seq)
-
-        async def work(tx: Session) -> int:
-            row = await tx.fetchone(
-                "SELECT c.last_seq, c.dest_type, m.read_seq FROM im_tl_conv c"
-                " JOIN im_tl_member m ON m.conv_id = c.conv_id AND m.user_id = ?"
-                " WHERE c.conv_id = ?",
-                (user_id, conv_id),
-            )
-            if row is None:
-                return 0
-            last_seq, dest_type, current = (int(v) for v in row)
-            target = min(seq, last_seq)
-            if target <= current:
-                return current
-            await self._move(tx, "read_seq", conv_id, user_id, target, dest_type == SINGLE)
-            after = await tx.fetchone(
-                "SELECT read_seq FROM im_tl_member WHERE conv_id = ? AND user_id = ?",
-                (conv_id, user_id),
-            )
-            return int(after[0]) if after else 0
-
-        return await self._db.transaction(work)
+        (result,) = await self.merge_cursors([CursorMove(conv_id, user_id, im_pb2.READ, seq)])
+        return result.seq
 
     async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int:
         check_cursor(seq, device_id)
-
-        async def work(tx: Session) -> int:
-            row = await tx.fetchone(
-                "SELECT c.last_seq, c.dest_type, m.delivered_seq,"
-                " (SELECT d.delivered_seq FROM im_tl_device d WHERE d.conv_id = c.conv_id"
-                "  AND d.user_id = m.user_id AND d.device_id = ?)"
-                " FROM im_tl_conv c"
-                " JOIN im_tl_member m ON m.conv_id = c.conv_id AND m.user_id = ?"
-                " WHERE c.conv_id = ?",
-                (device_id, user_id, conv_id),
-            )
-            if row is None:
-                return 0
-            last_seq, dest_type, best = int(row[0]), int(row[1]), int(row[2])
-            current = int(row[3] or 0)
-            target = min(seq, last_seq)
-            if target <= current:
-                return current
-            now = now_ms()
-            await tx.execute(
-                "INSERT INTO im_tl_device (conv_id, user_id, device_id, delivered_seq, changed)"
-                " VALUES (?, ?, ?, ?, ?) " + self._sql["upsert_device"],
-                (conv_id, user_id, device_id, target, now),
-            )
-            # the member's best moves only when this device got ahead of its others; the peer
-            # hears of that, this member of any move
-            await self._move(
-                tx, "delivered_seq", conv_id, user_id, target, dest_type == SINGLE and target > best
-            )
-            after = await tx.fetchone(
-                "SELECT delivered_seq FROM im_tl_device"
-                " WHERE conv_id = ? AND user_id = ? AND device_id = ?",
-                (conv_id, user_id, device_id),
-            )
-            return int(after[0]) if after else 0
-
-        return await self._db.transaction(work)
-
-    async def _move(
-        self, tx: Session, column: str, conv_id: str, user_id: str, target: int, peers: bool
-    ) -> None:
-        """Raise ``column`` of the member's row to ``target`` and bump ``changed``: the
-        member's row, and with ``peers`` every row of the conversation, in one statement (rows
-        locked in key order, as an append locks them)."""
-        greatest = self._sql["greatest"]
-        await tx.execute(
-            f"UPDATE im_tl_member SET {column} = CASE WHEN user_id = ?"
-            f" THEN {greatest}({column}, ?) ELSE {column} END,"
-            f" changed = {greatest}(changed, ?)"
-            " WHERE conv_id = ? AND (user_id = ? OR 1 = ?)",
-            (user_id, target, now_ms(), conv_id, user_id, int(peers)),
-        )
+        move = CursorMove(conv_id, user_id, im_pb2.DELIVERED, seq, device_id)
+        (result,) = await self.merge_cursors([move])
+        return result.device_seq
 
     # --- retention ------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ Rules:
   the records queued, and the next append finds each chat a duplicate and answers its first seq;
 - what no writer could ever append (a chat whose conv_id is not its pair's, a cursor of someone
   who is not in the conversation) is answered ``refused``, never retried, never stored;
+- a batch's cursors are merged in one ``store.merge_cursors`` (one transaction) after its chats
+  (so a cursor up to a chat of the same batch finds it), and each answer says whether the
+  member's cursor ``moved``: only then are the peers told;
 - ``CancelledError`` is never caught: cancelling ``run`` stops the writer, unacked.
 """
 
@@ -21,8 +24,16 @@ from typing import Protocol, TypeVar
 
 from common.errors import BackendError
 from proto import im_pb2
-from timeline.model import AppendResult, NewMessage, message_problem, new_message
+from timeline.model import (
+    AppendResult,
+    CursorMove,
+    CursorResult,
+    NewMessage,
+    message_problem,
+    new_message,
+)
 from timeline.queue import TimelineDelivery, TimelineQueue
+from timeline.store import DEVICE_ID_MAX
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +45,7 @@ class Appender(Protocol):
 
     async def append(self, batch: Sequence[NewMessage]) -> list[AppendResult]: ...
 
-    async def set_read(self, conv_id: str, user_id: str, seq: int) -> int: ...
-
-    async def set_delivered(self, conv_id: str, user_id: str, device_id: str, seq: int) -> int: ...
-
-    async def is_member(self, conv_id: str, user_id: str) -> bool: ...
+    async def merge_cursors(self, moves: Sequence[CursorMove]) -> list[CursorResult]: ...
 
 
 def prepare(chat: im_pb2.ChatMsg) -> tuple[NewMessage | None, str]:
@@ -58,6 +65,18 @@ def prepare(chat: im_pb2.ChatMsg) -> tuple[NewMessage | None, str]:
         )
     problem = message_problem(message)
     return (None, problem) if problem else (message, "")
+
+
+def cursor_problem(record: im_pb2.TimelineRecord) -> str | None:
+    """Why no store could merge this cursor (the connector checked; the last line again)."""
+    cursor = record.cursor
+    if cursor.type not in (im_pb2.READ, im_pb2.DELIVERED):
+        return "a cursor is READ or DELIVERED"
+    if not cursor.user_id:
+        return "a cursor without user_id"
+    if cursor.type == im_pb2.DELIVERED and len(record.device_id) > DEVICE_ID_MAX:
+        return f"device id over {DEVICE_ID_MAX} characters"
+    return None
 
 
 class TimelineWriter:
@@ -122,9 +141,7 @@ class TimelineWriter:
             results = await self._retry("append", lambda: self._store.append(batch))
             for (i, _), result in zip(chats, results, strict=True):
                 self._answer_chat(answers[i], records[i].chat, result)
-        for i, record in enumerate(records):
-            if record.WhichOneof("body") == "cursor":
-                await self._merge_cursor(answers[i], record)
+        await self._merge_cursors(records, answers)
         self.refused += sum(1 for a in answers if a.refused)
         return answers
 
@@ -142,28 +159,34 @@ class TimelineWriter:
         else:
             self.appended += 1
 
-    async def _merge_cursor(self, answer: im_pb2.Committed, record: im_pb2.TimelineRecord) -> None:
-        cursor = record.cursor
-        member = await self._retry(
-            "membership", lambda: self._store.is_member(cursor.conv_id, cursor.user_id)
-        )
-        answer.cursor.CopyFrom(cursor)
-        if not member:
-            answer.refused = im_pb2.BAD_MESSAGE
+    async def _merge_cursors(
+        self, records: Sequence[im_pb2.TimelineRecord], answers: list[im_pb2.Committed]
+    ) -> None:
+        moves: list[tuple[int, CursorMove]] = []
+        for i, record in enumerate(records):
+            if record.WhichOneof("body") != "cursor":
+                continue
+            cursor = record.cursor
+            answers[i].cursor.CopyFrom(cursor)
+            problem = cursor_problem(record)
+            if problem:
+                answers[i].refused = im_pb2.BAD_MESSAGE
+                log.warning("timeline cursor refused: %s", problem)
+                continue
+            device = record.device_id if cursor.type == im_pb2.DELIVERED else ""
+            moves.append(
+                (i, CursorMove(cursor.conv_id, cursor.user_id, cursor.type, cursor.seq, device))
+            )
+        if not moves:
             return
-        if cursor.type == im_pb2.READ:
-            seq = await self._retry(
-                "read cursor",
-                lambda: self._store.set_read(cursor.conv_id, cursor.user_id, cursor.seq),
-            )
-        else:
-            seq = await self._retry(
-                "delivered cursor",
-                lambda: self._store.set_delivered(
-                    cursor.conv_id, cursor.user_id, record.device_id, cursor.seq
-                ),
-            )
-        answer.cursor.seq = seq
+        batch = [m for _, m in moves]
+        results = await self._retry("cursors", lambda: self._store.merge_cursors(batch))
+        for (i, _), result in zip(moves, results, strict=True):
+            if not result.member:
+                answers[i].refused = im_pb2.BAD_MESSAGE
+                continue
+            answers[i].cursor.seq = result.seq
+            answers[i].moved = result.moved
 
     async def _retry(self, what: str, work: Callable[[], Awaitable[T]]) -> T:
         delay = self._backoff_start

@@ -1,106 +1,60 @@
-"""The transfer: routes chats and receipts between connectors (seed §4.2).
+"""The transfer: commits chats and cursors to the timelines and fans the results out to the
+connectors holding the devices that must see them.
 
 Rules it keeps:
 - connectors dial in and GREET with a node token; the link is then known by the connector's
   node id, which is what ``user_status`` maps devices to;
-- frames are routed per conversation in arrival order (a :class:`KeyedSerial` worker per
-  conversation), so one conversation never overtakes itself, while conversations run in parallel;
-- dest online -> forward to each of its connectors; offline -> publish to the offline queue, and
-  only once that is durable tell the sender SENT (G1);
-- after storing, look the user up again: if it came online meanwhile, send its connectors a
-  ``Drain`` so the row is not stranded until its next login (the hole in the seed's version);
-  with RabbitMQ the row is committed later, and the writer asks for that drain itself;
-- routing lookups go through a cache that a user's move invalidates (user_status/cache.py);
-- a connector link that dies with frames unacked: those are stored offline;
-- repeats of a SENT, DELIVERED or READ are dropped here (the message ledger, common/ledger.py):
-  a second recipient device's SENT, a replayed READ. Only while an earlier copy is known to
-  have reached the sender, or left a moment ago: a first copy lost after it left here (a cut
-  link, a stranded row) must not make the sender miss the receipt for good. A DELIVERED or READ
-  dropped because an earlier one arrived is answered ACCEPTED, so its device stops resending;
-  one dropped while the earlier is in flight is not, so its device tries again later.
-- with a timeline queue (issue 13), every chat is committed to its conversation's timeline
-  before it goes anywhere: the commit is started as the chat arrives (so commits are submitted
-  in arrival order), and the chat is routed, in that order, stamped with its conv_id and seq,
-  only once committed. So a SENT is only ever given for a chat that is durable with its seq
-  fixed; a chat that could not be committed is not routed (its sender resends it, and a resend
-  of a committed one is answered with its first seq); one whose id the sender already used for
-  another message is refused back to the sender (``ID_REUSED``).
+- every chat is committed to its conversation's timeline (the timeline queue and its writer)
+  BEFORE anyone sees it. Commits are submitted as chats arrive, and fanned out per conversation
+  in that order (:class:`transfer.serial.KeyedSerial`), so a conversation's chats leave in seq
+  order while conversations run in parallel;
+- a committed chat goes in ONE ``Fanout`` per connector holding a device of its recipient or its
+  sender (``users``: those of the two on that connector); the origin connector, the one the chat
+  came on, always gets one, with at least the sender in it, because it holds the sending device
+  that waits for SENT, whatever the (possibly stale) route lookup says. A resend of a committed
+  chat (``duplicate``) is fanned out again the same way: devices dedupe by (conv_id, seq);
+- a chat the writer refused (``ID_REUSED``) goes back to the sender's devices only, marked
+  ``refused``; one with no answer (queue down, timeout) goes nowhere: the sender never got
+  SENT, so its library resends it;
+- a client's cursor (``record``) is merged by the writer; only when the member's cursor MOVED
+  are the devices told: a DELIVERED goes to the peer (its receipts), a READ to the reader's
+  other devices (unread cleared) and to the peer;
+- nothing is stored here and nothing is retried here: a fanout lost with a connector's link is
+  dropped, since that connector has every session re-list its conversations when it links
+  again, and devices Sync what they lack;
+- routing lookups go through a cache that a user's move invalidates (user_status/cache.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import Awaitable, Callable
+import time
 
+from common import metrics
 from common.config import Settings
+from common.convid import pair_conv_id, parse_conv_id
 from common.errors import AuthError, IMError, ProtocolError
-from common.ids import MessageIdGen, conversation_key
-from common.ledger import Fate, MessageLedger, memory_ledger
-from common.link import Link, LinkClosed, LinkConfig, fresh, log_peer_error, serve_links
+from common.ids import conversation_key
+from common.link import Link, LinkClosed, LinkConfig, log_peer_error, serve_links
 from common.tokens import TokenSigner
-from offline.base import KIND_CHAT, OfflineItem, OfflineQueue
-from offline.errors import RejectedError
 from proto import im_pb2
-from timeline.model import pair_conv_id
-from timeline.queue import TimelineQueue
+from timeline.queue import TimelineQueue, record_problem
+from transfer.serial import KeyedSerial
 from user_status.base import StatusBackend
 from user_status.cache import RouteCache
 from user_status.heartbeat import keep_alive
 
 log = logging.getLogger(__name__)
 
-# How long a frame may wait for a backend (status lookup, queue) before it is given up; the sender
-# never got SENT for it, so its client library still holds it and resends.
+# Lookups of a backend that fails are retried this many times (exponential back-off from 50 ms);
+# after that the event reaches only the origin connector (the sender's SENT), and the devices
+# that missed it catch up by Sync.
 BACKEND_RETRIES = 5
-
-
-class KeyedSerial:
-    """Runs jobs one at a time per key, keys in parallel, with a bound on jobs waiting in all."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._queues: dict[str, asyncio.Queue[Callable[[], Awaitable[None]]]] = {}
-        self._slots = asyncio.Semaphore(limit)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
-        await self._slots.acquire()
-        q = self._queues.get(key)
-        if q is None:
-            q = self._queues[key] = asyncio.Queue()
-            task = asyncio.create_task(self._work(key, q))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        q.put_nowait(job)
-
-    async def _work(self, key: str, q: asyncio.Queue[Callable[[], Awaitable[None]]]) -> None:
-        try:
-            while not q.empty():
-                job = q.get_nowait()
-                try:
-                    await job()
-                except asyncio.CancelledError:
-                    raise
-                except IMError as exc:
-                    # not SENT: the sender's client still holds the message and resends it
-                    log.error("routing in %r given up: %s", key, exc)
-                except Exception:
-                    log.exception("routing job for %r failed", key)
-                finally:
-                    self._slots.release()
-        finally:
-            if self._queues.get(key) is q:
-                del self._queues[key]
-
-    async def close(self, grace: float = 5.0) -> None:
-        """Let queued jobs finish for up to ``grace`` seconds, then cancel the rest."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+# Cursor records in flight at once (merged by the writer, answered, fanned out); beyond this the
+# connector's link waits, which is the back-pressure a flood of cursors meets.
+CURSORS_IN_FLIGHT = 2000
 
 
 class ConnectorLink:
@@ -117,78 +71,44 @@ class ConnectorLink:
                 raise ProtocolError(
                     f"{kind} before GREET", code=im_pb2.NOT_AUTHENTICATED, fatal=True
                 )
-            try:
-                claims = self.t.signer.verify(env.greet.token, role="node")
-            except AuthError as exc:
-                raise ProtocolError(str(exc), code=im_pb2.BAD_TOKEN, fatal=True) from None
-            if env.greet.node_id and env.greet.node_id != claims.user_id:
-                raise ProtocolError(
-                    "node id does not match the node token", code=im_pb2.BAD_TOKEN, fatal=True
-                )
-            self.node_id = claims.user_id
-            link.authenticated = True
-            link.name = f"connector {self.node_id}"
-            self.t.attach(self.node_id, link)
-            link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
-            log.info("connector %s linked", self.node_id)
+            self._greet(link, env.greet)
             return
         if kind == "chat":
-            c = env.chat
-            key = conversation_key(c.from_id, c.dest_id)
-            if self.t.timeline is None:
-                await self.t.serial.submit(key, lambda: self.t.route(fresh(env)))
-                return
-            done: asyncio.Future[im_pb2.Committed | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            await self.t.serial.submit(key, lambda: self.t.route_committed(env, done))
-            self.t.commit(env.chat, done)
-        elif kind == "ack":
-            a = env.ack
-            await self.t.serial.submit(
-                conversation_key(a.from_id, a.dest_id), lambda: self.t.route_receipt(fresh(env))
-            )
-        elif kind == "bounce":
-            item = _bounced_item(env.bounce)
-            if item is None:
-                raise ProtocolError("empty bounce")
-            await self.t.serial.submit(
-                conversation_key(item.from_id, item.to_user_id), lambda: self.t.store_offline(item)
-            )
+            await self.t.on_chat(env.chat, self.node_id)
+        elif kind == "record":
+            await self.t.on_record(env.record, self.node_id)
         elif kind == "error":
             log_peer_error(log, link, env)
         else:
             raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
 
+    def _greet(self, link: Link, greet: im_pb2.Greet) -> None:
+        try:
+            claims = self.t.signer.verify(greet.token, role="node")
+        except AuthError as exc:
+            raise ProtocolError(str(exc), code=im_pb2.BAD_TOKEN, fatal=True) from None
+        if greet.node_id and greet.node_id != claims.user_id:
+            raise ProtocolError(
+                "node id does not match the node token", code=im_pb2.BAD_TOKEN, fatal=True
+            )
+        self.node_id = claims.user_id
+        link.authenticated = True
+        link.name = f"connector {self.node_id}"
+        self.t.attach(self.node_id, link)
+        link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
+        log.info("connector %s linked", self.node_id)
+
     def on_acked(self, link: Link, upto: int) -> None:
         pass
 
     async def on_closed(self, link: Link, unacked: list[im_pb2.Envelope]) -> None:
+        """Fanouts the connector did not ack are dropped: it re-lists its sessions when it
+        links again, and their devices Sync what they missed."""
         self.t._conns.discard(link)
         if self.node_id:
             self.t.detach(self.node_id, link)
-            log.info("connector %s unlinked (%d unacked)", self.node_id, len(unacked))
-        for env in unacked:
-            kind = env.WhichOneof("body")
-            if kind == "chat":
-                item = OfflineItem.of_chat(env.chat, rearm=True)
-            elif kind == "ack":
-                item = OfflineItem.of_ack(env.ack, rearm=True)
-            else:
-                continue
-            await self.t.serial.submit(
-                conversation_key(item.from_id, item.to_user_id),
-                functools.partial(self.t.store_offline, item),
-            )
-
-
-def _bounced_item(b: im_pb2.Bounce) -> OfflineItem | None:
-    kind = b.WhichOneof("body")
-    if kind == "chat":
-        return OfflineItem.of_chat(b.chat, rearm=True)
-    if kind == "ack":
-        return OfflineItem.of_ack(b.ack, rearm=True)
-    return None
+            log.info("connector %s unlinked (%d fanouts dropped)", self.node_id, len(unacked))
+            self.t.dropped += len(unacked)
 
 
 class Transfer:
@@ -196,36 +116,32 @@ class Transfer:
         self,
         settings: Settings,
         status: StatusBackend,
-        queue: OfflineQueue,
         signer: TokenSigner,
-        timeline: TimelineQueue | None = None,
-        *,
-        ledger: MessageLedger | None = None,
+        timeline: TimelineQueue,
     ) -> None:
         self.settings = settings
         self.status = status
-        self.queue = queue
         self.signer = signer
-        self.timeline = timeline  # None: the store-and-forward relay without timelines
-        self._commits: set[asyncio.Task[None]] = set()
-        self.committed = 0
-        # None: one of this transfer's own (the embedded mode shares one with its connector)
-        self.ledger: MessageLedger = memory_ledger(settings) if ledger is None else ledger
-        self.receipts_dropped = 0  # repeats of a receipt that arrived or is in flight
+        self.timeline = timeline
         self.node_id = settings.name(settings.transfer_port)
-        self.ids = MessageIdGen()
         self.serial = KeyedSerial()
         self.routes = RouteCache(status)
-        self._follow: asyncio.Task[None] | None = None
         self.links: dict[str, Link] = {}
         self.link_config = LinkConfig.from_settings(settings, node=True)
-        self.routed = 0
-        self.stored = 0
+        self._commits: set[asyncio.Task[None]] = set()
+        self._cursors: set[asyncio.Task[None]] = set()
+        self._cursor_slots = asyncio.Semaphore(CURSORS_IN_FLIGHT)
+        self._follow: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._conns: set[Link] = set()
         self._beat: asyncio.Task[None] | None = None
         self.port = settings.transfer_port
         self.address = ""
+        # counters, for tests and logs
+        self.routed = 0  # chats fanned out (committed ones and resends of them)
+        self.committed = 0  # chats the writer appended or found appended
+        self.cursors_moved = 0  # cursors merged that moved, so were fanned out
+        self.dropped = 0  # fanouts lost with a connector's link
 
     def attach(self, node_id: str, link: Link) -> None:
         old = self.links.get(node_id)
@@ -237,88 +153,35 @@ class Transfer:
         if self.links.get(node_id) is link:
             del self.links[node_id]
 
-    async def _lookup(self, user_id: str, *, cached: bool = True) -> dict[str, str]:
-        delay = 0.05
-        for attempt in range(BACKEND_RETRIES):
-            try:
-                if cached:
-                    return await self.routes.lookup(user_id)
-                return await self.status.lookup(user_id)
-            except IMError as exc:
-                if attempt == BACKEND_RETRIES - 1:
-                    raise
-                log.warning("user status lookup failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+    # -- chats -------------------------------------------------------------------------------
 
-    async def _repeated(self, ack: im_pb2.AckMsg) -> bool:
-        """True if this receipt is a repeat to drop. A ledger that does not answer lets it
-        through: a second receipt beats a lost one."""
-        if ack.ack_type not in (im_pb2.SENT, im_pb2.DELIVERED, im_pb2.READ):
-            return False
+    async def on_chat(self, chat: im_pb2.ChatMsg, origin: str) -> None:
+        """Queue the fanout behind the conversation's earlier chats, then start the commit
+        (in that order: the fanout job is in place before its answer can come)."""
+        started = time.monotonic()
         try:
-            fate = await self.ledger.receipt_fate(
-                ack.dest_id, ack.ack_msg_id, ack.from_id, ack.ack_type
-            )
-        except IMError as exc:
-            log.warning("message ledger unavailable, receipt forwarded unchecked: %s", exc)
-            return False
-        if fate is Fate.FORWARD:
-            return False
-        self.receipts_dropped += 1
-        if fate is Fate.ARRIVED and ack.ack_type != im_pb2.SENT:
-            # a client's receipt, and the sender has one: taken, so say so. Not while the
-            # earlier copy is only in flight: if that one is lost, this device's next try is
-            # what reaches the sender.
-            accepted = im_pb2.AckMsg(
-                id=self.ids(),
-                from_id=ack.dest_id,
-                dest_id=ack.from_id,
-                ack_type=im_pb2.ACCEPTED,
-                ack_msg_id=ack.id,
-            )
-            await self.route(im_pb2.Envelope(ack=accepted))
-        return True
+            key = pair_conv_id(chat.from_id, chat.dest_id)
+        except ValueError:
+            key = conversation_key(chat.from_id, chat.dest_id)
+        done: asyncio.Future[im_pb2.Committed | None] = asyncio.get_running_loop().create_future()
+        await self.serial.submit(key, lambda: self.route_committed(done, origin, started))
+        self.commit(chat, origin, done)
 
-    async def route(self, env: im_pb2.Envelope) -> None:
-        """Forward to every connector holding the destination, or store offline."""
-        body = env.chat if env.WhichOneof("body") == "chat" else env.ack
-        if isinstance(body, im_pb2.AckMsg) and await self._repeated(body):
-            return
-        devices = await self._lookup(body.dest_id)
-        sent = False
-        for node in set(devices.values()):
-            link = self.links.get(node)
-            if link is None:
-                continue
-            try:
-                await link.send(fresh(env))
-                sent = True
-            except LinkClosed:
-                continue
-        self.routed += 1
-        if sent:
-            return
-        if env.WhichOneof("body") == "chat":
-            await self.store_offline(OfflineItem.of_chat(env.chat))
-        else:
-            await self.store_offline(OfflineItem.of_ack(env.ack))
-
-    def commit(self, chat: im_pb2.ChatMsg, done: asyncio.Future[im_pb2.Committed | None]) -> None:
+    def commit(
+        self, chat: im_pb2.ChatMsg, origin: str, done: asyncio.Future[im_pb2.Committed | None]
+    ) -> None:
         """Start committing ``chat`` to its timeline; ``done`` gets the writer's answer, or None
-        when there is none (not committed as far as we know: the sender resends). Started
-        here, in arrival order, so the queue sees one conversation's chats in that order; the
-        number in flight is bounded by the routing jobs waiting for them (``KeyedSerial``)."""
-        assert self.timeline is not None
+        when there is none (not committed as far as we know: the sender resends). Started in
+        arrival order, so the queue sees one conversation's chats in that order; how many are
+        in flight is bounded by the fanout jobs waiting for them (``KeyedSerial``)."""
         timeline = self.timeline
-        record = im_pb2.TimelineRecord(origin=self.node_id)
+        record = im_pb2.TimelineRecord(origin=origin)
         record.chat.CopyFrom(chat)
         try:
             record.chat.conv_id = pair_conv_id(chat.from_id, chat.dest_id)
         except ValueError as exc:  # the connector lets none through; this one is refused
             log.warning("chat %s/%d has no conversation: %s", chat.from_id, chat.id, exc)
-            done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE))
+            done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE, origin=origin))
             return
 
         async def run() -> None:
@@ -336,111 +199,120 @@ class Transfer:
         task.add_done_callback(self._commits.discard)
 
     async def route_committed(
-        self, env: im_pb2.Envelope, done: asyncio.Future[im_pb2.Committed | None]
+        self, done: asyncio.Future[im_pb2.Committed | None], origin: str, started: float
     ) -> None:
-        """Route a chat once committed, stamped; tell its sender when the writer refused it."""
+        """Fan a chat out once committed (stamped with conv_id, seq, server_time)."""
         answer = await done
         if answer is None:
             return  # not SENT: the sender's library still holds it and resends
+        chat = answer.chat
         if answer.refused:
-            await self._refuse(answer)
+            log.info(
+                "chat %s/%d refused by the timeline: %s",
+                chat.from_id,
+                chat.id,
+                im_pb2.ErrorCode.Name(answer.refused),
+            )
+            refused = im_pb2.Fanout(chat=chat, refused=answer.refused)
+            await self.fan_out([chat.from_id], refused, origin, chat.from_id)
             return
         self.committed += 1
-        out = fresh(env)
-        out.chat.CopyFrom(answer.chat)
-        await self.route(out)
-
-    async def route_receipt(self, env: im_pb2.Envelope) -> None:
-        """Route a receipt; a READ that names its chat's seq first moves the reader's read
-        cursor in the timeline (what the conversation list's unread count is made of). A cursor
-        that can't be merged now is logged and the receipt still goes: the next READ moves the
-        cursor past it (cursors only go forward)."""
-        ack = env.ack
-        if self.timeline is not None and ack.ack_type == im_pb2.READ and ack.seq:
-            try:
-                cursor = im_pb2.Cursor(
-                    conv_id=pair_conv_id(ack.from_id, ack.dest_id),
-                    user_id=ack.from_id,
-                    type=im_pb2.READ,
-                    seq=ack.seq,
-                )
-                await self.timeline.submit(
-                    [im_pb2.TimelineRecord(cursor=cursor, origin=self.node_id)]
-                )
-            except (IMError, ValueError) as exc:
-                log.warning("read cursor of %s not merged: %s", ack.from_id, exc)
-        await self.route(env)
-
-    async def _refuse(self, answer: im_pb2.Committed) -> None:
-        chat = answer.chat
-        log.info(
-            "chat %s/%d refused by the timeline: %s",
-            chat.from_id,
-            chat.id,
-            im_pb2.ErrorCode.Name(answer.refused),
+        await self.fan_out(
+            [chat.dest_id, chat.from_id], im_pb2.Fanout(chat=chat), origin, chat.from_id
         )
-        fanout = im_pb2.Fanout(users=[chat.from_id], chat=chat, refused=answer.refused)
-        devices = await self._lookup(chat.from_id)
-        for node in set(devices.values()):
-            link = self.links.get(node)
-            if link is not None:
-                with contextlib.suppress(LinkClosed):
-                    await link.send(im_pb2.Envelope(fanout=fanout))
+        self.routed += 1
+        metrics.send_latency("transfer", time.monotonic() - started)
 
-    async def store_offline(self, item: OfflineItem) -> None:
-        """Make ``item`` durable, then SENT to a chat's sender, then re-check the recipient."""
+    # -- cursors -----------------------------------------------------------------------------
+
+    async def on_record(self, record: im_pb2.TimelineRecord, origin: str) -> None:
+        """Merge a client's cursor (the connector checked it and filled in its user), without
+        holding the link: up to :data:`CURSORS_IN_FLIGHT` at once."""
+        problem = record_problem(record)
+        if problem is None and record.WhichOneof("body") != "cursor":
+            problem = "a connector's record must be a cursor"
+        if problem is None and not record.cursor.user_id:
+            problem = "cursor without its user"
+        if problem is not None:
+            raise ProtocolError(problem, code=im_pb2.BAD_MESSAGE)
+        out = im_pb2.TimelineRecord()
+        out.CopyFrom(record)
+        out.origin = origin
+        await self._cursor_slots.acquire()
+        task = asyncio.create_task(self._merge(out), name=f"cursor {record.cursor.user_id}")
+        self._cursors.add(task)
+        task.add_done_callback(self._cursors.discard)
+
+    async def _merge(self, record: im_pb2.TimelineRecord) -> None:
+        cursor = record.cursor
+        try:
+            (answer,) = await self.timeline.submit([record])
+        except (IMError, ValueError) as exc:
+            # the client repeats its cursors (idempotent): the next one moves it
+            log.warning("cursor of %s in %s not merged: %s", cursor.user_id, cursor.conv_id, exc)
+            return
+        finally:
+            self._cursor_slots.release()
+        if answer.refused or not answer.moved:
+            return
+        moved = answer.cursor
+        try:
+            peer = parse_conv_id(moved.conv_id).peer_of(moved.user_id)
+        except ValueError as exc:
+            log.warning("cursor of %s: %s", moved.user_id, exc)
+            return
+        users = [peer] if moved.type == im_pb2.DELIVERED else [moved.user_id, peer]
+        self.cursors_moved += 1
+        try:
+            await self.fan_out(users, im_pb2.Fanout(cursor=moved))
+        except IMError as exc:
+            log.warning("cursor fanout of %s lost: %s", moved.user_id, exc)
+
+    # -- fanout ------------------------------------------------------------------------------
+
+    async def fan_out(
+        self, users: list[str], body: im_pb2.Fanout, origin: str = "", sender: str = ""
+    ) -> None:
+        """One copy of ``body`` per connector holding a device of any of ``users``, naming the
+        users it has; ``origin`` gets one naming at least ``sender`` whatever the lookups say.
+        A user whose lookup fails is left out (its devices catch up by Sync)."""
+        by_node: dict[str, list[str]] = {}
+        for user in dict.fromkeys(users):
+            try:
+                devices = await self._lookup(user)
+            except IMError as exc:
+                log.warning("fanout: where %s is online is unknown: %s", user, exc)
+                continue
+            for node in dict.fromkeys(devices.values()):
+                by_node.setdefault(node, []).append(user)
+        if origin:
+            here = by_node.setdefault(origin, [])
+            if sender not in here:
+                here.append(sender)
+        for node, its_users in by_node.items():
+            link = self.links.get(node)
+            if link is None:
+                continue  # not linked to us (yet): that connector re-lists when it links
+            out = im_pb2.Envelope()
+            out.fanout.CopyFrom(body)
+            out.fanout.users[:] = its_users
+            with contextlib.suppress(LinkClosed):
+                await link.send(out)
+
+    async def _lookup(self, user_id: str) -> dict[str, str]:
         delay = 0.05
         for attempt in range(BACKEND_RETRIES):
             try:
-                await self.queue.publish([item])
-                break
-            except RejectedError as exc:
-                log.error(
-                    "offline store refused %s/%d for good: %s", item.from_id, item.msg_id, exc
-                )
-                return
+                return await self.routes.lookup(user_id)
             except IMError as exc:
                 if attempt == BACKEND_RETRIES - 1:
-                    log.error(
-                        "offline store failed for %s/%d: %s; sender will resend",
-                        item.from_id,
-                        item.msg_id,
-                        exc,
-                    )
-                    return
-                log.warning("offline publish failed (%s); retrying", exc)
+                    raise
+                log.warning("user status lookup failed (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay *= 2
-        self.stored += 1
-        # the sender may now drop it from its outbox: SENT for a chat, ACCEPTED for a receipt
-        if item.kind == KIND_CHAT:
-            sent = im_pb2.AckMsg(
-                id=self.ids(),
-                from_id=item.to_user_id,
-                dest_id=item.from_id,
-                ack_type=im_pb2.SENT,
-                ack_msg_id=item.msg_id,
-            )
-            await self.route(im_pb2.Envelope(ack=sent))
-        elif item.kind in (im_pb2.DELIVERED, im_pb2.READ):
-            receipt = im_pb2.AckMsg.FromString(item.content)
-            accepted = im_pb2.AckMsg(
-                id=self.ids(),
-                from_id=item.to_user_id,
-                dest_id=item.from_id,
-                ack_type=im_pb2.ACCEPTED,
-                ack_msg_id=receipt.id,
-            )
-            await self.route(im_pb2.Envelope(ack=accepted))
-        if not self.queue.stored_on_publish:
-            return  # not committed yet: the writer asks for the drain after its commit
-        # uncached: a user who just came online must be found, or the row waits for a drain
-        devices = await self._lookup(item.to_user_id, cached=False)
-        for node in set(devices.values()):
-            link = self.links.get(node)
-            if link is not None:
-                with contextlib.suppress(LinkClosed):
-                    await link.send(im_pb2.Envelope(drain=im_pb2.Drain(user_id=item.to_user_id)))
+        raise AssertionError("unreachable")
+
+    # -- life --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
@@ -464,8 +336,9 @@ class Transfer:
         return ConnectorLink(self)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting; give connectors that are leaving a moment to finish sending (their
-        last frames may be bounces to store); close the rest; finish queued routing jobs."""
+        """Stop accepting and leave the registry; give connectors that are leaving a moment to
+        finish sending; close the rest; finish the fanouts of commits under way (their senders
+        wait for SENT), then cancel what is left."""
         for task in (self._beat, self._follow):
             if task is not None:
                 task.cancel()
@@ -485,8 +358,8 @@ class Transfer:
         for link in list(self._conns):
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
-        for task in list(self._commits):
+        for task in (*self._commits, *self._cursors):
             task.cancel()
-        await asyncio.gather(*self._commits, return_exceptions=True)
+        await asyncio.gather(*self._commits, *self._cursors, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()

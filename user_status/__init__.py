@@ -1,5 +1,5 @@
 """Where each user is online (seed §4.1): user -> {device: connector}; which connectors and
-transfers are alive; drain requests from offline writers to connectors.
+transfers are alive.
 
 Two implementations of one :class:`UserStatusService` protocol: in-memory for the embedded mode
 and tests, Redis for a cluster. :func:`create` picks one from the settings and, for Redis, checks
@@ -11,7 +11,6 @@ from __future__ import annotations
 from common.config import Settings
 from common.redisconn import connect
 from user_status.base import (
-    DrainBus,
     NodeRegistry,
     OnlineDirectory,
     StatusBackend,
@@ -21,7 +20,6 @@ from user_status.memory import MemoryUserStatus
 from user_status.redis import RedisUserStatus
 
 __all__ = [
-    "DrainBus",
     "MemoryUserStatus",
     "NodeRegistry",
     "OnlineDirectory",

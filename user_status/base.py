@@ -1,8 +1,8 @@
-"""The user status seams: where devices are online, which nodes are alive, drain requests."""
+"""The user status seams: where devices are online, which nodes are alive."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 
@@ -60,17 +60,6 @@ class NodeRegistry(Protocol):
         ...
 
 
-class DrainBus(Protocol):
-    """Offline writers ask connectors to drain users whose rows they just committed."""
-
-    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None: ...
-
-    def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
-        """Batches of user ids to drain; ``None`` means "drain every session" (requests may
-        have been missed, e.g. after a reconnect)."""
-        ...
-
-
 class OnlineDirectory(Protocol):
     """The whole table, page by page, for the admin API (not a routing path: it may be slow)."""
 
@@ -84,5 +73,5 @@ class OnlineDirectory(Protocol):
         ...
 
 
-class StatusBackend(UserStatusService, NodeRegistry, DrainBus, OnlineDirectory, Protocol):
-    """What one backend provides: all four, sharing one store."""
+class StatusBackend(UserStatusService, NodeRegistry, OnlineDirectory, Protocol):
+    """What one backend provides: all three, sharing one store."""

@@ -1,4 +1,4 @@
-"""A transfer's cache of routing lookups: a chat and its receipts cost no Redis round trip
+"""A transfer's cache of routing lookups: a chat and its cursors cost no Redis round trip
 while the conversation's two users stay where they are.
 
 Rules:
@@ -7,9 +7,10 @@ Rules:
   a follower too far behind) forgets everything;
 - a lookup that was in flight while any notice arrived is returned but not kept: it may predate
   the move it would otherwise hide;
-- a stale entry costs a detour, never a message: a device that left is not on that connector any
-  more, which bounces the message to the offline store, and the store's own check after saving
-  asks the user's real connectors (uncached) to drain it;
+- a stale entry costs a fanout, never a message: every chat is in its timeline before it is
+  fanned out, so a device a stale entry missed (it just moved to another connector) lists its
+  conversations when it connects there and Syncs what it lacks; a fanout to a connector the
+  device already left finds no session and is dropped there;
 - bounded: at most ``size`` users, least recently used forgotten first.
 """
 

@@ -1,4 +1,4 @@
-"""In-memory user status, node registry and drain requests for the embedded mode and tests.
+"""In-memory user status and node registry for the embedded mode and tests.
 
 Rules: plain dicts touched only from the event loop, so every method is atomic without a lock;
 a user with no device left is removed, so the table holds only online users. Liveness follows
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 
 SWEEP_AFTER = 600.0
-DRAIN_QUEUE = 10_000  # pending drain requests per subscriber; beyond that, "drain everyone"
 MOVES_QUEUE = 10_000  # pending move notices per follower; beyond that, "forget everything"
 
 
@@ -24,7 +23,6 @@ class MemoryUserStatus:
         self._expiry: dict[str, dict[str, float]] = {}
         self._addrs: dict[str, dict[str, str]] = {}
         self._sweep_after = sweep_after
-        self._subscribers: dict[str, set[asyncio.Queue[list[str] | None]]] = {}
         self._movers: set[asyncio.Queue[list[str] | None]] = set()
 
     async def online(self, user_id: str, device_id: str, connector_id: str) -> None:
@@ -110,33 +108,13 @@ class MemoryUserStatus:
             if expiry >= now and node in addrs
         }
 
-    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None:
-        users = sorted(set(user_ids))
-        if not users:
-            return
-        for q in self._subscribers.get(connector_id, ()):
-            _offer(q, users)
-
-    async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
-        q: asyncio.Queue[list[str] | None] = asyncio.Queue(DRAIN_QUEUE)
-        subs = self._subscribers.setdefault(connector_id, set())
-        subs.add(q)
-        try:
-            yield None
-            while True:
-                yield await q.get()
-        finally:
-            subs.discard(q)
-            if not subs:
-                self._subscribers.pop(connector_id, None)
-
     async def close(self) -> None:
         self._users.clear()
 
 
 def _offer(q: asyncio.Queue[list[str] | None], users: list[str]) -> None:
-    """Queue ``users`` for a subscriber; when it is too far behind, drop the oldest and tell
-    it something was missed (``None``): it then acts on everyone."""
+    """Queue ``users`` for a follower; when it is too far behind, drop the oldest and tell
+    it something was missed (``None``): it then forgets everything it cached."""
     if q.full():
         q.get_nowait()
         q.put_nowait(None)

@@ -1,4 +1,4 @@
-"""User status, node registry and drain requests in Redis, shared by a whole cluster.
+"""User status and node registry in Redis, shared by a whole cluster.
 
 Keys (all under one prefix, default ``im:``):
 - ``u:{user_id}``: hash device_id -> connector_id. ``online`` is a plain HSET (the newest session
@@ -7,8 +7,6 @@ Keys (all under one prefix, default ``im:``):
 - ``nodes:{kind}``: sorted set node_id -> expiry (ms, Redis clock), refreshed by each node's
   heartbeat; ``addr:{kind}``: hash node_id -> address. A node whose expiry passed is not live.
   Using the server's clock (``TIME`` inside the scripts) keeps hosts' clock skew out of it.
-- ``drain:{connector_id}``: pub/sub channel on which offline writers ask a connector to drain
-  users whose rows they just committed.
 - ``moves``: pub/sub channel with the id of every user whose devices went online or offline,
   published with the change itself, for the transfers' routing caches.
 
@@ -28,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -151,7 +149,7 @@ def _pairs(flat: list[bytes | str]) -> dict[str, str]:
 
 class RedisUserStatus:
     """:class:`user_status.base.UserStatusService`, :class:`user_status.base.NodeRegistry` and
-    :class:`user_status.base.DrainBus` on Redis. Owns ``client``: ``close`` closes it."""
+    :class:`user_status.base.OnlineDirectory` on Redis. Owns ``client``: ``close`` closes it."""
 
     def __init__(
         self, client: aioredis.Redis, prefix: str = "im:", sweep_after: float = SWEEP_AFTER
@@ -170,9 +168,6 @@ class RedisUserStatus:
 
     def _nodes(self, kind: str) -> list[str]:
         return [f"{self._prefix}nodes:{kind}", f"{self._prefix}addr:{kind}"]
-
-    def _channel(self, connector_id: str) -> str:
-        return f"{self._prefix}drain:{connector_id}"
 
     # -- user status -------------------------------------------------------------------------
 
@@ -264,25 +259,6 @@ class RedisUserStatus:
             return _pairs(await self._live_script(keys=self._nodes(kind)))
         except (RedisError, OSError) as exc:
             raise BackendError("redis", f"live {kind} nodes: {exc}") from exc
-
-    # -- drain requests ----------------------------------------------------------------------
-
-    async def request_drain(self, connector_id: str, user_ids: Iterable[str]) -> None:
-        users = sorted(set(user_ids))
-        if not users:
-            return
-        try:
-            await self._client.publish(self._channel(connector_id), "\n".join(users))
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"drain request to {connector_id}: {exc}") from exc
-
-    async def drain_requests(self, connector_id: str) -> AsyncGenerator[list[str] | None, None]:
-        """Users to drain, as published; ``None`` after every (re)subscription, because
-        requests published while unsubscribed were lost: the connector then drains everyone."""
-        async for data in follow_channel(
-            self._client, self._channel(connector_id), f"drain channel of {connector_id}"
-        ):
-            yield None if data is None else [u for u in _text(data).split("\n") if u]
 
     async def close(self) -> None:
         try:

@@ -246,6 +246,7 @@ const TABLES = {
       [3, "origin", "string", "", ""],
       [4, "refused", "enum", "", "ErrorCode"],
       [5, "duplicate", "bool", "", ""],
+      [6, "moved", "bool", "", ""],
     ],
   },
   "CommittedBatch": {
@@ -273,6 +274,7 @@ const TABLES = {
       [18, "presence", "message", "body", "Presence"],
       [19, "fanout", "message", "body", "Fanout"],
       [20, "group_receipt", "message", "body", "GroupReceipt"],
+      [21, "record", "message", "body", "TimelineRecord"],
     ],
   },
 };

@@ -6,7 +6,7 @@ the PIDs (cli/bench.py). Rules:
 - the load is the real client: ``IMClient`` (sealing, outbox, dedupe, receipts) for chats, and
   ``common.link.Link`` with a real GREET for idle connections;
 - users are named ``{prefix}-...`` with a prefix unique to the run, so a run never meets the
-  offline rows or sessions of an earlier one on a shared target;
+  timelines or sessions of an earlier one on a shared target;
 - a scenario that cannot be measured says so (``skipped`` with a reason): no number is made up;
 - every wait is bounded by a timeout.
 """
@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from client.benchload import Flow, Probe, SendFn, Stats, drive
 from client.core import IMClient, Message, Receipt, ServerError, befriend
-from common.db import open_database
 from common.errors import IMError
 from common.link import Link, LinkConfig, open_link
 from common.tokens import TokenSigner
 from proto import im_pb2
+from workload.benchload import Flow, Probe, SendFn, Stats, drive
 
 PASSWORD = "bench-password-1"
 TEXT = "x" * 24  # sealed (nonce + tag) this makes a chat frame of about 100 bytes
@@ -39,7 +38,6 @@ class Target:
     """Where the scenarios send: a REST URL, and what the caller knows besides."""
 
     rest: str
-    database_url: str = ""  # the offline store, to count rows as they land
     secret: str = ""  # the token secret, to mint idle connections' tokens without a login each
     connector: tuple[str, int] | None = None  # pin every connection to this connector
 
@@ -281,8 +279,13 @@ async def offline(
     progress: bool,
     probe: Probe | None = None,
 ) -> dict[str, object]:
-    """``messages`` chats from ``senders`` online users to one user who is offline; the rate
-    they reach ``im_offline``; then that user comes online and drains them all."""
+    """Catch-up: a device ``messages`` behind connects and catches up.
+
+    The receiving device is online once (so it greets with the ``since`` of a device that has
+    been here before, as a phone back from a flight does), then goes away while ``senders``
+    online users send it ``messages`` chats; once all are SENT (committed to their timelines)
+    it connects again and Syncs them. ``catchup_seconds`` runs from its connect to the last
+    of them surfaced, in seq order, each once (``catchup_messages``)."""
     receiver = f"{prefix}-off"
     names = [f"{prefix}-o{i:05d}" for i in range(senders)]
     (dest,) = await _users(target, [receiver], [""])
@@ -292,8 +295,9 @@ async def offline(
     flows = {n: Flow(stats) for n in names}
     tasks: list[asyncio.Task[None]] = []
     result: dict[str, object] = {"scenario": "offline"}
-    db = await open_database(target.database_url, pool_size=1) if target.database_url else None
     try:
+        await dest.connect()
+        await dest.disconnect()  # away: what follows waits in the timelines
         await _gather_limited(senders, lambda i: clients[i].connect())
         tasks = [asyncio.create_task(_consume(c, flows, stats, False)) for c in clients]
         per = [messages // senders + (1 if i < messages % senders else 0) for i in range(senders)]
@@ -319,72 +323,56 @@ async def offline(
         all_sent = time.monotonic() - started
         result["sent_per_s"] = round(messages / all_sent, 1)
         result.update(stats.lat["SENT"].summary("sent_"))
-        stored = 0
-        if db is not None:
-            deadline = started + timeout
-            last = time.monotonic()
-            while time.monotonic() < deadline:
-                row = await db.fetchone(
-                    "SELECT COUNT(*) FROM im_offline WHERE to_user_id = ?", (receiver,)
-                )
-                stored = int(row[0]) if row else 0
-                if stored >= messages:
-                    break
-                if progress and time.monotonic() - last >= 1:
-                    last = time.monotonic()
-                    print(f"[offline] {stored}/{messages} stored", file=sys.stderr, flush=True)
-                await asyncio.sleep(0.02)
-            stored_s = time.monotonic() - started
-            result["stored"] = stored
-            result["stored_per_s"] = round(stored / stored_s, 1) if stored >= messages else None
-        else:
-            result["stored_per_s"] = None
-            result["stored_note"] = "no --database: the store could not be counted"
-        # the returning user: connect and count until every message is in
-        got: set[tuple[str, int]] = set()  # ids are unique per sender only
-        t0 = time.monotonic()
-        await dest.connect()
-        drain_deadline = t0 + timeout
-        while len(got) < messages and time.monotonic() < drain_deadline:
-            try:
-                ev = await dest.next_event(timeout=max(0.01, drain_deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if isinstance(ev, Message):
-                got.add((ev.from_id, ev.msg_id))
-            elif isinstance(ev, ServerError):
-                stats.error(f"{receiver}: {ev.code} {ev.detail}")
-        drain_s = time.monotonic() - t0
+        got, disorder, seconds = await _catch_up(dest, set(names), messages, timeout, stats)
         if probe is not None:
             probe("end")
-        result["drained"] = len(got)
-        result["drain_s"] = round(drain_s, 3)
-        ok = len(got) >= messages
-        if not ok:
-            stats.error(f"drained {len(got)} of {messages} in {drain_s:.1f}s")
-        # drain_10k_s is measured, not extrapolated, unless the run had another size: then it
-        # is scaled linearly and says so
-        result["drain_10k_s"] = round(drain_s * 10_000 / messages, 3) if ok else None
-        if messages != 10_000:
-            result["drain_10k_scaled_from"] = messages
+        result["catchup_messages"] = got
+        result["catchup_seconds"] = round(seconds, 3)
+        result["catchup_per_s"] = round(got / seconds, 1) if seconds > 0 else None
+        result["catchup_disorder"] = disorder
+        if got < messages:
+            stats.error(f"caught up {got} of {messages} in {seconds:.1f}s")
+        if disorder:
+            stats.error(f"{disorder} messages surfaced below a seq already surfaced")
     except TimeoutError:
         stats.error(f"timed out after {timeout:g}s")
-        result.setdefault("stored_per_s", None)
-        result.setdefault("drain_10k_s", None)
+        result.setdefault("catchup_seconds", None)
+        result.setdefault("catchup_messages", 0)
     finally:
-        if db is not None:
-            await db.close()
         await _close_all([*clients, dest], tasks)
+    caught = result.get("catchup_messages")
+    result["missing"] = messages - caught if isinstance(caught, int) else messages
     result["errors"] = stats.errors
     if stats.error_samples:
         result["error_samples"] = stats.error_samples
-    result["config"] = {
-        "messages": messages,
-        "senders": senders,
-        "window": window,
-        "offline_users": 1,
-    }
+    result["config"] = {"messages": messages, "senders": senders, "window": window}
     return result
+
+
+async def _catch_up(
+    dest: IMClient, senders: set[str], messages: int, timeout: float, stats: Stats
+) -> tuple[int, int, float]:
+    """Connect ``dest`` and read until ``messages`` chats of ``senders`` surfaced: how many
+    did (each place once), how many came below a seq already seen, and the seconds taken."""
+    places: set[tuple[str, int]] = set()
+    top: dict[str, int] = {}
+    disorder = 0
+    t0 = time.monotonic()
+    await dest.connect()
+    deadline = t0 + timeout
+    while len(places) < messages and time.monotonic() < deadline:
+        try:
+            ev = await dest.next_event(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if isinstance(ev, Message) and ev.from_id in senders:
+            if ev.seq < top.get(ev.conv_id, 0):
+                disorder += 1
+            top[ev.conv_id] = max(ev.seq, top.get(ev.conv_id, 0))
+            places.add((ev.conv_id, ev.seq))
+        elif isinstance(ev, ServerError):
+            stats.error(f"{dest.user_id}: {ev.code} {ev.detail}")
+    return len(places), disorder, time.monotonic() - t0
 
 
 def fanout() -> dict[str, object]:

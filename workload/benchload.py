@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from client.benchstats import Latencies
 from common.codec import FrameDecoder, encode
 from common.errors import FrameError
 from proto import im_pb2
+from workload.benchstats import Latencies
 
 EARLY_CAP = 10_000  # receipts that beat their send() call home; far more than can be in flight
 RELAY_BODY = bytes(53)  # makes a 103-byte chat frame, the size issue 6 measured the relay at

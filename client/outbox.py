@@ -1,0 +1,78 @@
+"""Chats this device sent and the server has not committed yet (no SENT).
+
+Why: a chat can be lost anywhere before its commit (a link, a connector, a transfer, a queue);
+only SENT says it has its seq. Until then it is kept and sent again, with the same id (the
+writer commits a resend once: same id, same content), after a reconnect and when unconfirmed for
+``resend_after`` seconds. The outbox is bounded: a sender waits for room instead of keeping an
+ever-growing backlog. Receipts are not here: cursors are re-sent by the sync machine instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from proto import im_pb2
+
+OUTBOX_SIZE = 10_000  # chats waiting for SENT; send_text waits beyond this
+RESEND_AFTER = 8.0  # seconds a sent chat may stay unconfirmed before it goes again
+
+
+class Pending:
+    """An outbox entry: the chat and when it last went out (0: not yet on this link)."""
+
+    __slots__ = ("chat", "link_seq", "sent_at", "tries")
+
+    def __init__(self, chat: im_pb2.ChatMsg) -> None:
+        self.chat = chat
+        self.tries = 0  # times it went out
+        self.sent_at = 0.0
+        self.link_seq = 0  # its link seq when last sent: an ERROR may name it by that
+
+
+class Outbox:
+    def __init__(self, size: int = OUTBOX_SIZE, resend_after: float = RESEND_AFTER) -> None:
+        self.size = size
+        self.resend_after = resend_after
+        self._items: OrderedDict[int, Pending] = OrderedDict()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, msg_id: int) -> bool:
+        return msg_id in self._items
+
+    async def wait_room(self) -> None:
+        while len(self._items) >= self.size:
+            self._room.clear()
+            await self._room.wait()
+
+    def add(self, chat: im_pb2.ChatMsg) -> Pending:
+        pending = self._items[chat.id] = Pending(chat)
+        return pending
+
+    def confirm(self, msg_id: int) -> Pending | None:
+        """Committed (or refused for good): forget it."""
+        pending = self._items.pop(msg_id, None)
+        if len(self._items) < self.size:
+            self._room.set()
+        return pending
+
+    def by_link_seq(self, link_seq: int) -> int:
+        """The id of the chat last sent as ``link_seq`` on this link (0: none)."""
+        for msg_id, pending in self._items.items():
+            if pending.link_seq == link_seq:
+                return msg_id
+        return 0
+
+    def new_link(self) -> None:
+        """A fresh link: everything goes again."""
+        for pending in self._items.values():
+            pending.sent_at, pending.link_seq = 0.0, 0
+
+    def due(self, now: float, *, force: bool = False) -> list[Pending]:
+        """In send order: never sent on this link, or unconfirmed too long (``force``: all)."""
+        cutoff = now - self.resend_after
+        return [p for p in self._items.values() if force or p.sent_at <= cutoff]

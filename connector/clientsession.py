@@ -1,0 +1,421 @@
+"""The asyncio shell of a client session: carries out what connector/session.py decides.
+
+It is the link's handler. What it keeps bounded (a slow or hostile device never makes the
+connector hold more for it than this):
+
+- one outbox for every frame to the device (chats, SENT acks, cursors, listings, sync pages),
+  emptied by one pump task into the link's window. Live pushes may fill it to
+  ``session_queue``; past that the device is too slow and is closed (WINDOW_FULL): its next
+  session lists and Syncs what it missed. Listings and sync answers are produced only while the
+  outbox is under half of that, so they wait for a slow device instead of closing it;
+- at most :data:`connector.session.MAX_SYNCS` syncs run at once (the rules refuse more);
+- nothing is handed back on close: every chat is in its timeline, the device catches up by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common.config import Settings
+from common.errors import IMError, ProtocolError
+from common.link import LinkClosed
+from common.tokens import Claims, TokenSigner
+from connector import catchup
+from connector.catchup import TimelineReader
+from connector.rules import State, SyncRange
+from connector.session import (
+    Admit,
+    Close,
+    Effect,
+    Forward,
+    ForwardChat,
+    Limits,
+    Push,
+    Register,
+    ScheduleRelist,
+    SendControl,
+    SendError,
+    SessionRules,
+    StartListing,
+    StartSync,
+)
+from proto import im_pb2
+
+log = logging.getLogger(__name__)
+
+Out = im_pb2.Envelope | bytes  # bytes: a stored chat, sent as the body of a chat frame
+
+
+@dataclass
+class Counters:
+    """What happened, for logs and tests; each breach of the protocol counts once."""
+
+    connections: int = 0
+    sessions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0  # chats handed to devices' links (live and synced)
+    refused: int = 0  # chats the writer refused (ID_REUSED), told to their sending device
+
+    def error(self, code_name: str) -> None:
+        self.errors[code_name] = self.errors.get(code_name, 0) + 1
+
+
+class ClientLink(Protocol):
+    """What a session uses of its link (common.link.Link)."""
+
+    name: str
+    authenticated: bool
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def close_error(self) -> ProtocolError | None: ...
+
+    async def send(self, env: im_pb2.Envelope) -> int: ...
+
+    async def send_body(self, field: str | int, body: bytes) -> int: ...
+
+    def send_control(self, env: im_pb2.Envelope) -> None: ...
+
+    def send_error(self, err: ProtocolError, ref_seq: int = 0, ref_msg_id: int = 0) -> None: ...
+
+    def close(self, error: ProtocolError | None = None) -> None: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs of its connector (connector.server.Connector)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def signer(self) -> TokenSigner: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def reader(self) -> TimelineReader: ...
+
+    async def admit(self, claims: Claims, device_id: str) -> None:
+        """Raise the fatal ProtocolError a GREET deserves (revoked, too many devices)."""
+        ...
+
+    def register(self, s: ClientSession) -> None: ...
+
+    def unregister(self, s: ClientSession) -> bool: ...
+
+    async def online(self, s: ClientSession) -> None: ...
+
+    async def offline(self, s: ClientSession) -> None: ...
+
+    async def check_chat(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
+        """Raise NOT_FRIEND / NO_SUCH_FILE / INTERNAL for a chat that may not go on."""
+        ...
+
+    async def forward(self, env: im_pb2.Envelope, key: str) -> None: ...
+
+
+# stored chats (sync answers) queued for one device, in bytes: with the count bound alone a
+# device that stops acking could pin half an outbox of maximal chats
+BULK_BYTES = 2 * 1024 * 1024
+
+
+class Outbox:
+    """Frames for the device, oldest first: live pushes up to ``limit``; listings and sync
+    answers only while under half of it and under :data:`BULK_BYTES` of stored chats."""
+
+    __slots__ = ("_items", "chat_bytes", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(2, limit)
+        self._items: deque[Out] = deque()
+        self.chat_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Out) -> bool:
+        if len(self._items) >= self.limit:
+            return False
+        self._items.append(item)
+        if isinstance(item, bytes):
+            self.chat_bytes += len(item)
+        return True
+
+    @property
+    def bulk_room(self) -> bool:
+        return len(self._items) < self.limit // 2 and self.chat_bytes < BULK_BYTES
+
+    def peek(self) -> Out:
+        return self._items[0]
+
+    def pop(self) -> None:
+        item = self._items.popleft()
+        if isinstance(item, bytes):
+            self.chat_bytes -= len(item)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.chat_bytes = 0
+
+
+class ClientSession:
+    """One client connection, as the handler of its link."""
+
+    def __init__(self, host: SessionHost, link: ClientLink | None = None) -> None:
+        self.host = host
+        self.link = link
+        self._loop = asyncio.get_running_loop()
+        s = host.settings
+        self.rules = SessionRules(
+            host.node_id, Limits.from_settings(s), host.signer.verify, self._loop.time()
+        )
+        self.outbox = Outbox(s.session_queue)
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.user_id or '?'}/{self.device_id or '?'} {self.state.name}>"
+
+    @property
+    def user_id(self) -> str:
+        return self.rules.user_id
+
+    @property
+    def device_id(self) -> str:
+        return self.rules.device_id
+
+    @property
+    def claims(self) -> Claims | None:
+        return self.rules.claims
+
+    @property
+    def state(self) -> State:
+        return self.rules.state
+
+    # -- LinkHandler -----------------------------------------------------------------------------
+
+    async def on_frame(self, link: ClientLink, env: im_pb2.Envelope) -> None:
+        self.link = link
+        try:
+            await self._run(link, self.rules.frame(env, self._loop.time()))
+        except ProtocolError as err:
+            if not err.fatal:  # fatal ones end the link and are counted in on_closed
+                self.host.counters.error(err.code_name)
+            raise
+
+    def on_acked(self, link: ClientLink, upto: int) -> None:
+        pass
+
+    async def on_closed(self, link: ClientLink, unacked: list[im_pb2.Envelope]) -> None:
+        self.rules.closing()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        tasks = [*self._tasks, *([self._pump] if self._pump is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.outbox.clear()
+        # only the session still registered for this device takes it offline: a reconnect to
+        # this connector has replaced us already, and its entry must stay
+        if self.user_id and self.host.unregister(self):
+            try:
+                await self.host.offline(self)
+            except IMError as exc:
+                log.warning("%s: could not record offline: %s", self, exc)
+        if link.close_error is not None:
+            self.host.counters.error(link.close_error.code_name)
+            log.info("%s: closed (%s)", self, link.close_error.code_name)
+
+    # -- effects ---------------------------------------------------------------------------------
+
+    async def _run(self, link: ClientLink, effects: list[Effect]) -> None:
+        """Carry out effects in order; the ones that need I/O are awaited here."""
+        for eff in effects:
+            if isinstance(eff, Admit):
+                await self.host.admit(eff.claims, eff.device_id)
+                # no await from here to Register: a revocation the connector learnt while it
+                # asked is in its set (admit checked), a later one finds us registered
+                await self._run(link, self.rules.admitted(eff.claims, eff.device_id, eff.since))
+            elif isinstance(eff, Register):
+                link.authenticated = True
+                link.name = f"{link.name} {self.user_id}/{self.device_id}"
+                self.host.register(self)
+                self._pump = self._loop.create_task(self._run_pump(link), name=f"pump {link.name}")
+                try:
+                    await self.host.online(self)
+                except IMError as exc:
+                    log.error("%s: could not record online: %s", self, exc)
+                    raise ProtocolError(
+                        "user status unavailable, retry later", code=im_pb2.INTERNAL, fatal=True
+                    ) from None
+                self.host.counters.sessions += 1
+                log.info("%s: online", self)
+            elif isinstance(eff, ForwardChat):
+                await self.host.check_chat(self.user_id, eff.chat)
+                await self.host.forward(im_pb2.Envelope(chat=eff.chat), eff.key)
+            elif isinstance(eff, Forward):
+                await self.host.forward(eff.env, eff.key)
+            else:
+                self._apply(eff)
+
+    def _apply(self, eff: Effect) -> None:
+        """The effects that need no waiting (fanouts and timers come through here)."""
+        link = self.link
+        if isinstance(eff, Push):
+            self._push(eff.env)
+        elif isinstance(eff, SendError):
+            if link is not None:
+                link.send_error(eff.error, ref_msg_id=eff.ref_msg_id)
+            self.host.counters.error(eff.error.code_name)
+        elif isinstance(eff, StartListing):
+            self._spawn(self._list(eff.since_ms), "listing")
+        elif isinstance(eff, StartSync):
+            self._spawn(self._sync(eff.range), "sync")
+        elif isinstance(eff, ScheduleRelist):
+            self._later(eff.delay)
+        elif isinstance(eff, SendControl):
+            if link is not None:
+                link.send_control(eff.env)
+        elif isinstance(eff, Close):
+            if link is not None:
+                link.close(eff.error)
+        else:  # pragma: no cover - every other effect needs I/O and goes through _run
+            raise AssertionError(f"{eff!r} needs _run")
+
+    def deliver(self, fanout: im_pb2.Fanout) -> None:
+        """A transfer's fanout for this session's user."""
+        for eff in self.rules.deliver(fanout):
+            self._apply(eff)
+
+    def request_relist(self, delay: float = 0.0) -> None:
+        """List again (after ``delay`` seconds): a fanout for this device may have been lost."""
+        if delay > 0:
+            self._later(delay)
+        else:
+            self._relist()
+
+    def close(self, error: ProtocolError) -> None:
+        if self.link is not None:
+            self.link.close(error)
+
+    def _later(self, delay: float) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._relist()
+
+        handle = self._loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _relist(self) -> None:
+        for eff in self.rules.relist():
+            self._apply(eff)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        task = self._loop.create_task(coro, name=f"{what} {self}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the outbox ------------------------------------------------------------------------------
+
+    def _push(self, item: Out) -> None:
+        link = self.link
+        if link is None or link.closing or self.state is not State.AUTHENTICATED:
+            return
+        if not self.outbox.put(item):
+            log.warning("%s: device is too slow (%d queued): closing", self, len(self.outbox))
+            link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
+            return
+        self._wake.set()
+
+    async def _put_bulk(self, item: Out) -> None:
+        """Queue a listing or sync frame once the outbox has room (LinkClosed: gone)."""
+        while True:
+            link = self.link
+            if link is None or link.closing or self.state is not State.AUTHENTICATED:
+                raise LinkClosed("session closed")
+            if self.outbox.bulk_room:
+                break
+            self._room.clear()
+            await self._room.wait()
+        self.outbox.put(item)
+        self._wake.set()
+
+    async def _run_pump(self, link: ClientLink) -> None:
+        box, counters = self.outbox, self.host.counters
+        try:
+            while not link.closing:
+                if not box:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                item = box.peek()
+                if isinstance(item, bytes):
+                    await link.send_body("chat", item)
+                    counters.delivered += 1
+                else:
+                    await link.send(item)
+                    if item.WhichOneof("body") == "chat":
+                        counters.delivered += 1
+                box.pop()
+                if box.bulk_room:
+                    self._room.set()
+        except LinkClosed:
+            pass
+        finally:
+            self._room.set()  # producers waiting for room see the link closed
+
+    # -- catching up -----------------------------------------------------------------------------
+
+    async def _list(self, since_ms: int) -> None:
+        started = int(time.time() * 1000)
+        try:
+            pages = catchup.listing(
+                self.host.reader, self.user_id, self.device_id, since_ms, started
+            )
+            async for frames in pages:
+                for env in frames:
+                    await self._put_bulk(env)
+        except LinkClosed:
+            return
+        except Exception as exc:  # the timeline store failed: the rules try again later
+            log.warning("%s: listing failed: %s", self, exc)
+            effects = self.rules.listing_failed()
+        else:
+            effects = self.rules.listing_done(started)
+        for eff in effects:
+            self._apply(eff)
+
+    async def _sync(self, rng: SyncRange) -> None:
+        try:
+            answer = await catchup.sync_page(self.host.reader, rng)
+            for content in answer.chats:
+                await self._put_bulk(content)
+            await self._put_bulk(im_pb2.Envelope(sync_done=answer.done))
+        except LinkClosed:
+            pass
+        except Exception as exc:  # the timeline store failed: the device asks again
+            log.warning("%s: sync of %s failed: %s", self, rng.conv_id, exc)
+            if self.link is not None:
+                err = ProtocolError(
+                    f"sync of {rng.conv_id} failed, retry later", code=im_pb2.INTERNAL
+                )
+                self.link.send_error(err)
+                self.host.counters.error(err.code_name)
+        finally:
+            self.rules.sync_done()
