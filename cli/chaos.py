@@ -313,17 +313,28 @@ VIOLATIONS = (
     "device_duplicates",
     "device_order_mismatch",
     "read_cursor_divergent",
+    "sender_disorder",
 )
 
 
 def ok(report: dict[str, object]) -> bool:
     """No violation, and the system settled: a message that never got SENT is not lost (its
     sender still has it), but one still unSENT once everything is back up means it is stuck."""
+
+    def positive(key: str) -> bool:
+        value = report.get(key)
+        return isinstance(value, int) and value > 0
+
     return (
         bool(report)
         and all(report.get(k) == 0 for k in VIOLATIONS)
         and report.get("settled") is True
         and report.get("device_deliveries") == report.get("device_deliveries_expected")
+        # a run that checked nothing proves nothing: chats went through, devices had them to
+        # hold, read cursors were compared
+        and all(
+            positive(k) for k in ("acked", "device_deliveries_expected", "read_cursors_checked")
+        )
     )
 
 

@@ -218,6 +218,11 @@ class IMClient:
         """The highest seq of ``conv_id`` held with nothing missing below it."""
         return self._sync.have(conv_id)
 
+    def read_cursors(self) -> dict[str, int]:
+        """Per conversation, the user's READ cursor as this device knows it (its own marks and
+        the other devices' READ cursors): what an app's unread counts start from."""
+        return self._sync.read_cursors()
+
     @property
     def duplicates_dropped(self) -> int:
         return self._sync.stats["duplicates"]

@@ -170,6 +170,11 @@ class SyncMachine:
         c = self._convs.get(conv_id)
         return 0 if c is None else c.have
 
+    def read_cursors(self) -> dict[str, int]:
+        """Per conversation, how far this user has read as this device knows it: its own
+        marks, the READ of the user's other devices, the listing's; whichever is highest."""
+        return {conv_id: c.read_want for conv_id, c in self._convs.items()}
+
     def head(self, conv_id: str) -> int:
         c = self._convs.get(conv_id)
         return 0 if c is None else c.head

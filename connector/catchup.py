@@ -24,6 +24,9 @@ from proto import im_pb2
 from timeline.model import ConvSummary, Entry
 
 LISTING_PAGE = 500  # ConvStates read from the store at a time
+# a sync answer carries at most this many bytes of stored chats (and at least one chat): 200
+# maximal chats would be ~13 MB held for one device; a cut page ends at its last chat
+SYNC_PAGE_BYTES = 1024 * 1024
 
 
 class TimelineReader(Protocol):
@@ -101,11 +104,19 @@ async def sync_page(reader: TimelineReader, rng: SyncRange) -> SyncAnswer:
     head = await reader.head(rng.conv_id)
     upto = head if rng.to_seq == 0 else min(rng.to_seq, head)
     rows: list[Entry] = []
+    full = False
     if upto >= rng.from_seq:
         # no `before`: with after 0 the store would answer the newest rows below it
         rows = await reader.page(rng.conv_id, after=rng.from_seq - 1, limit=rng.limit)
         rows = [r for r in rows if rng.from_seq <= r.seq <= upto][: rng.limit]
-    covered = rows[-1].seq if len(rows) >= rng.limit else max(upto, rng.from_seq - 1)
+        full = len(rows) >= rng.limit
+        size = 0
+        for i, r in enumerate(rows):
+            size += len(r.content)
+            if size > SYNC_PAGE_BYTES and i > 0:  # the first row goes whatever its size
+                rows, full = rows[:i], True
+                break
+    covered = rows[-1].seq if full else max(upto, rng.from_seq - 1)
     done = im_pb2.SyncDone(
         conv_id=rng.conv_id, from_seq=rng.from_seq, to_seq=covered, last_seq=head
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -38,6 +39,7 @@ from connector.session import (
     Limits,
     Push,
     Register,
+    ScheduleRefresh,
     ScheduleRelist,
     SendControl,
     SendError,
@@ -187,6 +189,10 @@ class ClientSession:
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._refresh: asyncio.TimerHandle | None = None  # the periodic listing
+        # one sync answer read from the store at a time: a device asking many at once, and not
+        # acking, holds one page in memory (and what the outbox takes), not MAX_SYNCS of them
+        self._sync_reads = asyncio.Semaphore(1)
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.user_id or '?'}/{self.device_id or '?'} {self.state.name}>"
@@ -226,6 +232,9 @@ class ClientSession:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
         tasks = [*self._tasks, *([self._pump] if self._pump is not None else [])]
         for task in tasks:
             task.cancel()
@@ -289,6 +298,12 @@ class ClientSession:
             self._spawn(self._sync(eff.range), "sync")
         elif isinstance(eff, ScheduleRelist):
             self._later(eff.delay)
+        elif isinstance(eff, ScheduleRefresh):
+            if self._refresh is not None:
+                self._refresh.cancel()
+            # spread, so sessions that listed together do not all list again together
+            delay = eff.delay * random.uniform(0.8, 1.2)
+            self._refresh = self._loop.call_later(delay, self._relist)
         elif isinstance(eff, SendControl):
             if link is not None:
                 link.send_control(eff.env)
@@ -403,10 +418,11 @@ class ClientSession:
 
     async def _sync(self, rng: SyncRange) -> None:
         try:
-            answer = await catchup.sync_page(self.host.reader, rng)
-            for content in answer.chats:
-                await self._put_bulk(content)
-            await self._put_bulk(im_pb2.Envelope(sync_done=answer.done))
+            async with self._sync_reads:
+                answer = await catchup.sync_page(self.host.reader, rng)
+                for content in answer.chats:
+                    await self._put_bulk(content)
+                await self._put_bulk(im_pb2.Envelope(sync_done=answer.done))
         except LinkClosed:
             pass
         except Exception as exc:  # the timeline store failed: the device asks again

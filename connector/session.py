@@ -38,6 +38,10 @@ LISTING_SLACK_MS = 60_000  # clocks of the writers and this connector may disagr
 RELIST_AFTER = 2.0  # seconds after WELCOME: the second listing
 RELIST_RETRY = 2.0  # seconds before a failed listing is tried again
 CURSOR_RATE_FACTOR = 4
+SYNC_RATE_FACTOR = 4  # syncs have a bucket of their own at this multiple of the chat rate
+# a device that stays online and missed a fanout (a route lookup that failed, a commit answered
+# after its submit timed out) hears of it by the next listing: one every minute or so
+RELIST_EVERY = 60.0
 
 
 # -- effects -------------------------------------------------------------------------------------
@@ -112,6 +116,14 @@ class ScheduleRelist:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleRefresh:
+    """List again after ``delay`` seconds; a later ScheduleRefresh replaces this one (one
+    periodic listing per session, however many listings ran)."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class StartSync:
     """Answer a Sync; report its end with :meth:`SessionRules.sync_done`."""
 
@@ -135,6 +147,7 @@ Effect = (
     | Forward
     | StartListing
     | ScheduleRelist
+    | ScheduleRefresh
     | StartSync
     | Close
 )
@@ -229,6 +242,8 @@ class SessionRules:
         self._chats = TokenBucket(limits.rate, limits.burst, now)
         factor = CURSOR_RATE_FACTOR
         self._cursors = TokenBucket(limits.rate * factor, limits.burst * factor, now)
+        factor = SYNC_RATE_FACTOR
+        self._syncs = TokenBucket(limits.rate * factor, limits.burst * factor, now)
         self.listing = False  # a listing is running
         self._relist_wanted = False  # asked for while one ran: list again when it ends
         self._list_from = 0  # the `since` (before slack) of the next listing
@@ -327,6 +342,8 @@ class SessionRules:
         rng = rules.check_sync(self.user_id, env.sync)
         if self.syncs >= MAX_SYNCS:
             raise ProtocolError(f"over {MAX_SYNCS} syncs at once", code=im_pb2.RATE_LIMITED)
+        if not self._syncs.take(now):
+            raise ProtocolError("too many syncs", code=im_pb2.RATE_LIMITED)
         self.syncs += 1
         return [StartSync(rng)]
 
@@ -339,9 +356,10 @@ class SessionRules:
         """A listing sent its CaughtUp(``started_ms``): the next one starts there."""
         self.listing = False
         self._list_from = started_ms
+        refresh: list[Effect] = [ScheduleRefresh(RELIST_EVERY)]
         if self._relist_wanted:
-            return self.relist()
-        return []
+            return refresh + self.relist()
+        return refresh
 
     def listing_failed(self) -> list[Effect]:
         """The timeline did not answer: try again from the same place later."""

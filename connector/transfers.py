@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from common import health
@@ -28,17 +27,16 @@ from common.errors import ConfigError, IMError, ProtocolError
 from common.ids import conversation_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, open_link
 from common.tokens import TokenSigner
+from connector.incommit import ChatKey, InCommit
 from proto import im_pb2
 
 log = logging.getLogger(__name__)
 
 FORWARD_WAIT = 5.0  # seconds a client's frame may wait for a transfer link
-# Chats forwarded on a link and not yet seen committed (their fanout), kept to forward again if
-# the link is lost: at most this many per link, each at most this long (a commit that never
-# answers is the client's to resend).
-IN_COMMIT_MAX = 20_000
-IN_COMMIT_FOR = 30.0
-ChatKey = tuple[str, int]
+# A conversation whose chats are still in commit through another transfer's link waits this
+# long at most before it moves to the transfer it hashes to now (sender order across a
+# transfer coming back, or one link dropping while another takes over)
+HANDOVER_WAIT = 2.0
 TransferSource = Callable[[], Awaitable[dict[str, str]]]
 FanoutSink = Callable[[im_pb2.Fanout], None]
 
@@ -85,23 +83,12 @@ class TransferLinkHandler:
         # dials again at once, since that reroute may need this transfer's next link
         self.down = asyncio.Event()
         # chats sent on the current link whose commit has not come back, in send order
-        self.in_commit: OrderedDict[ChatKey, tuple[float, im_pb2.Envelope]] = OrderedDict()
-
-    def sent_chat(self, env: im_pb2.Envelope) -> None:
-        now = time.monotonic()
-        box = self.in_commit
-        box[(env.chat.from_id, env.chat.id)] = (now, env)
-        while box:
-            first, (when, _) = next(iter(box.items()))
-            if len(box) <= IN_COMMIT_MAX and now - when < IN_COMMIT_FOR:
-                break
-            del box[first]
+        self.in_commit = InCommit()
 
     def take_in_commit(self, unacked: list[im_pb2.Envelope]) -> list[im_pb2.Envelope]:
         """What a lost link leaves to forward again: its chats not seen committed, in send
         order, then its other unacked frames (cursor records)."""
-        chats = [env for _, env in self.in_commit.values()]
-        self.in_commit.clear()
+        chats = self.in_commit.take()
         held = {(e.chat.from_id, e.chat.id) for e in chats}
         rest = [
             e
@@ -195,18 +182,38 @@ class TransferLinks:
     def committed(self, key: ChatKey) -> None:
         """A chat's commit came back (its fanout): no link need forward it again."""
         for handler in self.handlers.values():
-            handler.in_commit.pop(key, None)
+            handler.in_commit.forget(key)
 
     async def send(self, env: im_pb2.Envelope, key: str) -> None:
         """Send on the conversation's transfer's link (LinkClosed: none, or it just went),
         remembering a chat until its commit comes back."""
         handler = self.pick_handler(key)
+        if handler is not None and env.WhichOneof("body") == "chat":
+            handler = await self._handed_over(handler, key)
         link = None if handler is None else handler.link
         if handler is None or link is None:
             raise LinkClosed("no transfer")
         await link.send(env)
         if env.WhichOneof("body") == "chat" and handler.link is link:
-            handler.sent_chat(env)
+            handler.in_commit.add(env, time.monotonic())
+
+    async def _handed_over(
+        self, handler: TransferLinkHandler, key: str
+    ) -> TransferLinkHandler | None:
+        """``handler``, once no other link has a chat of conversation ``key`` in commit (or
+        :data:`HANDOVER_WAIT` passed): a conversation that just moved to another transfer
+        must not commit a newer chat ahead of older ones still on their way."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANDOVER_WAIT
+        while any(h is not handler and h.in_commit.holds(key) for h in self.handlers.values()):
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+            again = self.pick_handler(key)
+            if again is None:
+                return None
+            handler = again
+        return handler
 
     async def forward(self, env: im_pb2.Envelope, key: str) -> None:
         """Send to the conversation's transfer. Without one, wait up to :data:`FORWARD_WAIT`

@@ -200,3 +200,18 @@ async def test_a_listing_pages_through_more_conversations_than_a_page() -> None:
     assert await listed(store, "alice", "d1", started, started) == [
         im_pb2.Envelope(caught_up=im_pb2.CaughtUp(since=started))
     ]
+
+
+async def test_a_page_is_cut_by_bytes_and_ends_at_its_last_chat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sync answer holds at most SYNC_PAGE_BYTES of stored chats (one at least), so a device
+    that stops acking pins one bounded page; the cut page's SyncDone ends at its last chat."""
+    store = await store_with(6)
+    size = len((await store.page(CONV, limit=1))[0].content)
+    monkeypatch.setattr(catchup, "SYNC_PAGE_BYTES", 2 * size + 1)
+    answer = await sync_page(store, SyncRange(CONV, 1, 0, 200))
+    assert seqs(answer.chats) == [1, 2] and answer.done == done(1, 2, 6)
+    monkeypatch.setattr(catchup, "SYNC_PAGE_BYTES", 1)  # smaller than any chat: one still goes
+    answer = await sync_page(store, SyncRange(CONV, 5, 0, 200))
+    assert seqs(answer.chats) == [5] and answer.done == done(5, 5, 6)

@@ -4,6 +4,7 @@ device per user and with several."""
 
 from __future__ import annotations
 
+from cli import chaos
 from workload.traffic import KINDS, Ledger, check, check_all
 
 AB = "p:alice:bob"
@@ -113,3 +114,23 @@ def test_read_cursors_of_one_user_must_agree() -> None:
     led.log("bob", "b1").read = {AB: 2}
     led.log("alice", "a1").read_cursor(AC, 1)
     assert check_all(led)["read_cursor_divergent"] == 2
+
+
+def test_a_run_that_checked_nothing_does_not_pass() -> None:
+    """Every violation 0 is not enough: nothing acked (say every chat refused), no device that
+    had anything to hold, or no read cursor compared, and the run proves nothing."""
+    base: dict[str, object] = {k: 0 for k in chaos.VIOLATIONS}
+    base.update(
+        settled=True,
+        acked=10,
+        device_deliveries=40,
+        device_deliveries_expected=40,
+        read_cursors_checked=8,
+    )
+    assert chaos.ok(base)
+    for key in ("acked", "device_deliveries_expected", "read_cursors_checked"):
+        empty = dict(base, **{key: 0})
+        if key == "device_deliveries_expected":
+            empty["device_deliveries"] = 0
+        assert not chaos.ok(empty), key
+    assert not chaos.ok(dict(base, sender_disorder=1))

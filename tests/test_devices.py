@@ -3,6 +3,7 @@ and counted once, and a clean run of several devices per user is clean."""
 
 from __future__ import annotations
 
+from common.ids import MessageIdGen
 from workload.devices import (
     DeviceLog,
     check_devices,
@@ -10,6 +11,7 @@ from workload.devices import (
     disorder,
     history_missing,
     read_divergent,
+    sender_disorder,
 )
 
 AB = "p:alice:bob"
@@ -130,3 +132,20 @@ def test_history_of_a_fresh_device() -> None:
     full[(AB, 2)] = ("alice", 99)
     assert history_missing(truth, "bob", full) == (4, 2)
     assert history_missing(truth, "carol", {}) == (0, 0)
+
+
+def test_sender_disorder_counts_a_devices_messages_out_of_its_order() -> None:
+    """I3: per conversation and sending device (its id slot), ids grow with the seq."""
+    gen_a, gen_b = MessageIdGen(1), MessageIdGen(2)
+    a1, a2, a3 = gen_a(), gen_a(), gen_a()
+    b1 = gen_b()
+    good = {(AB, 1): ("alice", a1), (AB, 2): ("bob", b1), (AB, 3): ("alice", a2)}
+    assert sender_disorder(good) == 0
+    # another device of alice's (slot 2) may interleave freely: its own order is what counts
+    other = {(AB, 1): ("alice", a2), (AB, 2): ("alice", b1), (AB, 3): ("alice", a3)}
+    assert sender_disorder(other) == 0
+    swapped = {(AB, 1): ("alice", a2), (AB, 2): ("alice", a1), (AB, 3): ("alice", a3)}
+    assert sender_disorder(swapped) == 1
+    # the same device in two conversations: each has its own order
+    split = {(AB, 1): ("alice", a2), ("p:alice:carol", 1): ("alice", a1)}
+    assert sender_disorder(split) == 0

@@ -14,7 +14,9 @@ from connector.session import (
     LISTING_SLACK_MS,
     MAX_SYNCS,
     RELIST_AFTER,
+    RELIST_EVERY,
     SINCE_MAX,
+    SYNC_RATE_FACTOR,
     Admit,
     Effect,
     Forward,
@@ -22,6 +24,7 @@ from connector.session import (
     Limits,
     Push,
     Register,
+    ScheduleRefresh,
     ScheduleRelist,
     SendControl,
     SendError,
@@ -198,12 +201,35 @@ def test_at_most_sixteen_syncs_run_at_once() -> None:
     assert code_of(m, bad) == ("NOT_MEMBER", False)
 
 
+def test_syncs_have_a_rate_of_their_own() -> None:
+    """Past MAX_SYNCS at once, a device answered fast could still ask without end: its own
+    bucket (SYNC_RATE_FACTOR x the chat rate) refuses the excess, and it refills with time."""
+    m, _ = greeted()
+    sync = im_pb2.Envelope(sync=im_pb2.Sync(conv_id=CONV))
+    allowed = 0
+    while True:
+        try:
+            m.frame(sync, 0.0)
+        except ProtocolError as err:
+            assert err.code_name == "RATE_LIMITED" and not err.fatal
+            break
+        m.sync_done()
+        allowed += 1
+        assert allowed < 10**6
+    assert allowed == LIMITS.burst * SYNC_RATE_FACTOR
+    assert m.frame(sync, 1.0)  # a second later there is room again
+
+
 def test_relists_run_one_at_a_time_each_from_the_last_listings_start() -> None:
     m, _ = greeted(since=500_000)
     assert m.listing
     assert m.relist() == []  # the timer fired while the first listing runs: wanted
-    assert m.listing_done(started_ms=900_000) == [StartListing(900_000 - LISTING_SLACK_MS)]
-    assert m.listing_done(started_ms=950_000) == []
+    refresh = ScheduleRefresh(RELIST_EVERY)  # every listing re-arms the periodic one
+    assert m.listing_done(started_ms=900_000) == [
+        refresh,
+        StartListing(900_000 - LISTING_SLACK_MS),
+    ]
+    assert m.listing_done(started_ms=950_000) == [refresh]
     assert m.relist() == [StartListing(950_000 - LISTING_SLACK_MS)]
     assert m.listing_failed() == [ScheduleRelist(2.0)]  # and from the same place again
     assert m.relist() == [StartListing(950_000 - LISTING_SLACK_MS)]

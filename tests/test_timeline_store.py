@@ -409,8 +409,10 @@ async def test_conversations_page_oldest_first_after_a_key(store: TimelineStore)
             break
         after = (page[-1].changed, page[-1].conv_id)
     assert sorted(seen) == sorted(f"p:alice:{p}" for p in peers) and len(seen) == len(set(seen))
-    keys = [(c.changed, c.conv_id) for c in await store.conversations("alice", after=(-1, ""))]
+    listed = await store.conversations("alice", after=(-1, ""))
+    keys = [(c.changed, c.conv_id) for c in listed]
     assert keys == sorted(keys)
+    assert all(c.last is None and c.last_seq == 1 for c in listed)  # pages carry no bodies
     newest = await store.conversations("alice")
     assert [c.conv_id for c in newest] == [k[1] for k in reversed(keys)]  # default: newest first
 

@@ -228,3 +228,31 @@ async def test_a_bad_record_is_refused_not_fatal(rig: Rig) -> None:
     await rig.c1.send(cursor("", im_pb2.READ, 1))  # no user: the connector must fill it in
     await rig.c1.send(chat(3))
     assert (await rig.c1.next()).chat.seq == 1  # the link still works
+
+
+@pytest.mark.asyncio
+async def test_cursors_waiting_for_a_slot_are_coalesced_not_held_on_the_link(rig: Rig) -> None:
+    """Every merge slot busy: cursors wait in a table, one per (conversation, user, type,
+    device) at the highest seq asked, and the link goes on carrying chats meanwhile."""
+    await place(rig.status)
+    for i in range(1, 6):
+        await rig.c1.send(chat(i))
+        await rig.c1.next()
+        await rig.c2.next()
+    slots = rig.transfer._cursor_slots
+    taken = 0
+    while not slots.locked():  # as if 2000 merges were under way
+        await slots.acquire()
+        taken += 1
+    for seq in (1, 3, 2, 5, 4):
+        await rig.c2.send(cursor("bob", im_pb2.DELIVERED, seq, "tablet"))
+    await rig.c1.send(chat(6))  # not stuck behind the cursors
+    assert (await rig.c1.next()).chat.seq == 6
+    assert (await rig.c2.next()).chat.seq == 6
+    assert len(rig.transfer._pending) == 1
+    for _ in range(taken):
+        slots.release()
+    moved = [await rig.c1.next()]
+    await rig.c1.nothing()  # one merge for the five
+    assert moved[0].cursor.seq == 5 and moved[0].cursor.type == im_pb2.DELIVERED
+    assert (await rig.c2.next()).cursor.seq == 5

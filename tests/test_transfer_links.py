@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from common.config import Settings
+from common.ids import conversation_key
 from common.link import Link, LinkConfig, serve_links
 from common.tokens import TokenSigner
 from connector.transfers import TransferLinks
@@ -108,7 +109,7 @@ async def test_an_acked_chat_not_seen_committed_goes_again_before_newer_ones(
     pair: tuple[TransferLinks, dict[str, StandIn]],
 ) -> None:
     links, standins = pair
-    key = "alice:bob"
+    key = conversation_key("alice", "bob")
     first = links.pick_handler(key)
     assert first is not None and first.link is not None
     owner, other = standins[first.node_id], standins[{"t1": "t2", "t2": "t1"}[first.node_id]]
@@ -126,3 +127,27 @@ async def test_an_acked_chat_not_seen_committed_goes_again_before_newer_ones(
     await links.forward(chat(4), key)  # newer: after the ones forwarded again
     await until(lambda: len(other.got) == 3)
     assert [e.chat.id for e in other.got] == [2, 3, 4]
+
+
+async def test_a_conversation_moving_to_another_transfer_waits_for_its_chats_in_commit(
+    pair: tuple[TransferLinks, dict[str, StandIn]],
+) -> None:
+    """Chat 1 is in commit through its transfer when the conversation moves to the other one
+    (here: its transfer stops being ready): chat 2 goes only once chat 1's commit came back,
+    so it cannot be committed first."""
+    links, standins = pair
+    key = conversation_key("alice", "bob")
+    first = links.pick_handler(key)
+    assert first is not None and first.link is not None
+    owner, other = standins[first.node_id], standins[{"t1": "t2", "t2": "t1"}[first.node_id]]
+    await links.forward(chat(1), key)
+    await until(lambda: len(owner.got) == 1)
+    first.ready.clear()  # the conversation now hashes to the other transfer
+    moving = asyncio.create_task(links.forward(chat(2), key))
+    await asyncio.sleep(0.3)
+    assert other.got == [] and not moving.done()  # held: chat 1 is not committed yet
+    fanout = im_pb2.Envelope(fanout=im_pb2.Fanout(users=["alice"], chat=chat(1).chat))
+    await owner.links[-1].send(fanout)
+    await asyncio.wait_for(moving, 2.0)
+    await until(lambda: len(other.got) == 1)
+    assert other.got[0].chat.id == 2

@@ -4,6 +4,7 @@ above it (nothing is kept across a restart, and nothing bounds it but its caller
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -129,10 +130,13 @@ class MemoryTimelineStore:
             mine.sort(reverse=True)
         else:
             mine = sorted(key for key in mine if key > after)
-        return [
+        out = [
             self._summary(conv_id, user_id, device_id)
             for _, conv_id in mine[: min(limit, MAX_CONVERSATIONS)]
         ]
+        if after is not None:  # as the SQL store: a listing page carries no last message
+            out = [dataclasses.replace(c, last=None) for c in out]
+        return out
 
     def _summary(self, conv_id: str, user_id: str, device_id: str) -> ConvSummary:
         conv = self._convs[conv_id]

@@ -89,7 +89,7 @@ class TimelineStore(Protocol):
         """The conversations of ``user_id`` whose ``changed >= since_ms``, newest change
         first; ``delivered_seq`` is ``device_id``'s (0 without one). With ``after`` =
         (changed, conv_id): oldest change first, those after that key only, so a caller pages
-        through any number of them (the connector's listing does)."""
+        through any number of them (the connector's listing does), and without ``last``."""
         ...
 
     async def head(self, conv_id: str) -> int:
@@ -381,20 +381,26 @@ class SQLTimelineStore:
                 " ORDER BY m.changed ASC, m.conv_id ASC"
             )
             keys = (user_id, since_ms, after[0], after[0], after[1])
+        # the last message (up to 64 KiB each) only for the REST list; the listing pages by key
+        # and tells devices heads and cursors, not bodies
+        last_cols = " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content,"
+        last_join = " LEFT JOIN im_tl_message l ON l.conv_id = m.conv_id AND l.seq = c.last_seq"
+        if after is not None:
+            last_cols, last_join = " NULL, NULL, NULL, NULL, NULL, NULL,", ""
         rows = await self._db.fetchall(
             "SELECT m.conv_id, c.dest_type, c.last_seq, m.read_seq, m.changed,"
             " p.user_id, COALESCE(p.read_seq, 0), COALESCE(p.delivered_seq, 0),"
             " COALESCE(d.delivered_seq, 0),"
-            " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content,"
+            + last_cols
             # the first seq still stored: the first key of the conversation's primary key range
-            " (SELECT MIN(f.seq) FROM im_tl_message f WHERE f.conv_id = m.conv_id)"
+            + " (SELECT MIN(f.seq) FROM im_tl_message f WHERE f.conv_id = m.conv_id)"
             " FROM im_tl_member m"
             " JOIN im_tl_conv c ON c.conv_id = m.conv_id"
             " LEFT JOIN im_tl_member p"
             "  ON p.conv_id = m.conv_id AND p.user_id <> m.user_id AND c.dest_type = ?"
             " LEFT JOIN im_tl_device d"
             "  ON d.conv_id = m.conv_id AND d.user_id = m.user_id AND d.device_id = ?"
-            " LEFT JOIN im_tl_message l ON l.conv_id = m.conv_id AND l.seq = c.last_seq"
+            + last_join
             + where
             + " LIMIT ?",
             (SINGLE, device_id, *keys, min(limit, MAX_CONVERSATIONS)),

@@ -55,6 +55,10 @@ BACKEND_RETRIES = 5
 # Cursor records in flight at once (merged by the writer, answered, fanned out); beyond this the
 # connector's link waits, which is the back-pressure a flood of cursors meets.
 CURSORS_IN_FLIGHT = 2000
+# Cursors waiting for a slot, one per (conversation, user, type, device), each kept at the
+# highest seq asked: past this many distinct ones the connector's link waits.
+PENDING_CURSORS = 100_000
+CursorKey = tuple[str, str, int, str]
 
 
 class ConnectorLink:
@@ -131,6 +135,9 @@ class Transfer:
         self._commits: set[asyncio.Task[None]] = set()
         self._cursors: set[asyncio.Task[None]] = set()
         self._cursor_slots = asyncio.Semaphore(CURSORS_IN_FLIGHT)
+        self._pending: dict[CursorKey, im_pb2.TimelineRecord] = {}
+        self._pending_room = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
         self._follow: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._conns: set[Link] = set()
@@ -227,7 +234,8 @@ class Transfer:
 
     async def on_record(self, record: im_pb2.TimelineRecord, origin: str) -> None:
         """Merge a client's cursor (the connector checked it and filled in its user), without
-        holding the link: up to :data:`CURSORS_IN_FLIGHT` at once."""
+        holding the link: up to :data:`CURSORS_IN_FLIGHT` at once, the rest coalesced while
+        they wait (cursors only move forward, so the highest seq asked is all that counts)."""
         problem = record_problem(record)
         if problem is None and record.WhichOneof("body") != "cursor":
             problem = "a connector's record must be a cursor"
@@ -238,10 +246,39 @@ class Transfer:
         out = im_pb2.TimelineRecord()
         out.CopyFrom(record)
         out.origin = origin
-        await self._cursor_slots.acquire()
-        task = asyncio.create_task(self._merge(out), name=f"cursor {record.cursor.user_id}")
+        c = out.cursor
+        key: CursorKey = (c.conv_id, c.user_id, c.type, out.device_id)
+        held = self._pending.get(key)
+        if held is not None:  # the same cursor waits already: it now goes to the higher seq
+            held.cursor.seq = max(held.cursor.seq, c.seq)
+            return
+        if not self._pending and not self._cursor_slots.locked():
+            await self._cursor_slots.acquire()  # free: no wait
+            self._start_merge(out)
+            return
+        # every slot busy: wait in the coalescing table, not on the link (a flood of cursors
+        # from a few devices must not hold up the chats of everyone on their connector)
+        while len(self._pending) >= PENDING_CURSORS:
+            self._pending_room.clear()
+            await self._pending_room.wait()
+        self._pending[key] = out
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_pending(), name="pending cursors")
+
+    def _start_merge(self, record: im_pb2.TimelineRecord) -> None:
+        task = asyncio.create_task(self._merge(record), name=f"cursor {record.cursor.user_id}")
         self._cursors.add(task)
         task.add_done_callback(self._cursors.discard)
+
+    async def _drain_pending(self) -> None:
+        while self._pending:
+            await self._cursor_slots.acquire()
+            if not self._pending:
+                self._cursor_slots.release()
+                break
+            key = next(iter(self._pending))
+            self._start_merge(self._pending.pop(key))
+            self._pending_room.set()
 
     async def _merge(self, record: im_pb2.TimelineRecord) -> None:
         cursor = record.cursor
@@ -358,8 +395,9 @@ class Transfer:
         for link in list(self._conns):
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
-        for task in (*self._commits, *self._cursors):
+        drainer = [self._drainer] if self._drainer is not None else []
+        for task in (*self._commits, *self._cursors, *drainer):
             task.cancel()
-        await asyncio.gather(*self._commits, *self._cursors, return_exceptions=True)
+        await asyncio.gather(*self._commits, *self._cursors, *drainer, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()

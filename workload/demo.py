@@ -35,7 +35,14 @@ from client.core import IMClient, befriend
 from client.events import Message, Receipt, ServerError
 from client.rest import RestError
 from common.errors import IMError
-from workload.devices import DeviceLog, check_devices, committed, disorder, history_missing
+from workload.devices import (
+    DeviceLog,
+    check_devices,
+    committed,
+    disorder,
+    history_missing,
+    sender_disorder,
+)
 from workload.fleet import Flapper, Fleet, record
 
 PASSWORD = "demo-password-1"
@@ -332,6 +339,7 @@ async def run_demo(
         "received": len(received),
         "duplicates": rep.device_duplicates + tally.receipt_dups,
         "out_of_order": out_of_order,
+        "sender_disorder": sender_disorder(truth),
         "errors": len(tally.errors),
         "error_samples": (tally.errors + rep.missing_samples)[:5],
         "files": files,
@@ -353,6 +361,7 @@ def ok(report: dict[str, object]) -> bool:
         all(report[k] == m for k in ("sent", "delivered", "read", "received"))
         and report["duplicates"] == 0
         and report["out_of_order"] == 0
+        and report.get("sender_disorder") == 0
         and report["errors"] == 0
         and report.get("files_ok", 0) == report.get("files", 0)
         and report["device_deliveries"] == report["device_deliveries_expected"]

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from common.convid import parse_conv_id
+from common.ids import slot_of
 
 Key = tuple[str, int]  # (sender, message id): ids are unique per sender only
 Place = tuple[str, int]  # (conv_id, seq)
@@ -71,6 +72,21 @@ def committed(logs: Iterable[DeviceLog]) -> tuple[dict[Place, Key], int]:
             if old != key:
                 clashes += 1
     return out, clashes
+
+
+def sender_disorder(truth: Mapping[Place, Key]) -> int:
+    """I3 on the committed truth: within a conversation, each sending device's messages must
+    take seqs in the order it made them. A device's message ids grow with the time it made
+    them (common/ids.py: milliseconds, then its slot, then a counter), so per (conversation,
+    sender, slot) the ids must grow with the seq; this counts the messages that break that."""
+    top: dict[tuple[str, str, int], int] = {}
+    bad = 0
+    for (conv, _seq), (sender, msg_id) in sorted(truth.items()):
+        key = (conv, sender, slot_of(msg_id))
+        if msg_id < top.get(key, 0):
+            bad += 1
+        top[key] = max(msg_id, top.get(key, 0))
+    return bad
 
 
 def members(conv_id: str) -> tuple[str, ...]:

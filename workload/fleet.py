@@ -177,12 +177,5 @@ def record(log: DeviceLog, ev: Event) -> None:
 
 def read_cursors(c: IMClient) -> dict[str, int]:
     """Where this device knows its user read each conversation to: its own marks, the READ of
-    the user's other devices (Cursor pushes) and the ConvState listing, whichever is highest.
-
-    The library keeps it in its sync machine (client/sync.py ``read_want``) but has no public
-    accessor yet: ``IMClient.read_cursors()`` is used once it has one."""
-    public = getattr(c, "read_cursors", None)
-    if callable(public):
-        return {str(k): int(v) for k, v in public().items()}
-    sm = c._sync
-    return {conv: sm._convs[conv].read_want for conv in sm.conversations()}
+    the user's other devices (Cursor pushes) and the ConvState listing, whichever is highest."""
+    return c.read_cursors()

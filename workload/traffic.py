@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from client.core import IMClient, befriend
 from client.events import Message, Receipt, ServerError
 from common.errors import IMError
-from workload.devices import DeviceLog, check_devices, disorder, read_divergent
+from workload.devices import (
+    DeviceLog,
+    check_devices,
+    committed,
+    disorder,
+    read_divergent,
+    sender_disorder,
+)
 from workload.fleet import Flapper, Fleet, read_cursors, record
 
 PASSWORD = "chaos-password-1"
@@ -292,6 +299,7 @@ def check(led: Ledger) -> dict[str, int]:
 def check_all(led: Ledger) -> dict[str, int]:
     """:func:`check` and the per-device verdicts over every device of every user."""
     rep = check_devices(led.logs.values(), led.devices)
+    truth, _ = committed(led.logs.values())
     out = check(led)
     out.update(
         {
@@ -302,6 +310,7 @@ def check_all(led: Ledger) -> dict[str, int]:
             "device_duplicates": rep.device_duplicates,
             "device_order_mismatch": rep.device_order_mismatch,
             "read_cursor_divergent": read_divergent(led.logs.values()),
+            "sender_disorder": sender_disorder(truth),
             # (device, conversation) read cursors compared: 0 would make the line above vacuous
             "read_cursors_checked": sum(len(log.read) for log in led.logs.values()),
         }
