@@ -163,10 +163,6 @@ class TransferLinks:
     def ready(self) -> bool:
         return any(h.ready.is_set() for h in self.handlers.values())
 
-    def pick(self, key: str) -> Link | None:
-        chosen = self.pick_handler(key)
-        return None if chosen is None else chosen.link
-
     def pick_handler(self, key: str) -> TransferLinkHandler | None:
         best: tuple[int, str] | None = None
         chosen: TransferLinkHandler | None = None
