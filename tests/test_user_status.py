@@ -112,6 +112,33 @@ async def test_concurrent_calls(status: UserStatusService) -> None:
     assert await status.lookup("alice") == {}
 
 
+@pytest.mark.asyncio
+async def test_lookup_many(status: UserStatusService) -> None:
+    """One answer for many users, the same as one lookup each; users with no device online are
+    left out, repeats count once, and more users than one pipeline chunk all come back."""
+    assert await status.lookup_many([]) == {}
+    await status.online("alice", "phone", "c1")
+    await status.online("alice", "laptop", "c2")
+    await status.online("bob", "phone", "c0")
+    got = await status.lookup_many(["alice", "carol", "bob", "alice"])
+    assert got == {"alice": {"phone": "c1", "laptop": "c2"}, "bob": {"phone": "c0"}}
+    many = [f"u{i}" for i in range(1200)]
+    for i, user in enumerate(many[::2]):
+        await status.online(user, "d", f"c{i % 3}")
+    got = await status.lookup_many(many)
+    assert got == {u: {"d": f"c{i % 3}"} for i, u in enumerate(many[::2])}
+    await status.offline("alice", "phone", "c1")
+    assert await status.lookup_many(["alice"]) == {"alice": {"laptop": "c2"}}
+
+
+@pytest.mark.asyncio
+async def test_lookup_many_skips_dead_connectors(backend: StatusBackend) -> None:
+    assert await backend.beat("connector", "c1", "c1.example:9081", 60.0)
+    await backend.online("alice", "phone", "c1")
+    await backend.online("alice", "laptop", "gone")  # never registered: forgotten
+    assert await backend.lookup_many(["alice"]) == {"alice": {"phone": "c1"}}
+
+
 # --- liveness, registry, move notices ---------------------------------------------------------
 
 
@@ -204,6 +231,36 @@ async def test_route_cache_serves_until_the_user_moves(status: StatusBackend) ->
                 break
             await asyncio.sleep(0.02)
         assert await routes.lookup("alice") == {}
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_route_cache_lookup_many(status: StatusBackend) -> None:
+    """A batch takes cached users from the cache (offline ones too), asks for the rest in one
+    call, and a move is seen at the next batch."""
+    routes = RouteCache(status, ttl=60.0)
+    follower = asyncio.create_task(routes.follow())
+    try:
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if routes._following:
+                break
+        await status.online("alice", "phone", "c1")
+        await asyncio.sleep(0.1)
+        want = {"alice": {"phone": "c1"}, "bob": {}}
+        assert await routes.lookup_many(["alice", "bob"]) == want
+        assert (routes.hits, routes.misses) == (0, 2)
+        assert await routes.lookup_many(["bob", "alice"]) == want
+        assert (routes.hits, routes.misses) == (2, 2)
+        await status.online("bob", "laptop", "c2")
+        for _ in range(50):
+            if (await routes.lookup_many(["alice", "bob"]))["bob"]:
+                break
+            await asyncio.sleep(0.02)
+        got = await routes.lookup_many(["alice", "bob"])
+        assert got == {"alice": {"phone": "c1"}, "bob": {"laptop": "c2"}}
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 
@@ -30,6 +30,11 @@ class UserStatusService(Protocol):
         A device on a connector whose heartbeat lapsed is left out; one on a connector that is
         no longer registered at all is forgotten.
         """
+        ...
+
+    async def lookup_many(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """:meth:`lookup` for many users in few round trips (a group's fanout): only users
+        with a device online appear in the answer."""
         ...
 
     def moves(self) -> AsyncGenerator[list[str] | None, None]:

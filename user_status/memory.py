@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 SWEEP_AFTER = 600.0
 MOVES_QUEUE = 10_000  # pending move notices per follower; beyond that, "forget everything"
@@ -67,6 +67,14 @@ class MemoryUserStatus:
                 out[device] = connector
         if not devices:
             del self._users[user_id]
+        return out
+
+    async def lookup_many(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for user in dict.fromkeys(user_ids):
+            devices = await self.lookup(user)
+            if devices:
+                out[user] = devices
         return out
 
     async def online_page(
