@@ -28,7 +28,7 @@ import os
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -114,6 +114,7 @@ class IMClient:
         self._sync_seqs: OrderedDict[int, str] = OrderedDict()  # link seq -> conv of a Sync
         self._ticker: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()  # after-WELCOME sends, kept referenced
+        self._chat_lock = asyncio.Lock()  # one task sends chats at a time (their order)
         self._caught_up = asyncio.Event()
 
     async def __aenter__(self) -> IMClient:
@@ -274,7 +275,7 @@ class IMClient:
 
     async def _after_welcome(self, effects: list[S.Effect]) -> None:
         try:
-            await self._flush_outbox(force=True)
+            await self._send_chats()
             await self._apply(effects, may_wait=True)
         except (IMError, OSError) as exc:  # the link went again: the next WELCOME redoes it
             log.debug("%s: after welcome: %s", self.user_id, exc)
@@ -312,20 +313,40 @@ class IMClient:
                 while self._deferred and self._conn.up:
                     await self._send(self._deferred.popleft(), may_wait=True)
                 await self._apply(self._sync.tick(time.monotonic()), may_wait=True)
-                await self._flush_outbox(force=False)
+                await self._send_chats()
+                await self._resend_stale()
             except (IMError, OSError) as exc:
                 log.debug("%s: tick: %s", self.user_id, exc)
 
-    async def _flush_outbox(self, *, force: bool) -> None:
-        for pending in self._outbox.due(time.monotonic(), force=force):
-            if not self._conn.up:
-                return
-            seq = await self._send(im_pb2.Envelope(chat=pending.chat), may_wait=True)
-            if not seq:
-                return
-            self.resent += pending.tries > 0
-            pending.tries += 1
-            pending.sent_at, pending.link_seq = time.monotonic(), seq
+    async def _send_chats(self) -> None:
+        """Send what the outbox has not sent on this link, oldest first, one sender at a time:
+        the only way a chat goes out the first time on a link. A new chat made while a fresh
+        link's resends are still going out waits its turn behind them, so the server sees a
+        device's chats in the order they were made (I3) whatever races the reconnect."""
+        async with self._chat_lock:
+            while self._conn.up:
+                pending = self._outbox.next_unsent()
+                if pending is None:
+                    return
+                seq = await self._send(im_pb2.Envelope(chat=pending.chat), may_wait=True)
+                if not seq:
+                    return
+                if pending.chat.id in self._outbox:  # not confirmed while it was being sent
+                    self.resent += pending.tries > 0
+                    self._outbox.sent(pending, seq, time.monotonic())
+
+    async def _resend_stale(self) -> None:
+        """Chats sent on this link long ago and still without SENT go again (same id: the
+        writer commits a message once)."""
+        async with self._chat_lock:
+            for pending in self._outbox.due(time.monotonic()):
+                if not self._conn.up or pending.chat.id not in self._outbox:
+                    continue
+                seq = await self._send(im_pb2.Envelope(chat=pending.chat), may_wait=True)
+                if not seq:
+                    return
+                self.resent += 1
+                self._outbox.sent(pending, seq, time.monotonic())
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -340,9 +361,7 @@ class IMClient:
         """Seal, keep in the outbox and send; returns the message id that receipts will name.
         Waits while the outbox is full. Raises only when this client was never connected."""
         to, key = self._key(to)
-        msg_id = self._ids()
-        await self._enqueue(text_chat(key, msg_id, self.user_id, to, text))
-        return msg_id
+        return await self._enqueue(lambda msg_id: text_chat(key, msg_id, self.user_id, to, text))
 
     async def send_file(self, to: str, path: str | os.PathLike[str], name: str = "") -> int:
         """Encrypt and upload ``path``, then send it as a FILE message; returns the message id.
@@ -350,21 +369,23 @@ class IMClient:
         to, key = self._key(to)
         src = Path(path)
         up = await upload_file(self.rest, src)
-        msg_id = self._ids()
-        await self._enqueue(file_chat(key, msg_id, self.user_id, to, up, name or src.name))
-        return msg_id
+        label = name or src.name
+        return await self._enqueue(
+            lambda msg_id: file_chat(key, msg_id, self.user_id, to, up, label)
+        )
 
-    async def _enqueue(self, chat: im_pb2.ChatMsg) -> None:
+    async def _enqueue(self, make: Callable[[int], im_pb2.ChatMsg]) -> int:
+        """Make the chat with a fresh id once the outbox has room (ids then follow the order
+        chats enter the outbox, which is the order they go out), keep it, send it."""
         if not self._conn.wanted and self._conn.link is None:
             raise IMError("not connected")
         await self._outbox.wait_room()
+        chat = make(self._ids())
         self._sync.local_sent(chat.id)
-        pending = self._outbox.add(chat)
+        self._outbox.add(chat)
         if self._conn.up:
-            seq = await self._send(im_pb2.Envelope(chat=chat), may_wait=True)
-            if seq:
-                pending.tries += 1
-                pending.sent_at, pending.link_seq = time.monotonic(), seq
+            await self._send_chats()
+        return chat.id
 
     async def mark_read(self, conv_id: str, seq: int) -> None:
         """The user has read ``conv_id`` up to ``seq``: a READ cursor (coalesced), which the

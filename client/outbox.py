@@ -35,6 +35,10 @@ class Outbox:
         self.size = size
         self.resend_after = resend_after
         self._items: OrderedDict[int, Pending] = OrderedDict()
+        # ids not sent on the current link yet, in the order they were made: a chat goes out
+        # only after every older one did (sender order, I3), so a new chat never overtakes the
+        # resends a fresh link owes
+        self._unsent: OrderedDict[int, None] = OrderedDict()
         self._room = asyncio.Event()
         self._room.set()
 
@@ -51,11 +55,13 @@ class Outbox:
 
     def add(self, chat: im_pb2.ChatMsg) -> Pending:
         pending = self._items[chat.id] = Pending(chat)
+        self._unsent[chat.id] = None
         return pending
 
     def confirm(self, msg_id: int) -> Pending | None:
         """Committed (or refused for good): forget it."""
         pending = self._items.pop(msg_id, None)
+        self._unsent.pop(msg_id, None)
         if len(self._items) < self.size:
             self._room.set()
         return pending
@@ -71,8 +77,22 @@ class Outbox:
         """A fresh link: everything goes again."""
         for pending in self._items.values():
             pending.sent_at, pending.link_seq = 0.0, 0
+        self._unsent = OrderedDict.fromkeys(self._items)
 
-    def due(self, now: float, *, force: bool = False) -> list[Pending]:
-        """In send order: never sent on this link, or unconfirmed too long (``force``: all)."""
+    def next_unsent(self) -> Pending | None:
+        """The oldest chat not sent on this link yet."""
+        for msg_id in self._unsent:
+            return self._items[msg_id]
+        return None
+
+    def sent(self, pending: Pending, link_seq: int, now: float) -> None:
+        """``pending`` went out on this link as ``link_seq``."""
+        self._unsent.pop(pending.chat.id, None)
+        pending.tries += 1
+        pending.sent_at, pending.link_seq = now, link_seq
+
+    def due(self, now: float) -> list[Pending]:
+        """Sent on this link but unconfirmed for too long, oldest first (the unsent ones go by
+        :meth:`next_unsent`)."""
         cutoff = now - self.resend_after
-        return [p for p in self._items.values() if force or p.sent_at <= cutoff]
+        return [p for p in self._items.values() if 0 < p.sent_at <= cutoff]

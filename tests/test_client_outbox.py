@@ -114,16 +114,53 @@ async def test_after_a_reconnect_the_outbox_goes_again_in_order_with_the_same_id
     later = await c.send_text("bob", "while down")  # kept, not sent
     second = FakeLink()
     attach(c, second)
-    await c._flush_outbox(force=True)
+    await c._send_chats()
     assert [x.id for x in second.kinds("chat")] == [ids[1], ids[2], later]
     assert c.resent == 2  # the two that had gone out once
+
+
+async def test_a_chat_made_as_a_link_comes_up_waits_for_the_resends() -> None:
+    """The race the 10-minute chaos run caught (sender_disorder 1): a WELCOME hands the resends
+    to a task, and a chat made before that task ran went out first, so a resent older chat was
+    committed after it. Now every chat leaves in the order made, whoever sends it."""
+    c, first = client()
+    old = [await c.send_text("bob", f"m{i}") for i in range(3)]
+    first.closing = True
+    c._conn.node_id = ""
+    second = FakeLink()
+    c._conn.link, c._conn.node_id = cast(Link, second), "c2"
+    c.welcomed(cast(Link, second), im_pb2.Welcome(node_id="c2", id_slot=0))
+    new = await c.send_text("bob", "made as the link came up")  # before the resend task ran
+    await asyncio.sleep(0.05)
+    ids = [x.id for x in second.kinds("chat")]
+    assert ids[: len(old) + 1] == [*old, new], ids
+    assert len(ids) == len(set(ids)), "nothing twice on one link"
+
+
+class SlowLink(FakeLink):
+    """A link whose every send waits a moment (window room), so senders interleave."""
+
+    async def send(self, env: im_pb2.Envelope) -> int:
+        await asyncio.sleep(0.001)
+        return await super().send(env)
+
+
+async def test_concurrent_senders_keep_the_order_ids_were_made() -> None:
+    c = IMClient("http://127.0.0.1:1", "alice", "pw", reconnect=False)
+    c.friends = {"bob": KEY}
+    link = SlowLink()
+    attach(c, link)
+    made = await asyncio.gather(*(c.send_text("bob", f"m{i}") for i in range(30)))
+    ids = [x.id for x in link.kinds("chat")]
+    assert ids == sorted(made) and sorted(ids) == ids
 
 
 async def test_unconfirmed_chats_are_resent_after_a_while() -> None:
     c, link = client(resend_after=0.0)
     m1 = await c.send_text("bob", "one")
-    await c._flush_outbox(force=False)
+    await c._resend_stale()
     assert [x.id for x in link.kinds("chat")] == [m1, m1]
+    assert c.resent == 1
 
 
 async def test_the_outbox_is_bounded_and_send_waits_for_room() -> None:
