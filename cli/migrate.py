@@ -1,7 +1,8 @@
 """``im migrate``: create or upgrade the database schema of every component, then stop.
 
 Each package owns its tables and their migration steps (``rest_web.store`` the users,
-``rest_web.devices`` the message id slots, ``timeline.schema`` the timelines); this only runs
+``rest_web.devices`` the message id slots, ``timeline.schema`` the timelines, ``groups.schema``
+the groups, their members and keys); this only runs
 them, in one place an operator can call before starting a new release. Safe to run again, and
 from several hosts at once. It also brings user ids stored before the canonical-id rule to their
 canonical form, and says which it could not (rest_web/id_migration.py); and last, on a database
@@ -15,6 +16,8 @@ from common import files
 from common.config import Settings
 from common.db import create_database, open_database, schema_version
 from common.files import FileStore
+from groups import schema as group_schema
+from groups.store import SQLGroupStore
 from offline.legacy import import_offline_rows
 from rest_web import admin_store, devices
 from rest_web import store as userstore
@@ -40,7 +43,7 @@ async def run_migrate(settings: Settings) -> list[str]:
         components: list[
             tuple[
                 str,
-                UserStore | FileStore | AdminStore | DeviceSlots | SQLTimelineStore,
+                UserStore | FileStore | AdminStore | DeviceSlots | SQLTimelineStore | SQLGroupStore,
             ]
         ] = [
             (userstore.COMPONENT, UserStore(db)),
@@ -48,6 +51,7 @@ async def run_migrate(settings: Settings) -> list[str]:
             (admin_store.COMPONENT, AdminStore(db)),
             (devices.COMPONENT, DeviceSlots(db)),
             (timeline_schema.COMPONENT, SQLTimelineStore(db)),
+            (group_schema.COMPONENT, SQLGroupStore(db, SQLTimelineStore(db))),
         ]
         for name, store in components:
             before = await schema_version(db, name)

@@ -26,6 +26,8 @@ from common.files import FileStore
 from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
+from groups.store import SQLGroupStore
+from rest_web import group_routes
 from rest_web.app import create_app
 from rest_web.devices import DeviceSlots
 from rest_web.files import FileService
@@ -137,6 +139,11 @@ class Stack:
                 connectors = functools.partial(_addresses, live)
             file_service = FileService.from_settings(s, self.db)
             self._login = await open_login(s, users, self.db)
+            # the group store for REST (issue 14), on the timeline tables it shares
+            group_store = SQLGroupStore(self.db, timeline_store, group_routes.max_size_from_env())
+            await (
+                group_store.migrate() if self.db.dialect == "sqlite" else group_store.check_schema()
+            )
             app = create_app(
                 s,
                 users,
@@ -150,6 +157,7 @@ class Stack:
                 admin=self.ops.admin_deps(self.status, file_service.blobs),
                 devices=devices,
                 timeline=timeline_store,
+                groups=group_store,
             )
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(

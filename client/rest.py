@@ -1,12 +1,12 @@
 """The REST half of the client: register, login, friends and blocks, logout, file upload
-and download, conversations and their history."""
+and download, conversations and their history (groups: client/groups.py, ``RestClient.groups``)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -19,6 +19,9 @@ from client.history import (
     stored_chat,
 )
 from common.errors import IMError
+
+if TYPE_CHECKING:
+    from client.groups import RestGroups
 
 
 class RestError(IMError):
@@ -101,6 +104,18 @@ class RestClient:
                 detail = resp.text
             raise RestError(resp.status_code, detail, _retry_after(resp))
         return resp.json() if resp.content else None
+
+    async def request_json(self, method: str, url: str, *ok: int, **kw: Any) -> tuple[int, Any]:
+        """One authenticated call: its status (one of ``ok``, else RestError) and JSON body."""
+        resp = await self._call(method, url, headers=self._auth(), **kw)
+        return resp.status_code, self._check(resp, *ok)
+
+    @property
+    def groups(self) -> RestGroups:
+        """The /groups calls on this client's token."""
+        from client.groups import RestGroups
+
+        return RestGroups(self)
 
     async def register(self, user_id: str, password: str, display_name: str = "") -> bool:
         """Create the account; False if it already exists."""

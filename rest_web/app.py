@@ -52,10 +52,11 @@ from common.db import Database, open_database
 from common.errors import AuthError, BackendError, ConfigError
 from common.health import Readiness
 from common.tokens import Claims, Revocation, TokenSigner
+from groups.store import GroupStore, SQLGroupStore
 from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
-from rest_web import friend_routes, ops_routes
+from rest_web import friend_routes, group_routes, ops_routes
 from rest_web import timeline_routes as history_routes
 from rest_web.devices import DeviceSlots, SlotsExhausted
 from rest_web.files import FileService
@@ -231,6 +232,7 @@ def create_app(
     admin: admin_routes.AdminDeps | None = None,
     devices: DeviceSlots | None = None,
     timeline: TimelineStore | None = None,
+    groups: GroupStore | None = None,
 ) -> FastAPI:
     """The API over ``store``; tokens issued and checked with ``signer``; login hands out the
     addresses ``connector_source`` gives (default: the configured ones), spread round-robin.
@@ -241,7 +243,7 @@ def create_app(
     ping); ``hooks`` gets user.registered and friend.accepted; ``admin`` adds /admin (and
     refuses logins of disabled accounts); ``devices`` hands out message id slots (default: a
     table beside ``store``'s, created at first use); ``timeline`` serves /conversations (503
-    without)."""
+    without); ``groups`` serves /groups (503 without; docs/groups.md)."""
     app = FastAPI(
         title="IM cluster REST API",
         summary="Register, log in for a connector token, manage friends and their pair keys.",
@@ -470,6 +472,7 @@ def create_app(
     friend_routes.add_routes(app, caller, store, emit)
 
     history_routes.add_routes(app, caller, timeline)
+    group_routes.add_routes(app, caller, groups, timeline, emit)
     if files is not None:
         file_routes.add_routes(app, caller, files)
     if admin is not None:
@@ -506,20 +509,30 @@ async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Log
         files = FileService.from_settings(settings, db)
         devices = DeviceSlots(db)
         timeline = SQLTimelineStore(db)
+        groups = SQLGroupStore(db, timeline, group_routes.max_size_from_env())
         if db.dialect == "sqlite":
             await store.migrate()
             await files.migrate()
             await devices.migrate()
             await timeline.migrate()
+            await groups.migrate()
         else:
             await store.check_schema()
             await files.check_schema()
             await devices.check_schema()
             await timeline.check_schema()
+            await groups.check_schema()
         login = await open_login(settings, store, db)
         signer = TokenSigner(settings.signing_secret())
         app = create_app(
-            settings, store, signer, files=files, logins=login, devices=devices, timeline=timeline
+            settings,
+            store,
+            signer,
+            files=files,
+            logins=login,
+            devices=devices,
+            timeline=timeline,
+            groups=groups,
         )
     except BaseException:
         await db.close()

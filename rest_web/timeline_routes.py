@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from common.tokens import Claims
 from proto import im_pb2
-from timeline.model import UNREAD_CAP, ConvSummary, Entry, parse_conv_id
+from timeline.model import SINGLE, UNREAD_CAP, ConvSummary, Entry, parse_conv_id
 from timeline.store import MAX_CONVERSATIONS, MAX_PAGE, TimelineStore
 
 DEFAULT_PAGE = 50
@@ -44,6 +44,17 @@ class FileRefOut(BaseModel):
     checksum: str
 
 
+class SystemOut(BaseModel):
+    """A membership change or notice, made by the server (in the clear)."""
+
+    event: str = Field(description="CREATED, JOINED, LEFT, REMOVED, ROLE, MUTED, DISSOLVED, ...")
+    actor: str
+    target: str
+    text: str = Field(description="ROLE: the role; RENAMED, CREATED: the name")
+    key_id: int = Field(description="KEY_ROTATED: the new key")
+    until: int = Field(description="MUTED: ms since the epoch (0: unmuted)")
+
+
 class MessageOut(BaseModel):
     conv_id: str
     seq: int = Field(description="its place in the conversation: 1, 2, 3, ...")
@@ -56,6 +67,8 @@ class MessageOut(BaseModel):
     create_time: int = Field(description="the sender's clock, ms since the epoch")
     body: str = Field(description="the sealed body, base64: only the members can open it")
     file: FileRefOut | None = Field(None, description="FILE messages: the upload it refers to")
+    key_id: int = Field(0, description="the group key that sealed the body (0: the pair key)")
+    system: SystemOut | None = Field(None, description="SYSTEM messages: what happened")
 
 
 class ConversationOut(BaseModel):
@@ -73,10 +86,13 @@ class ConversationOut(BaseModel):
     delivered_seq: int = Field(description="this device's DELIVERED cursor")
     peer_read_seq: int
     peer_delivered_seq: int = Field(description="the highest of the peer's devices'")
+    max_seq: int = Field(
+        0, description="GROUP, after you left or were removed: the last seq you may read"
+    )
     changed: int = Field(description="last message or cursor move, ms since the epoch")
 
 
-class _BadRequestRoute(APIRoute):
+class BadRequestRoute(APIRoute):
     """This module's routes answer parameters that fail validation with 400 and one line, as
     they document, instead of FastAPI's 422 with a list."""
 
@@ -112,22 +128,43 @@ def message_out(entry: Entry) -> MessageOut:
     except DecodeError:
         chat = im_pb2.ChatMsg()  # not expected: shown as a message nobody can open
     ref = parse_conv_id(entry.conv_id)
+    system = None
+    if chat.msg_type == im_pb2.SYSTEM:
+        system = system_out(chat.body)
     return MessageOut(
         conv_id=entry.conv_id,
         seq=entry.seq,
         server_time=entry.server_time,
         id=str(entry.msg_id),
-        from_id=entry.sender,
-        dest_id=ref.peer_of(entry.sender),
+        from_id="" if system is not None else entry.sender,
+        dest_id=ref.peer_of(entry.sender) if ref.dest_type == SINGLE else ref.group_id,
         dest_type=_name(im_pb2.DestType, ref.dest_type),
         msg_type=_name(im_pb2.MsgType, chat.msg_type),
         create_time=chat.create_time,
-        body=base64.b64encode(chat.body).decode(),
         file=(
             FileRefOut(id=chat.file.id, size=chat.file.size, checksum=chat.file.checksum)
             if chat.HasField("file")
             else None
         ),
+        key_id=chat.key_id,
+        system=system,
+        body="" if system is not None else base64.b64encode(chat.body).decode(),
+    )
+
+
+def system_out(body: bytes) -> SystemOut | None:
+    sb = im_pb2.SystemBody()
+    try:
+        sb.ParseFromString(body)
+    except DecodeError:
+        return None
+    return SystemOut(
+        event=_name(im_pb2.SystemBody.Event, sb.event),
+        actor=sb.actor,
+        target=sb.target,
+        text=sb.text,
+        key_id=sb.key_id,
+        until=sb.until,
     )
 
 
@@ -144,6 +181,7 @@ def conversation_out(s: ConvSummary) -> ConversationOut:
         delivered_seq=s.delivered_seq,
         peer_read_seq=s.peer_read_seq,
         peer_delivered_seq=s.peer_delivered_seq,
+        max_seq=s.max_seq,
         changed=s.changed,
     )
 
@@ -154,7 +192,7 @@ def add_routes(
     """Mount ``GET /conversations`` and ``GET /conversations/{conv_id}/messages`` on ``store``;
     without one (an app wired with no timeline) they answer 503."""
     Caller = Annotated[Claims, Depends(caller)]
-    router = APIRouter(route_class=_BadRequestRoute, tags=["conversations"])
+    router = APIRouter(route_class=BadRequestRoute, tags=["conversations"])
     common: dict[int | str, dict[str, Any]] = {
         400: {"model": ProblemOut, "description": "a parameter is malformed or out of range"},
         401: {"model": ProblemOut, "description": "missing, bad, expired or revoked token"},
@@ -195,7 +233,7 @@ def add_routes(
             Path(
                 pattern=CONV_ID_PATTERN,
                 max_length=131,
-                description="p:<a>:<b> (a < b) for a 1-1 conversation",
+                description="p:<a>:<b> (a < b) for a 1-1 conversation, g:<id> for a group",
             ),
         ],
         before: Annotated[
@@ -214,10 +252,15 @@ def add_routes(
         # caller is not in: the same 404
         if not await tl.is_member(conv_id, me.user_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such conversation")
+        # a group's page holds only what the caller may read (their membership spans)
         if after is not None:
-            entries = await tl.page(conv_id, after=after, before=before, limit=limit)
+            entries = await tl.page(
+                conv_id, after=after, before=before, limit=limit, reader=me.user_id
+            )
         else:
-            entries = await tl.page(conv_id, before=before or _SEQ_MAX, limit=limit)
+            entries = await tl.page(
+                conv_id, before=before or _SEQ_MAX, limit=limit, reader=me.user_id
+            )
         return [message_out(e) for e in entries]
 
     app.include_router(router)

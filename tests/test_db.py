@@ -294,7 +294,8 @@ MIGRATED = [
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
     "devices: version 0 -> 1",
-    "timeline: version 0 -> 1",
+    "timeline: version 0 -> 2",
+    "groups: version 0 -> 1",
     "offline: no im_offline table, nothing to import",  # a fresh install never gets one
 ]
 UP_TO_DATE = [
@@ -302,7 +303,8 @@ UP_TO_DATE = [
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",
     "devices: version 1 (up to date)",
-    "timeline: version 1 (up to date)",
+    "timeline: version 2 (up to date)",
+    "groups: version 1 (up to date)",
     "offline: no im_offline table, nothing to import",
 ]
 

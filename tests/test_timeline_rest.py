@@ -131,6 +131,7 @@ async def test_conversations_list_last_message_unread_and_cursors(api: Api) -> N
         "delivered_seq": 2,  # this token's device, alice-phone
         "peer_read_seq": 1,
         "peer_delivered_seq": 1,
+        "max_seq": 0,  # a pair has no membership spans
     }
     last = conv["last_message"]
     assert (last["seq"], last["id"], last["from_id"], last["dest_id"]) == (
@@ -203,6 +204,8 @@ async def test_messages_page_through_a_conversation(api: Api) -> None:
         "create_time": 1_700_000_000_001,
         "body": base64.b64encode(api.sent[1].body).decode(),
         "file": None,
+        "key_id": 0,  # the pair key
+        "system": None,
     }
 
 

@@ -106,6 +106,53 @@ async def test_writer_refuses_what_no_writer_could_append(writer: MemoryTimeline
     assert refused.refused == im_pb2.BAD_MESSAGE
 
 
+async def test_writer_answers_group_refusals_at_commit(
+    writer: MemoryTimelineQueue, store: SQLTimelineStore, db: Database
+) -> None:
+    """A group chat is checked in the append's transaction: a member's commits; a stranger's
+    is NOT_MEMBER, a muted member's MUTED, one sealed with a replaced key STALE_KEY; a SYSTEM
+    chat from a client is BAD_MESSAGE, never stored."""
+    from groups.store import SQLGroupStore
+
+    groups = SQLGroupStore(db, store)
+    await groups.migrate()
+    gid = (await groups.create("alice", "team", ["bob"])).group_id
+    await groups.put_member(gid, "bob", "bob")
+
+    def group_record(
+        frm: str, msg_id: int, key_id: int = 1, msg_type: im_pb2.MsgType = im_pb2.TEXT
+    ) -> im_pb2.TimelineRecord:
+        chat = im_pb2.ChatMsg(
+            id=msg_id,
+            from_id=frm,
+            dest_id=gid,
+            dest_type=im_pb2.GROUP,
+            msg_type=msg_type,
+            body=b"sealed",
+            key_id=key_id,
+            conv_id=f"g:{gid}",
+        )
+        return im_pb2.TimelineRecord(chat=chat, origin="t1")
+
+    (ok,) = await writer.submit([group_record("bob", 1)])
+    assert (ok.chat.seq, ok.refused) == (3, 0)
+    (stranger,) = await writer.submit([group_record("mallory", 2)])
+    assert (stranger.refused, stranger.chat.seq) == (im_pb2.NOT_MEMBER, 0)
+    await groups.mute(gid, "alice", "bob", 2**62)
+    (muted,) = await writer.submit([group_record("bob", 3)])
+    assert muted.refused == im_pb2.MUTED
+    await groups.mute(gid, "alice", "bob", 0)
+    await groups.put_member(gid, "alice", "carol")
+    await groups.put_member(gid, "carol", "carol")
+    await groups.delete_member(gid, "carol", "carol")  # key 2 from here on
+    (stale,) = await writer.submit([group_record("bob", 4, key_id=1)])
+    assert stale.refused == im_pb2.STALE_KEY
+    (system,) = await writer.submit([group_record("alice", 5, msg_type=im_pb2.SYSTEM)])
+    assert system.refused == im_pb2.BAD_MESSAGE
+    (fresh,) = await writer.submit([group_record("bob", 4, key_id=2)])
+    assert fresh.refused == 0 and fresh.chat.seq == 9
+
+
 async def test_writer_merges_read_cursors_forward_only(
     writer: MemoryTimelineQueue,
 ) -> None:

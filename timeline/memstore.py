@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proto import im_pb2
+from timeline.groupsql import Head, system_content, system_sender
 from timeline.model import (
+    GROUP,
     SINGLE,
     UNREAD_CAP,
     AppendResult,
@@ -18,18 +20,24 @@ from timeline.model import (
     CursorResult,
     Entry,
     NewMessage,
+    Receipts,
+    Span,
     conv_ref,
     parse_conv_id,
     resend_outcome,
     stamp,
 )
+from timeline.sqlrows import visible_bounds
 from timeline.store import (
     MAX_CONVERSATIONS,
     check_batch,
     check_cursor,
     check_move,
     check_page,
+    is_group,
     now_ms,
+    post_refusal,
+    unstored,
 )
 
 
@@ -49,6 +57,14 @@ class _Conv:
     seqs: list[int] = field(default_factory=list)  # ascending; retention removes a prefix
     entries: dict[int, Entry] = field(default_factory=dict)
     members: dict[str, _Member] = field(default_factory=dict)
+    # groups: the spans each user may read ([from, to, muted until], to 0 while a member)
+    spans: dict[str, list[list[int]]] = field(default_factory=dict)
+    closed_seq: int = 0
+    key_id: int = 0
+
+    def open_span(self, user: str) -> list[int] | None:
+        spans = self.spans.get(user)
+        return spans[-1] if spans and spans[-1][1] == 0 else None
 
 
 class MemoryTimelineStore:
@@ -72,6 +88,18 @@ class MemoryTimelineStore:
                 results.append(AppendResult(entry, resend_outcome(digest, m.digest)))
                 continue
             ref = parse_conv_id(m.conv_id)
+            if ref.dest_type == GROUP:
+                group = self._convs.get(m.conv_id)
+                span = None if group is None else group.open_span(m.sender)
+                refusal = post_refusal(
+                    m,
+                    None if group is None else (group.closed_seq, group.key_id),
+                    None if span is None else span[2],
+                    now,
+                )
+                if refusal is not None:
+                    results.append(AppendResult(unstored(m), refusal))
+                    continue
             conv = self._convs.setdefault(m.conv_id, _Conv(ref.dest_type))
             seq = conv.last_seq + 1
             server_time = max(now, conv.last_time)
@@ -94,17 +122,108 @@ class MemoryTimelineStore:
         return results
 
     async def page(
-        self, conv_id: str, *, after: int = 0, before: int = 0, limit: int
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
     ) -> list[Entry]:
         limit = check_page(after, before, limit)
+        if is_group(conv_id) and reader is None:
+            raise ValueError("a group's timeline is paged for one reader")
         conv = self._convs.get(conv_id)
         if conv is None:
             return []
         lo = bisect.bisect_right(conv.seqs, after)
         hi = bisect.bisect_left(conv.seqs, before) if before else len(conv.seqs)
+        seqs = conv.seqs[lo:hi]
+        if reader is not None and conv.dest_type == GROUP:
+            spans = self._spans(conv, reader)
+            seqs = [s for s in seqs if any(span.covers(s) for span in spans)]
         if before and not after:
-            lo = max(lo, hi - limit)
-        return [conv.entries[s] for s in conv.seqs[lo:hi][:limit]]
+            seqs = seqs[-limit:]
+        return [conv.entries[s] for s in seqs[:limit]]
+
+    @staticmethod
+    def _spans(conv: _Conv, user_id: str) -> list[Span]:
+        return [Span(f, t) for f, t, _ in conv.spans.get(user_id, [])]
+
+    async def spans(self, conv_id: str, user_id: str) -> list[Span]:
+        conv = self._convs.get(conv_id)
+        return [] if conv is None else self._spans(conv, user_id)
+
+    async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
+        conv = self._convs.get(conv_id)
+        if conv is None or not 1 <= seq <= conv.last_seq:
+            return None
+        entry = conv.entries.get(seq)
+        sender = "" if entry is None else entry.sender
+        covered = sorted(
+            user
+            for user in conv.spans
+            if user != sender and any(span.covers(seq) for span in self._spans(conv, user))
+        )
+        read = [u for u in covered if conv.members[u].read_seq >= seq]
+        got = [u for u in covered if conv.members[u].delivered_seq >= seq]
+        return Receipts(seq, len(covered), len(read), len(got), read[:limit], got[:limit])
+
+    # --- membership (the group store's; docs/groups.md) --------------------------------------
+
+    def group_head(self, conv_id: str) -> Head | None:
+        conv = self._convs.get(conv_id)
+        if conv is None:
+            return None
+        return Head(conv.last_seq, conv.last_time, conv.closed_seq, conv.key_id)
+
+    def create_group(self, conv_id: str, key_id: int) -> None:
+        if conv_id in self._convs:
+            raise ValueError(f"{conv_id} exists")
+        self._convs[conv_id] = _Conv(GROUP, key_id=key_id)
+
+    def append_system(
+        self, conv_id: str, bodies: Sequence[im_pb2.SystemBody], now: int
+    ) -> list[Entry]:
+        """As timeline.groupsql.append_system: the caller holds the loop (no await between
+        its reads and this), which is this store's lock."""
+        conv = self._convs[conv_id]
+        group_id = parse_conv_id(conv_id).group_id
+        sender = system_sender(group_id)
+        out: list[Entry] = []
+        for body in bodies:
+            seq, server_time = conv.last_seq + 1, max(now, conv.last_time)
+            content = system_content(group_id, seq, server_time, body)
+            entry = Entry(conv_id, seq, sender, seq, server_time, content)
+            conv.last_seq, conv.last_time = seq, server_time
+            conv.seqs.append(seq)
+            conv.entries[seq] = entry
+            self._ids[(sender, seq)] = (entry, b"")
+            out.append(entry)
+            event = body.event
+            if event in (im_pb2.SystemBody.CREATED, im_pb2.SystemBody.JOINED):
+                user = body.actor if event == im_pb2.SystemBody.CREATED else body.target
+                if conv.open_span(user) is None:
+                    conv.spans.setdefault(user, []).append([seq, 0, 0])
+                member = conv.members.setdefault(user, _Member())
+                member.read_seq = max(member.read_seq, seq)
+                member.changed = max(member.changed, server_time)
+            elif event in (im_pb2.SystemBody.LEFT, im_pb2.SystemBody.REMOVED):
+                span = conv.open_span(body.target)
+                if span is not None:
+                    span[1] = seq
+                if body.target in conv.members:
+                    target = conv.members[body.target]
+                    target.changed = max(target.changed, server_time)
+            elif event == im_pb2.SystemBody.MUTED:
+                span = conv.open_span(body.target)
+                if span is not None:
+                    span[2] = body.until
+            elif event == im_pb2.SystemBody.DISSOLVED:
+                conv.closed_seq = seq
+            elif event == im_pb2.SystemBody.KEY_ROTATED:
+                conv.key_id = body.key_id
+        return out
 
     async def get(self, sender: str, msg_id: int) -> Entry | None:
         known = self._ids.get((sender, msg_id))
@@ -122,9 +241,9 @@ class MemoryTimelineStore:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         mine = [
-            (conv.members[user_id].changed, conv_id)
+            (self._changed(conv, user_id), conv_id)
             for conv_id, conv in self._convs.items()
-            if user_id in conv.members and conv.members[user_id].changed >= since_ms
+            if user_id in conv.members and self._changed(conv, user_id) >= since_ms
         ]
         if after is None:
             mine.sort(reverse=True)
@@ -138,14 +257,28 @@ class MemoryTimelineStore:
             out = [dataclasses.replace(c, last=None) for c in out]
         return out
 
+    @staticmethod
+    def _changed(conv: _Conv, user_id: str) -> int:
+        """A group member's conversation changes with its head: no row is bumped per message."""
+        changed = conv.members[user_id].changed
+        if conv.open_span(user_id) is not None:
+            changed = max(changed, conv.last_time)
+        return changed
+
     def _summary(self, conv_id: str, user_id: str, device_id: str) -> ConvSummary:
         conv = self._convs[conv_id]
         me = conv.members[user_id]
         peer_id = parse_conv_id(conv_id).peer_of(user_id)
         peer = conv.members.get(peer_id) if conv.dest_type == SINGLE else None
+        first, last_seen = 1, 0
+        if conv.dest_type == GROUP:
+            first, last_seen = visible_bounds(self._spans(conv, user_id), conv.last_seq)
+        upto = last_seen or conv.last_seq
         lo = bisect.bisect_right(conv.seqs, me.read_seq)
         unread = 0
         for seq in conv.seqs[lo:]:
+            if seq > upto:
+                break
             if conv.entries[seq].sender != user_id:
                 unread += 1
                 if unread == UNREAD_CAP:
@@ -154,15 +287,16 @@ class MemoryTimelineStore:
             conv_id=conv_id,
             dest_type=conv.dest_type,
             peer_id=peer_id,
-            last_seq=conv.last_seq,
-            last=conv.entries.get(conv.last_seq),
+            last_seq=upto,
+            last=conv.entries.get(upto),
             read_seq=me.read_seq,
             delivered_seq=me.devices.get(device_id, 0) if device_id else 0,
             peer_read_seq=peer.read_seq if peer else 0,
             peer_delivered_seq=peer.delivered_seq if peer else 0,
             unread=unread,
-            changed=me.changed,
-            min_seq=conv.seqs[0] if conv.seqs else conv.last_seq + 1,
+            changed=self._changed(conv, user_id),
+            min_seq=max(first, conv.seqs[0] if conv.seqs else conv.last_seq + 1),
+            max_seq=last_seen,
         )
 
     async def head(self, conv_id: str) -> int:
@@ -183,6 +317,9 @@ class MemoryTimelineStore:
         me = conv.members[m.user_id]
         single = conv.dest_type == SINGLE
         target = min(m.seq, conv.last_seq)
+        if conv.dest_type == GROUP:
+            _, last_seen = visible_bounds(self._spans(conv, m.user_id), conv.last_seq)
+            target = min(target, last_seen or target)
         if m.kind == im_pb2.READ:
             moved = target > me.read_seq
             if moved:
@@ -221,7 +358,7 @@ class MemoryTimelineStore:
         if ref.dest_type == SINGLE:
             return user_id in ref.members
         conv = self._convs.get(conv_id)
-        return conv is not None and user_id in conv.members
+        return conv is not None and bool(conv.spans.get(user_id))
 
     async def purge(self, older_than_ms: int) -> int:
         removed = 0

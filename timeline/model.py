@@ -45,6 +45,8 @@ __all__ = [
     "CursorResult",
     "Entry",
     "NewMessage",
+    "Receipts",
+    "Span",
     "chat_digest",
     "conv_of_chat",
     "conv_ref",
@@ -70,7 +72,12 @@ _STAMPS = frozenset({_CONV_ID_FIELD, _SEQ_FIELD, _SERVER_TIME_FIELD})
 _RETIRED = frozenset(range(9, 14))  # read_tag, stream, stream_seq, stream_floor, from_store
 _DROPPED = _STAMPS | _RETIRED
 
-Outcome = Literal["committed", "duplicate", "reused"]
+# committed/duplicate/reused: every conversation; not_member, closed (a dissolved group),
+# muted and stale_key (sealed with a key the group replaced): group chats, checked in the
+# append's transaction, nothing stored
+Outcome = Literal["committed", "duplicate", "reused", "not_member", "closed", "muted", "stale_key"]
+REFUSALS: frozenset[str] = frozenset({"not_member", "closed", "muted", "stale_key"})
+SYSTEM = int(im_pb2.SYSTEM)
 
 
 def conv_of_chat(chat: im_pb2.ChatMsg) -> str:
@@ -95,6 +102,7 @@ class NewMessage:
     msg_type: int
     content: bytes
     digest: bytes
+    key_id: int = 0  # the group key that sealed it (0: a pair key); a group checks it is current
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +121,8 @@ class Entry:
 class AppendResult:
     """``committed``: stored now at ``entry.seq``; ``duplicate``: a resend of ``entry``, stored
     before (or earlier in the same batch), nothing new stored; ``reused``: the sender's id
-    belongs to another message (``entry``, the one stored), nothing stored."""
+    belongs to another message (``entry``, the one stored), nothing stored. A group chat the
+    group refused (:data:`REFUSALS`) has ``entry.seq`` 0 and its content unstamped."""
 
     entry: Entry
     outcome: Outcome
@@ -137,6 +146,34 @@ class ConvSummary:
     # the first seq still stored: 1 until retention removes a prefix, last_seq + 1 once it
     # removed everything (nothing left to sync)
     min_seq: int = 1
+    # GROUP, after the member left or was removed: the last seq they may read (0: a member)
+    max_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A stretch of a group's timeline a user may read: from the seq of the event that let
+    them in (CREATED, JOINED) to the one that let them out (LEFT, REMOVED), both included;
+    ``to_seq`` 0 while they are a member."""
+
+    from_seq: int
+    to_seq: int = 0
+
+    def covers(self, seq: int) -> bool:
+        return self.from_seq <= seq and (self.to_seq == 0 or seq <= self.to_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipts:
+    """Who of the members at ``seq`` (their spans cover it; the sender left out) has it:
+    counted in full, listed up to the caller's bound."""
+
+    seq: int
+    members: int
+    read: int
+    delivered: int
+    read_by: list[str]
+    delivered_to: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +225,8 @@ def message_problem(m: NewMessage) -> str | None:
         return "sender is not a user id"
     if ref.dest_type == SINGLE and m.sender not in ref.members:
         return f"sender {m.sender} is not in {m.conv_id}"
+    if m.msg_type == SYSTEM:
+        return "SYSTEM messages are made by the server only"
     if m.dest_type != ref.dest_type:
         return f"dest_type {m.dest_type} does not match {m.conv_id}"
     if not 0 <= m.msg_id < U64:
@@ -232,6 +271,7 @@ def new_message(chat: im_pb2.ChatMsg, content: bytes | None = None) -> NewMessag
         msg_type=chat.msg_type,
         content=chat.SerializeToString() if content is None else content,
         digest=chat_digest(chat),
+        key_id=chat.key_id,
     )
 
 

@@ -12,6 +12,11 @@
   last message or cursor move the member should hear about; ``(user_id, changed, conv_id)``
   lists a user's conversations newest change first.
 - ``im_tl_device``: each device's DELIVERED cursor, per conversation and member.
+- step 2 (groups, docs/groups.md): ``im_tl_span``, the stretches of a group's timeline each
+  user may read, from the seq of the event that let them in to the one that let them out
+  (``to_seq`` 0 while a member), with the member's mute; ``im_tl_conv`` gains ``closed_seq``
+  (a dissolved group's DISSOLVED event: no posts after it) and ``key_id`` (the group's current
+  key, which a chat must be sealed with). ``(user_id, to_seq, conv_id)`` lists a user's groups.
 
 msg ids are uint64 on the wire and stored as the signed BIGINT with the same 64 bits, as the
 offline store does. MySQL tables use the binary collation, so ids compare as in Python.
@@ -62,6 +67,20 @@ _DEVICE_TABLE = (
     " PRIMARY KEY (conv_id, user_id, device_id))"
 )
 
+_SPAN_COLUMNS = (
+    "CREATE TABLE IF NOT EXISTS im_tl_span ("
+    f" conv_id {_CONV} NOT NULL,"
+    f" user_id {_ID} NOT NULL,"
+    " from_seq BIGINT NOT NULL,"
+    " to_seq BIGINT NOT NULL DEFAULT 0,"
+    " muted_until BIGINT NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (conv_id, user_id, from_seq)"
+)
+_CONV_COLUMNS = (
+    "ADD COLUMN closed_seq BIGINT NOT NULL DEFAULT 0",
+    "ADD COLUMN key_id BIGINT NOT NULL DEFAULT 0",
+)
+
 _STEPS: dict[str, list[list[str]]] = {
     "sqlite": [
         [
@@ -78,7 +97,12 @@ _STEPS: dict[str, list[list[str]]] = {
             "CREATE INDEX IF NOT EXISTS idx_tl_member_changed"
             " ON im_tl_member (user_id, changed, conv_id)",
             _DEVICE_TABLE,
-        ]
+        ],
+        [
+            *(f"ALTER TABLE im_tl_conv {c}" for c in _CONV_COLUMNS),
+            _SPAN_COLUMNS + ")",
+            "CREATE INDEX IF NOT EXISTS idx_tl_span_user ON im_tl_span (user_id, to_seq, conv_id)",
+        ],
     ],
     # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB does): indexes go inline instead.
     "mysql": [
@@ -95,7 +119,11 @@ _STEPS: dict[str, list[list[str]]] = {
             + ", KEY idx_tl_member_changed (user_id, changed, conv_id))"
             + _MYSQL_TABLE,
             _DEVICE_TABLE + _MYSQL_TABLE,
-        ]
+        ],
+        [
+            "ALTER TABLE im_tl_conv " + ", ".join(_CONV_COLUMNS),
+            _SPAN_COLUMNS + ", KEY idx_tl_span_user (user_id, to_seq, conv_id))" + _MYSQL_TABLE,
+        ],
     ],
 }
 

@@ -10,7 +10,8 @@ is three chunked lookups and two multi-row upserts, whatever its size (measured 
 The rules are the store's: cursors only move forward, never past the conversation's head; a
 DELIVERED cursor is the device's, and the member's ``delivered_seq`` is the best of its devices;
 a move bumps the member's ``changed``, and the peer's in a 1-1 conversation when the member's
-cursor moved (it is the peer's receipt).
+cursor moved (it is the peer's receipt); a group's former member's cursors stop at the last
+seq of their spans.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from common.db import Row, Session
 from proto import im_pb2
-from timeline.model import SINGLE, CursorMove, CursorResult, conv_ref
+from timeline.model import GROUP, SINGLE, ConvRef, CursorMove, CursorResult, conv_ref
 
 CHUNK = 500  # keys per lookup
 
@@ -58,7 +59,7 @@ async def merge(
     back in two multi-row upserts: a fixed number of round trips per 500 cursors."""
     refs = {c: conv_ref(c) for c in {m.conv_id for m in moves}}
     heads: dict[str, int] = {}
-    for row in await _lookup(
+    for row in await lookup(
         tx,
         dialect,
         "SELECT conv_id, last_seq FROM im_tl_conv",
@@ -76,7 +77,7 @@ async def merge(
         if ref.dest_type == SINGLE and m.user_id in ref.members:
             member_keys.add((m.conv_id, ref.peer_of(m.user_id)))
     members: dict[tuple[str, str], list[int]] = {}  # -> [read_seq, delivered_seq]
-    for row in await _lookup(
+    for row in await lookup(
         tx,
         dialect,
         "SELECT conv_id, user_id, read_seq, delivered_seq FROM im_tl_member"
@@ -94,7 +95,7 @@ async def merge(
         }
     )
     devices: dict[tuple[str, str, str], int] = {}
-    for row in await _lookup(
+    for row in await lookup(
         tx,
         dialect,
         "SELECT conv_id, user_id, device_id, delivered_seq FROM im_tl_device",
@@ -104,6 +105,20 @@ async def merge(
     ):
         devices[(str(row[0]), str(row[1]), str(row[2]))] = int(row[3])
 
+    # a group's former member: no cursor past the last seq they may read (it would tell them
+    # how far the group went on without them); 0 for a member now: no cap but the head
+    spans: dict[tuple[str, str], list[int]] = {}
+    groups = [k for k in sorted(members) if _is_group(refs[k[0]])]
+    for row in await lookup(
+        tx,
+        dialect,
+        "SELECT conv_id, user_id, to_seq FROM im_tl_span",
+        ("conv_id", "user_id"),
+        groups,
+        lock=False,
+    ):
+        spans.setdefault((str(row[0]), str(row[1])), []).append(int(row[2]))
+    ends = {k: 0 if 0 in v else max(v) for k, v in spans.items()}
     results: list[CursorResult] = []
     bumped: set[tuple[str, str]] = set()
     moved_devices: set[tuple[str, str, str]] = set()
@@ -117,7 +132,7 @@ async def merge(
             continue
         single = ref.dest_type == SINGLE
         peer = (m.conv_id, ref.peer_of(m.user_id)) if single else None
-        target = min(m.seq, heads[m.conv_id])
+        target = min(m.seq, heads[m.conv_id], ends.get(key) or heads[m.conv_id])
         if m.kind == im_pb2.READ:
             moved = target > state[0]
             if moved:
@@ -152,14 +167,19 @@ async def merge(
     return results
 
 
-async def _lookup(
+def _is_group(ref: ConvRef | None) -> bool:
+    return ref is not None and ref.dest_type == GROUP
+
+
+async def lookup(
     tx: Session,
     dialect: str,
     select: str,
     columns: tuple[str, ...],
-    keys: Sequence[tuple[str, ...]],
+    keys: Sequence[tuple[object, ...]],
     *,
     lock: bool,
+    extra: str = "",
 ) -> list[Row]:
     """``select`` for the rows whose ``columns`` are one of ``keys``, in chunks; MySQL
     takes a row IN list (one range scan of the key), SQLite ORs of the key's terms."""
@@ -176,5 +196,6 @@ async def _lookup(
             where = " OR ".join(one for _ in chunk)
         params = [v for key in chunk for v in key]
         lock_sql = _SQL[dialect]["for_update"] if lock else ""
-        out += await tx.fetchall(f"{select} WHERE {where}{lock_sql}", params)
+        also = f" AND {extra}" if extra else ""
+        out += await tx.fetchall(f"{select} WHERE ({where}){also}{lock_sql}", params)
     return out

@@ -19,7 +19,8 @@ Rules kept here, whatever the caller (docs/timeline.md explains why they hold):
   per conversation, and a transaction (and its round trips) per cursor was most of its cost;
 - retention deletes whole prefixes of timelines (server times never decrease within one).
 
-Tables: timeline/schema.py; the batched cursor merge: timeline/sqlcursors.py.
+Tables: timeline/schema.py; the batched cursor merge: timeline/sqlcursors.py; a user's
+conversations: timeline/sqllist.py; groups' membership in the timeline: timeline/groupsql.py.
 """
 
 from __future__ import annotations
@@ -28,33 +29,36 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from common.db import Database, Row, Session, apply_migrations, require_schema
+from common.db import Database, Session, apply_migrations, require_schema
 from common.errors import BackendError
 from proto import im_pb2
-from timeline import schema, sqlcursors
+from timeline import groupsql, schema, sqlcursors, sqllist
 from timeline.model import (
+    GROUP,
     SINGLE,
-    UNREAD_CAP,
     AppendResult,
     ConvSummary,
     CursorMove,
     CursorResult,
     Entry,
     NewMessage,
+    Outcome,
+    Receipts,
+    Span,
     message_problem,
     parse_conv_id,
     resend_outcome,
     stamp,
 )
+from timeline.sqlrows import ENTRY, I64_MAX, U64, entry_of, to_db_id
 
 MAX_PAGE = 200  # messages per page
 MAX_CONVERSATIONS = 1000  # summaries per call
 PURGE_CHUNK = 5000  # rows per DELETE: a purge never holds locks on a whole table
 APPEND_TRIES = 5  # an append that met a concurrent writer's seqs runs again this often
 _DEDUPE_CHUNK = 200  # (sender, msg_id) pairs per lookup
-_UNREAD_CHUNK = 100  # conversations per unread count
-_U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
+_U64 = U64
+_I64_MAX = I64_MAX
 DEVICE_ID_MAX = 64
 
 
@@ -69,10 +73,29 @@ class TimelineStore(Protocol):
         ...
 
     async def page(
-        self, conv_id: str, *, after: int = 0, before: int = 0, limit: int
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
     ) -> list[Entry]:
         """Entries with ``after < seq < before`` (0: unbounded), ascending, at most ``limit``
-        (capped at :data:`MAX_PAGE`); the oldest such, or with ``before`` alone the newest."""
+        (capped at :data:`MAX_PAGE`); the oldest such, or with ``before`` alone the newest.
+        A group's page is for one ``reader`` (required: ValueError without) and holds only
+        seqs inside the reader's spans; the seqs it skips do not exist for that reader, which
+        :meth:`spans` tells a sync that must say what range it covered."""
+        ...
+
+    async def spans(self, conv_id: str, user_id: str) -> list[Span]:
+        """The stretches of a group's timeline ``user_id`` may read, ascending (none for a
+        pair: its two users read all of it)."""
+        ...
+
+    async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
+        """Read-by and delivered-to of a group's ``seq`` from the members' cursors (lists up
+        to ``limit`` names); None for a seq the group has not reached."""
         ...
 
     async def get(self, sender: str, msg_id: int) -> Entry | None: ...
@@ -149,16 +172,45 @@ def check_move(move: CursorMove) -> None:
     check_cursor(move.seq, move.device_id if move.kind == im_pb2.DELIVERED else None)
 
 
+def post_refusal(
+    m: NewMessage, gate: tuple[int, int] | None, muted_until: int | None, now: int
+) -> Outcome | None:
+    """Why a group refuses this chat now, from what the append's transaction read: no group
+    or no membership, a dissolved group, a mute still running, or a key the group replaced."""
+    if gate is None or muted_until is None:
+        return "not_member"
+    closed_seq, key_id = gate
+    if closed_seq:
+        return "closed"
+    if muted_until > now:
+        return "muted"
+    if m.key_id != key_id:
+        return "stale_key"
+    return None
+
+
+def is_group(conv_id: str) -> bool:
+    return conv_id.startswith("g:")
+
+
+def clip(bounds: tuple[int, int], spans: Sequence[Span]) -> list[tuple[int, int]]:
+    """The parts of the seq range ``bounds`` (inclusive) inside ``spans``, ascending."""
+    lo, hi = bounds
+    out: list[tuple[int, int]] = []
+    for span in spans:
+        a, b = max(lo, span.from_seq), min(hi, span.to_seq or _I64_MAX)
+        if a <= b:
+            out.append((a, b))
+    return out
+
+
+def unstored(m: NewMessage) -> Entry:
+    """The entry of a chat a group refused: no seq, no stamps."""
+    return Entry(m.conv_id, 0, m.sender, m.msg_id, 0, m.content)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def to_db_id(msg_id: int) -> int:
-    return msg_id - _U64 if msg_id > _I64_MAX else msg_id
-
-
-def from_db_id(value: int) -> int:
-    return value + _U64 if value < 0 else value
 
 
 class _Overlap(Exception):
@@ -190,20 +242,6 @@ _DIALECT: dict[str, dict[str, str]] = {
         "purge": "DELETE FROM im_tl_message WHERE server_time < ? LIMIT ?",
     },
 }
-
-_ENTRY = "conv_id, seq, sender, msg_id, server_time, content"
-
-
-def _entry(row: Row) -> Entry:
-    conv_id, seq, sender, msg_id, server_time, content = row[:6]
-    return Entry(
-        str(conv_id),
-        int(seq),
-        str(sender),
-        from_db_id(int(msg_id)),
-        int(server_time),
-        bytes(content),
-    )
 
 
 class SQLTimelineStore:
@@ -238,15 +276,18 @@ class SQLTimelineStore:
         convs = sorted({m.conv_id for m in batch})
         marks = ", ".join("?" for _ in convs)
         heads: dict[str, tuple[int, int]] = {}
+        gates: dict[str, tuple[int, int]] = {}  # group conv -> (closed_seq, key_id)
         rows = await tx.fetchall(
-            "SELECT conv_id, last_seq, last_time FROM im_tl_conv"
+            "SELECT conv_id, last_seq, last_time, closed_seq, key_id FROM im_tl_conv"
             f" WHERE conv_id IN ({marks}) ORDER BY conv_id" + self._sql["for_update"],
             convs,
         )
-        for conv_id, last_seq, last_time in rows:
+        for conv_id, last_seq, last_time, closed_seq, key_id in rows:
             heads[str(conv_id)] = (int(last_seq), int(last_time))
+            gates[str(conv_id)] = (int(closed_seq), int(key_id))
         stored = await self._stored(tx, batch)
         now = now_ms()
+        posters = await self._posters(tx, batch)
         results: list[AppendResult] = []
         inserts: list[tuple[Any, ...]] = []
         fresh: dict[tuple[str, int], tuple[Entry, bytes]] = {}
@@ -258,6 +299,11 @@ class SQLTimelineStore:
                 entry, digest = known
                 results.append(AppendResult(entry, resend_outcome(digest, m.digest)))
                 continue
+            if m.dest_type == GROUP:
+                refusal = post_refusal(m, gates.get(m.conv_id), posters.get(key), now)
+                if refusal is not None:
+                    results.append(AppendResult(unstored(m), refusal))
+                    continue
             last_seq, last_time = heads.get(m.conv_id, (0, 0))
             seq, server_time = last_seq + 1, max(now, last_time)
             heads[m.conv_id] = (seq, server_time)
@@ -298,6 +344,29 @@ class SQLTimelineStore:
             )
         return results
 
+    async def _posters(
+        self, tx: Session, batch: Sequence[NewMessage]
+    ) -> dict[tuple[str, int], int]:
+        """The group chats' senders who are members now: (sender, msg_id) -> muted until."""
+        keys = sorted({(m.conv_id, m.sender) for m in batch if m.dest_type == GROUP})
+        if not keys:
+            return {}
+        rows = await sqlcursors.lookup(
+            tx,
+            self._db.dialect,
+            "SELECT conv_id, user_id, muted_until FROM im_tl_span",
+            ("conv_id", "user_id"),
+            keys,
+            lock=False,
+            extra="to_seq = 0",
+        )
+        muted = {(str(c), str(u)): int(t) for c, u, t in rows}
+        return {
+            (m.sender, m.msg_id): muted[(m.conv_id, m.sender)]
+            for m in batch
+            if (m.conv_id, m.sender) in muted
+        }
+
     async def _stored(
         self, tx: Session, batch: Sequence[NewMessage]
     ) -> dict[tuple[str, int], tuple[Entry, bytes]]:
@@ -312,49 +381,68 @@ class SQLTimelineStore:
                 where = " OR ".join("(sender = ? AND msg_id = ?)" for _ in chunk)
             params = [v for sender, msg_id in chunk for v in (sender, to_db_id(msg_id))]
             rows = await tx.fetchall(
-                f"SELECT {_ENTRY}, digest FROM im_tl_message WHERE {where}", params
+                f"SELECT {ENTRY}, digest FROM im_tl_message WHERE {where}", params
             )
             for row in rows:
-                entry = _entry(row)
+                entry = entry_of(row)
                 out[(entry.sender, entry.msg_id)] = (entry, bytes(row[6]))
         return out
 
     # --- reading --------------------------------------------------------------------------------
 
     async def page(
-        self, conv_id: str, *, after: int = 0, before: int = 0, limit: int
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
     ) -> list[Entry]:
         limit = check_page(after, before, limit)
         after, before = min(after, _I64_MAX), min(before, _I64_MAX)
-        if before and after == 0:
+        if after == _I64_MAX:
+            return []
+        ranges = [(after + 1, before - 1 if before else _I64_MAX)]
+        if is_group(conv_id):
+            if reader is None:
+                raise ValueError("a group's timeline is paged for one reader")
+            ranges = clip(ranges[0], await self.spans(conv_id, reader))
+        newest = bool(before) and after == 0
+        out: list[Entry] = []
+        for lo, hi in reversed(ranges) if newest else ranges:
             rows = await self._db.fetchall(
-                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq < ?"
-                " ORDER BY seq DESC LIMIT ?",
-                (conv_id, before, limit),
+                f"SELECT {ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq >= ? AND seq <= ?"
+                f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?",
+                (conv_id, lo, hi, limit - len(out)),
             )
-            rows.reverse()
-        elif before:
-            rows = await self._db.fetchall(
-                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq > ? AND seq < ?"
-                " ORDER BY seq LIMIT ?",
-                (conv_id, after, before, limit),
-            )
-        else:
-            rows = await self._db.fetchall(
-                f"SELECT {_ENTRY} FROM im_tl_message WHERE conv_id = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (conv_id, after, limit),
-            )
-        return [_entry(r) for r in rows]
+            out += [entry_of(r) for r in rows]
+            if len(out) >= limit:
+                break
+        if newest:
+            out.reverse()
+        return out
+
+    async def spans(self, conv_id: str, user_id: str) -> list[Span]:
+        return await groupsql.spans(self._db, conv_id, user_id)
+
+    async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
+        if not 1 <= seq <= min(await self.head(conv_id), _I64_MAX):
+            return None
+        row = await self._db.fetchone(
+            "SELECT sender FROM im_tl_message WHERE conv_id = ? AND seq = ?", (conv_id, seq)
+        )
+        sender = "" if row is None else str(row[0])
+        return await groupsql.receipts(self._db, conv_id, seq, sender, limit)
 
     async def get(self, sender: str, msg_id: int) -> Entry | None:
         if not 0 <= msg_id < _U64:
             return None
         row = await self._db.fetchone(
-            f"SELECT {_ENTRY} FROM im_tl_message WHERE sender = ? AND msg_id = ?",
+            f"SELECT {ENTRY} FROM im_tl_message WHERE sender = ? AND msg_id = ?",
             (sender, to_db_id(msg_id)),
         )
-        return None if row is None else _entry(row)
+        return None if row is None else entry_of(row)
 
     async def conversations(
         self,
@@ -367,88 +455,13 @@ class SQLTimelineStore:
     ) -> list[ConvSummary]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        since_ms = max(since_ms, 0)
-        if after is None:
-            where = (
-                " WHERE m.user_id = ? AND m.changed >= ? ORDER BY m.changed DESC, m.conv_id DESC"
-            )
-            keys: tuple[object, ...] = (user_id, since_ms)
-        else:
-            # keyset paging on the (user_id, changed, conv_id) index, oldest first
-            where = (
-                " WHERE m.user_id = ? AND m.changed >= ?"
-                " AND (m.changed > ? OR (m.changed = ? AND m.conv_id > ?))"
-                " ORDER BY m.changed ASC, m.conv_id ASC"
-            )
-            keys = (user_id, since_ms, after[0], after[0], after[1])
-        # the last message (up to 64 KiB each) only for the REST list; the listing pages by key
-        # and tells devices heads and cursors, not bodies
-        last_cols = " l.conv_id, l.seq, l.sender, l.msg_id, l.server_time, l.content,"
-        last_join = " LEFT JOIN im_tl_message l ON l.conv_id = m.conv_id AND l.seq = c.last_seq"
-        if after is not None:
-            last_cols, last_join = " NULL, NULL, NULL, NULL, NULL, NULL,", ""
-        rows = await self._db.fetchall(
-            "SELECT m.conv_id, c.dest_type, c.last_seq, m.read_seq, m.changed,"
-            " p.user_id, COALESCE(p.read_seq, 0), COALESCE(p.delivered_seq, 0),"
-            " COALESCE(d.delivered_seq, 0),"
-            + last_cols
-            # the first seq still stored: the first key of the conversation's primary key range
-            + " (SELECT MIN(f.seq) FROM im_tl_message f WHERE f.conv_id = m.conv_id)"
-            " FROM im_tl_member m"
-            " JOIN im_tl_conv c ON c.conv_id = m.conv_id"
-            " LEFT JOIN im_tl_member p"
-            "  ON p.conv_id = m.conv_id AND p.user_id <> m.user_id AND c.dest_type = ?"
-            " LEFT JOIN im_tl_device d"
-            "  ON d.conv_id = m.conv_id AND d.user_id = m.user_id AND d.device_id = ?"
-            + last_join
-            + where
-            + " LIMIT ?",
-            (SINGLE, device_id, *keys, min(limit, MAX_CONVERSATIONS)),
+        return await sqllist.conversations(
+            self._db, user_id, max(since_ms, 0), device_id, min(limit, MAX_CONVERSATIONS), after
         )
-        pending = [(str(r[0]), int(r[3])) for r in rows if int(r[2]) > int(r[3])]
-        unread = await self._unread(user_id, pending)
-        out: list[ConvSummary] = []
-        for r in rows:
-            conv_id = str(r[0])
-            ref = parse_conv_id(conv_id)
-            out.append(
-                ConvSummary(
-                    conv_id=conv_id,
-                    dest_type=int(r[1]),
-                    peer_id=ref.peer_of(user_id),
-                    last_seq=int(r[2]),
-                    last=None if r[9] is None else _entry(r[9:15]),
-                    read_seq=int(r[3]),
-                    delivered_seq=int(r[8]) if device_id else 0,
-                    peer_read_seq=int(r[6]),
-                    peer_delivered_seq=int(r[7]),
-                    unread=unread.get(conv_id, 0),
-                    changed=int(r[4]),
-                    min_seq=int(r[2]) + 1 if r[15] is None else int(r[15]),
-                )
-            )
-        return out
-
-    async def _unread(self, user_id: str, pending: list[tuple[str, int]]) -> dict[str, int]:
-        """Messages from others after each read cursor, counted up to the cap: one statement
-        per chunk of conversations, each count a bounded range scan of an index."""
-        out: dict[str, int] = {}
-        for start in range(0, len(pending), _UNREAD_CHUNK):
-            chunk = pending[start : start + _UNREAD_CHUNK]
-            parts: list[str] = []
-            params: list[Any] = []
-            for i, (conv_id, read_seq) in enumerate(chunk):
-                parts.append(
-                    f"SELECT {i}, COUNT(*) FROM (SELECT 1 AS one FROM im_tl_message"
-                    " WHERE conv_id = ? AND seq > ? AND sender <> ?"
-                    f" LIMIT {UNREAD_CAP}) AS t{i}"
-                )
-                params += [conv_id, read_seq, user_id]
-            for i, count in await self._db.fetchall(" UNION ALL ".join(parts), params):
-                out[chunk[int(i)][0]] = int(count)
-        return out
 
     async def is_member(self, conv_id: str, user_id: str) -> bool:
+        """A pair's two users; a group's users with a span (members now, or once: they may
+        read what they saw while they were)."""
         try:
             ref = parse_conv_id(conv_id)
         except ValueError:
@@ -456,7 +469,8 @@ class SQLTimelineStore:
         if ref.dest_type == SINGLE:
             return user_id in ref.members
         row = await self._db.fetchone(
-            "SELECT 1 FROM im_tl_member WHERE conv_id = ? AND user_id = ?", (conv_id, user_id)
+            "SELECT 1 FROM im_tl_span WHERE conv_id = ? AND user_id = ? LIMIT 1",
+            (conv_id, user_id),
         )
         return row is not None
 

@@ -6,8 +6,10 @@ Rules:
   deliveries are not acked meanwhile, a writer killed while retrying loses nothing;
 - answers go back only after the commit, then the acks: a writer killed between the two leaves
   the records queued, and the next append finds each chat a duplicate and answers its first seq;
-- what no writer could ever append (a chat whose conv_id is not its pair's, a cursor of someone
-  who is not in the conversation) is answered ``refused``, never retried, never stored;
+- what no writer could ever append (a chat whose conv_id is not its pair's, a SYSTEM chat, a
+  cursor of someone who is not in the conversation) is answered ``refused``, never retried,
+  never stored; a group chat its group refuses at commit (not a member, dissolved, muted, an
+  old key) is answered ``refused`` with NOT_MEMBER, MUTED or STALE_KEY;
 - a batch's cursors are merged in one ``store.merge_cursors`` (one transaction) after its chats
   (so a cursor up to a chat of the same batch finds it), and each answer says whether the
   member's cursor ``moved``: only then are the peers told;
@@ -52,8 +54,8 @@ def prepare(chat: im_pb2.ChatMsg) -> tuple[NewMessage | None, str]:
     """The store's message for this chat, built once, or why it can't be appended (the
     connector checked; this is the last line, for a record that reached the queue some other
     way)."""
-    if chat.dest_type != im_pb2.SINGLE:
-        return None, "only 1-1 conversations are written yet"
+    if chat.dest_type not in (im_pb2.SINGLE, im_pb2.GROUP):
+        return None, "a chat goes to a user or a group"
     try:
         message = new_message(chat)  # its conv_id from the sender and destination
     except ValueError as exc:
@@ -77,6 +79,18 @@ def cursor_problem(record: im_pb2.TimelineRecord) -> str | None:
     if cursor.type == im_pb2.DELIVERED and len(record.device_id) > DEVICE_ID_MAX:
         return f"device id over {DEVICE_ID_MAX} characters"
     return None
+
+
+# what the store's refusals are answered with (Committed.refused): a reused id, and a group
+# that refused the chat in the append's transaction (the sender is no member now, the group
+# was dissolved, the sender is muted, the body is sealed with a key the group replaced)
+_REFUSED: dict[str, im_pb2.ErrorCode] = {
+    "reused": im_pb2.ID_REUSED,
+    "not_member": im_pb2.NOT_MEMBER,
+    "closed": im_pb2.NOT_MEMBER,
+    "muted": im_pb2.MUTED,
+    "stale_key": im_pb2.STALE_KEY,
+}
 
 
 class TimelineWriter:
@@ -148,9 +162,10 @@ class TimelineWriter:
     def _answer_chat(
         self, answer: im_pb2.Committed, sent: im_pb2.ChatMsg, result: AppendResult
     ) -> None:
-        if result.outcome == "reused":
+        refused = _REFUSED.get(result.outcome)
+        if refused is not None:
             answer.chat.CopyFrom(sent)
-            answer.refused = im_pb2.ID_REUSED
+            answer.refused = refused
             return
         answer.chat.ParseFromString(result.entry.content)  # stamped by the store
         if result.outcome == "duplicate":
