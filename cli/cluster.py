@@ -30,8 +30,9 @@ LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 STOP_GRACE = 10.0
 PORT_STEP = 10  # connector i listens on connector_port + 10 * i, transfer j likewise
 # ops endpoints (IM_METRICS_PORT): process i of a role on metrics_port + 10 * i + offset, so
-# with the defaults (9090) they sit between the service ports: 9093 9094 9095, 9103 9104 ...
-METRICS_OFFSET = {"connector": 3, "transfer": 4, "offline-writer": 5}
+# with the defaults (9090) they sit beside the service ports (connector 9081 + 10 i, transfer
+# 9082 + 10 j, WebSocket 9083 + 10 i) and never on one: 9096 9097 9098, 9106 9107 ...
+METRICS_OFFSET = {"connector": 6, "transfer": 7, "offline-writer": 8}
 
 
 @dataclass
