@@ -38,6 +38,7 @@ from timeline.store import SQLTimelineStore
 from timeline.writer import keep_retention
 from transfer.server import Transfer
 from user_status.base import StatusBackend
+from user_status.groupnotice import GroupNoticeBus, create_notice_bus
 from user_status.heartbeat import LiveNodes
 from user_status.relations import RelationReader
 from user_status.revocation import RevocationBus, RevocationReader, create_bus
@@ -68,6 +69,7 @@ class Stack:
     transfer: Transfer | None = None
     connector: Connector | None = None
     revocations: RevocationBus | None = None
+    group_notices: GroupNoticeBus | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -103,6 +105,8 @@ class Stack:
             # REST publishes logouts and password changes, connectors close what they cover:
             # on Redis across the cluster, in-process when both run here
             self.revocations = await create_bus(s.redis_url, s.redis_prefix)
+            # REST nudges connectors after a group's membership changes (the same way)
+            self.group_notices = await create_notice_bus(s.redis_url, s.redis_prefix)
         if "writer" in self.roles and self.timeline is not None:
             appender = TimelineWriter(self.timeline, timeline_store)
             self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
@@ -111,7 +115,7 @@ class Stack:
                 self._tasks.append(asyncio.create_task(purge, name="timeline-retention"))
         if "transfer" in self.roles:
             assert self.status is not None and self.timeline is not None
-            self.transfer = Transfer(s, self.status, signer, self.timeline)
+            self.transfer = Transfer(s, self.status, signer, self.timeline, timeline_store)
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -130,6 +134,7 @@ class Stack:
                 revocations=self.revocations,
                 revocation_check=RevocationReader(self.db),
                 kicks=self.ops.kicks,
+                group_notices=self.group_notices,
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -159,6 +164,7 @@ class Stack:
                 timeline=timeline_store,
                 groups=group_store,
             )
+            app.state.group_notices = self.group_notices  # rest_web/group_routes.py
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
@@ -232,6 +238,8 @@ class Stack:
             await self.status.close()
         if self.revocations is not None:
             await self.revocations.close()
+        if self.group_notices is not None:
+            await self.group_notices.close()
         if self.db is not None:
             await self.db.close()
 

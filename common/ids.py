@@ -18,6 +18,7 @@ SLOTS = 1 << SLOT_BITS  # 64 devices per user can make ids at once
 _COUNTER_MASK = (1 << COUNTER_BITS) - 1
 _SLOT_MASK = SLOTS - 1
 _MS_SHIFT = SLOT_BITS + COUNTER_BITS
+GROUP_DEST = 2  # im_pb2.GROUP, as a number: this module imports nothing of the wire
 
 
 def slot_of(msg_id: int) -> int:
@@ -65,3 +66,12 @@ def conversation_key(a: str, b: str) -> str:
     """The same key for both directions of a 1-1 conversation: it picks one transfer and one
     routing worker, which is what keeps a conversation in order."""
     return f"{a}\x00{b}" if a < b else f"{b}\x00{a}"
+
+
+def route_key(from_id: str, dest_type: int, dest_id: str) -> str:
+    """The key that picks a chat's transfer (and, in the connector, what is in commit): a
+    group chat's is its conversation id, so every member's chats of one group go one way and
+    stay in one order; a 1-1 chat's is :func:`conversation_key`."""
+    if dest_type == GROUP_DEST:
+        return f"g:{dest_id}"
+    return conversation_key(from_id, dest_id)

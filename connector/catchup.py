@@ -15,13 +15,15 @@ methods) and return frames for the session's outbox; sending them is the shell's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from common.errors import ProtocolError
 from connector.rules import SyncRange
 from proto import im_pb2
-from timeline.model import ConvSummary, Entry
+from timeline.groupsql import MemberSnapshot
+from timeline.model import ConvSummary, Entry, Span
 
 LISTING_PAGE = 500  # ConvStates read from the store at a time
 # a sync answer carries at most this many bytes of stored chats (and at least one chat): 200
@@ -49,6 +51,47 @@ class TimelineReader(Protocol):
     async def head(self, conv_id: str) -> int:
         """The conversation's last seq (0: none yet)."""
         ...
+
+
+@runtime_checkable
+class GroupReader(Protocol):
+    """The reads of a group's timeline the connector makes besides (timeline.store
+    .TimelineStore has them): pages clipped to a reader's spans, the spans, who may post, and
+    the members as of the head. A reader without them serves no group (NOT_MEMBER)."""
+
+    async def page(
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
+    ) -> list[Entry]: ...
+
+    async def head(self, conv_id: str) -> int: ...
+
+    async def spans(self, conv_id: str, user_id: str) -> list[Span]: ...
+
+    async def poster(self, conv_id: str, user_id: str) -> int | None: ...
+
+    async def is_member(self, conv_id: str, user_id: str) -> bool: ...
+
+    async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None: ...
+
+
+class StoreReader(TimelineReader, GroupReader, Protocol):
+    """Everything the connector reads of the timeline store."""
+
+    async def page(
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
+    ) -> list[Entry]: ...
 
 
 def conv_state(s: ConvSummary) -> im_pb2.ConvState:
@@ -100,14 +143,42 @@ class SyncAnswer:
 
 
 async def sync_page(reader: TimelineReader, rng: SyncRange) -> SyncAnswer:
-    """Answer one Sync (``rng`` checked by connector.rules.check_sync)."""
+    """Answer one Sync of a 1-1 conversation (``rng`` checked by connector.rules.check_sync)."""
     head = await reader.head(rng.conv_id)
+    return await _answer(
+        rng, head, lambda: reader.page(rng.conv_id, after=rng.from_seq - 1, limit=rng.limit)
+    )
+
+
+async def group_sync_page(reader: GroupReader, rng: SyncRange, user_id: str) -> SyncAnswer:
+    """Answer one Sync of a group for ``user_id``: the page holds only the seqs inside their
+    spans (the others do not exist for them, so the SyncDone covers the asked range all the
+    same), and a former member's head stops at the end of their last span (no answer tells
+    them how far the group went on). A user with no span is NOT_MEMBER."""
+    spans = await reader.spans(rng.conv_id, user_id)
+    if not spans:
+        raise ProtocolError(f"you are not in {rng.conv_id}", code=im_pb2.NOT_MEMBER)
+    head = await reader.head(rng.conv_id)
+    last = spans[-1].to_seq
+    if last:
+        head = min(head, last)
+    return await _answer(
+        rng,
+        head,
+        lambda: reader.page(rng.conv_id, after=rng.from_seq - 1, limit=rng.limit, reader=user_id),
+    )
+
+
+async def _answer(
+    rng: SyncRange, head: int, read: Callable[[], Awaitable[list[Entry]]]
+) -> SyncAnswer:
+    """The chats up to ``head`` of the page ``read`` gives, and the range they cover."""
     upto = head if rng.to_seq == 0 else min(rng.to_seq, head)
     rows: list[Entry] = []
     full = False
     if upto >= rng.from_seq:
         # no `before`: with after 0 the store would answer the newest rows below it
-        rows = await reader.page(rng.conv_id, after=rng.from_seq - 1, limit=rng.limit)
+        rows = await read()
         rows = [r for r in rows if rng.from_seq <= r.seq <= upto][: rng.limit]
         full = len(rows) >= rng.limit
         size = 0

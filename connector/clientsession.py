@@ -28,7 +28,7 @@ from common.errors import IMError, ProtocolError
 from common.link import LinkClosed
 from common.tokens import Claims, TokenSigner
 from connector import catchup
-from connector.catchup import TimelineReader
+from connector.catchup import GroupReader, TimelineReader
 from connector.rules import State, SyncRange
 from connector.session import (
     Admit,
@@ -125,7 +125,9 @@ class SessionHost(Protocol):
         """Raise NOT_FRIEND / NO_SUCH_FILE / INTERNAL for a chat that may not go on."""
         ...
 
-    async def forward(self, env: im_pb2.Envelope, key: str) -> None: ...
+    async def forward(self, env: im_pb2.Envelope, key: str) -> None:
+        """Raise NOT_MEMBER for a group cursor of a user with no span in that group."""
+        ...
 
 
 # stored chats (sync answers) queued for one device, in bytes: with the count bound alone a
@@ -318,6 +320,11 @@ class ClientSession:
         for eff in self.rules.deliver(fanout):
             self._apply(eff)
 
+    def push_state(self, state: im_pb2.ConvState) -> None:
+        """A conversation's new head for the device (a group's membership changed)."""
+        if self.state is State.AUTHENTICATED:
+            self._push(im_pb2.Envelope(conv_state=state))
+
     def request_relist(self, delay: float = 0.0) -> None:
         """List again (after ``delay`` seconds): a fanout for this device may have been lost."""
         if delay > 0:
@@ -419,12 +426,22 @@ class ClientSession:
     async def _sync(self, rng: SyncRange) -> None:
         try:
             async with self._sync_reads:
-                answer = await catchup.sync_page(self.host.reader, rng)
+                reader = self.host.reader
+                if not rng.conv_id.startswith("g:"):
+                    answer = await catchup.sync_page(reader, rng)
+                elif isinstance(reader, GroupReader):
+                    answer = await catchup.group_sync_page(reader, rng, self.user_id)
+                else:
+                    raise ProtocolError("no groups here", code=im_pb2.NOT_MEMBER)
                 for content in answer.chats:
                     await self._put_bulk(content)
                 await self._put_bulk(im_pb2.Envelope(sync_done=answer.done))
         except LinkClosed:
             pass
+        except ProtocolError as refusal:  # a group the user has no span in: NOT_MEMBER
+            if self.link is not None:
+                self.link.send_error(refusal)
+                self.host.counters.error(refusal.code_name)
         except Exception as exc:  # the timeline store failed: the device asks again
             log.warning("%s: sync of %s failed: %s", self, rng.conv_id, exc)
             if self.link is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from common.ids import conversation_key
+from common.ids import route_key
 from proto import im_pb2
 
 MAX_ENTRIES = 20_000
@@ -51,7 +51,7 @@ class InCommit:
         chat = env.chat
         key = (chat.from_id, chat.id)
         self.forget(key)
-        conv = conversation_key(chat.from_id, chat.dest_id)
+        conv = route_key(chat.from_id, chat.dest_type, chat.dest_id)
         self._items[key] = (now, conv, env)
         self._convs[conv] += 1
         self._bytes += len(chat.body)

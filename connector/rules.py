@@ -76,10 +76,12 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
         raise ProtocolError(f"from_id {chat.from_id!r} is not you", code=im_pb2.SPOOFED_SENDER)
     if chat.id == 0:
         raise ProtocolError("message id must not be 0")
-    if not USER_ID.fullmatch(chat.dest_id):
+    if chat.dest_type == im_pb2.GROUP:
+        check_group_chat(chat)
+    elif chat.dest_type != im_pb2.SINGLE:
+        raise ProtocolError("dest_type is SINGLE or GROUP")
+    elif not USER_ID.fullmatch(chat.dest_id):
         raise ProtocolError("dest_id is not a user id")
-    if chat.dest_type != im_pb2.SINGLE:
-        raise ProtocolError("only SINGLE chat is supported")
     if chat.msg_type not in (im_pb2.TEXT, im_pb2.FILE):
         raise ProtocolError("unknown msg_type")
     if chat.msg_type == im_pb2.FILE:
@@ -92,6 +94,15 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
         raise ProtocolError(f"body over {max_body} bytes", code=im_pb2.TOO_LARGE)
 
 
+def check_group_chat(chat: im_pb2.ChatMsg) -> None:
+    """A group chat's own field checks: a group id as ``dest_id`` (the conversation is
+    ``g:<dest_id>``), no FILE yet (a download grant names one recipient, a group has many)."""
+    if not USER_ID.fullmatch(chat.dest_id):
+        raise ProtocolError("dest_id is not a group id")
+    if chat.msg_type == im_pb2.FILE:
+        raise ProtocolError("FILE chats in groups are not supported yet")
+
+
 SERVER_STAMPS = ("conv_id", "seq", "server_time")
 
 
@@ -101,13 +112,14 @@ def clear_stamps(chat: im_pb2.ChatMsg) -> None:
         chat.ClearField(name)
 
 
-def _own_pair(user_id: str, conv_id: str) -> None:
-    """NOT_MEMBER unless ``conv_id`` is a 1-1 conversation of ``user_id``."""
+def _own_conv(user_id: str, conv_id: str) -> None:
+    """NOT_MEMBER unless ``conv_id`` is a 1-1 conversation of ``user_id`` or a group's (whose
+    membership needs I/O: the shell checks it, connector/groupaccess.py)."""
     try:
         ref = parse_conv_id(conv_id)
     except ValueError:
         raise ProtocolError("not a conversation id", code=im_pb2.NOT_MEMBER) from None
-    if ref.dest_type != SINGLE or user_id not in ref.members:
+    if ref.dest_type == SINGLE and user_id not in ref.members:
         raise ProtocolError(f"you are not in {conv_id}", code=im_pb2.NOT_MEMBER)
 
 
@@ -121,7 +133,7 @@ def check_cursor(user_id: str, cursor: im_pb2.Cursor) -> im_pb2.Cursor:
         raise ProtocolError("a cursor is DELIVERED or READ")
     if cursor.seq == 0:
         raise ProtocolError("a cursor's seq starts at 1")
-    _own_pair(user_id, cursor.conv_id)
+    _own_conv(user_id, cursor.conv_id)
     return im_pb2.Cursor(conv_id=cursor.conv_id, user_id=user_id, type=cursor.type, seq=cursor.seq)
 
 
@@ -138,7 +150,7 @@ class SyncRange:
 
 def check_sync(user_id: str, sync: im_pb2.Sync) -> SyncRange:
     """A Sync of one of the user's conversations, with its bounds made explicit."""
-    _own_pair(user_id, sync.conv_id)
+    _own_conv(user_id, sync.conv_id)
     from_seq = max(sync.from_seq, 1)
     if sync.to_seq and sync.to_seq < from_seq:
         raise ProtocolError(f"to_seq {sync.to_seq} is below from_seq {from_seq}")

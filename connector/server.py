@@ -6,8 +6,10 @@ Rules it keeps (the sessions' own are in connector/session.py):
   device it names and is not revoked (the database is asked at GREET; revocations published
   later close the sessions they cover); a user has at most ``max_devices`` devices online,
   counted across the cluster;
-- a SINGLE chat goes only to a friend; a FILE chat only with the sender's own upload, and
-  accepting it records the recipient's right to download it before the chat goes on;
+- a SINGLE chat goes only to a friend; a GROUP chat only from a member who is not muted
+  (connector/groupaccess.py: a 1 s cache, the writer checks again at commit); a FILE chat
+  only with the sender's own upload, and accepting it records the recipient's right to
+  download it before the chat goes on;
 - a committed chat reaches every device here of the users its fanout lists: the device that sent
   it gets SENT instead, and a refusal reaches that device only. Nothing is stored here: every
   chat is in its conversation's timeline before anyone hears of it, so a device that misses a
@@ -26,15 +28,19 @@ from typing import Any, Protocol
 
 from common.admission import PreAuthLimits
 from common.config import Settings
+from common.convid import group_conv_id
 from common.errors import BackendError, IMError, ProtocolError
 from common.link import Link, LinkConfig, serve_links
 from common.tls import server_context
 from common.tokens import Claims, RevokedSet, TokenSigner
 from common.wslink import serve_ws_links
-from connector.catchup import TimelineReader
+from connector.catchup import StoreReader
 from connector.clientsession import ClientSession, Counters
+from connector.groupaccess import GroupAccess, is_group_conv
+from connector.groupnotices import NoticeFollower
 from connector.transfers import TransferLinks, TransferSource, static_transfers
 from proto import im_pb2
+from user_status.groupnotice import GroupNoticeBus
 from user_status.heartbeat import keep_alive
 from user_status.kick import KickBus
 from user_status.revocation import RevocationBus
@@ -87,7 +93,7 @@ class Connector:
         self,
         settings: Settings,
         status: ConnectorStatus,
-        timeline_reader: TimelineReader,
+        timeline_reader: StoreReader,
         friends: FriendCheck,
         signer: TokenSigner,
         transfer_source: TransferSource | None = None,
@@ -96,6 +102,7 @@ class Connector:
         revocations: RevocationBus | None = None,
         revocation_check: RevocationCheck | None = None,
         kicks: KickBus | None = None,
+        group_notices: GroupNoticeBus | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -103,6 +110,7 @@ class Connector:
         self.friends = friends
         self.signer = signer
         self.files = files  # None: every FILE chat is refused with NO_SUCH_FILE
+        self.groups = GroupAccess(timeline_reader)  # who may post in / read a group
         self.node_id = settings.name(settings.connector_port)
         self.counters = Counters()
         # clients are untrusted: control frames rate limited, unknown fields dropped, a GREET
@@ -112,6 +120,8 @@ class Connector:
         self.revocations = revocations  # None: no revocations reach this connector
         self.revocation_check = revocation_check
         self.kicks = kicks  # None: no admin API reaches this connector
+        self.group_notices = group_notices  # None: members hear of changes by listings
+        self.notices: NoticeFollower | None = None
         self.revoked = RevokedSet()
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self.transfers = TransferLinks(
@@ -190,6 +200,9 @@ class Connector:
         await self.status.offline(s.user_id, s.device_id, self.node_id)
 
     async def check_chat(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
+        if chat.dest_type == im_pb2.GROUP:
+            await self.groups.check_post(group_conv_id(chat.dest_id), user_id)
+            return
         try:
             friends = await self.friends.are_friends(user_id, chat.dest_id)
         except IMError as exc:
@@ -220,6 +233,9 @@ class Connector:
             )
 
     async def forward(self, env: im_pb2.Envelope, key: str) -> None:
+        if env.WhichOneof("body") == "record" and is_group_conv(env.record.cursor.conv_id):
+            cursor = env.record.cursor  # filled in by the rules: the session's own user
+            await self.groups.check_reader(cursor.conv_id, cursor.user_id)
         await self.transfers.forward(env, key)
 
     async def is_revoked(self, claims: Claims) -> bool:
@@ -337,6 +353,9 @@ class Connector:
             self._spawn(self._follow_revocations(self.revocations))
         if self.kicks is not None:
             self._spawn(self._follow_kicks(self.kicks))
+        if self.group_notices is not None:
+            self.notices = NoticeFollower(self.group_notices, self.reader, self.sessions_of)
+            self._spawn(self.notices.run())
         self._spawn(self.transfers.watch())
         # serve once a transfer link is up: transfers started beside us may not be in the
         # registry at the first look, so keep looking (the watcher adds them) for a while

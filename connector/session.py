@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from common.config import Settings
 from common.errors import AuthError, ProtocolError
-from common.ids import conversation_key, slot_of
+from common.ids import route_key, slot_of
 from common.tokens import NO_SLOT, Claims
 from connector import rules
 from connector.rules import State, SyncRange
@@ -329,7 +329,7 @@ class SessionRules:
         rules.clear_stamps(chat)
         if not self._chats.take(now):
             raise ProtocolError("too many messages", code=im_pb2.RATE_LIMITED)
-        return [ForwardChat(chat, conversation_key(chat.from_id, chat.dest_id))]
+        return [ForwardChat(chat, route_key(chat.from_id, chat.dest_type, chat.dest_id))]
 
     def _cursor(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
         cursor = rules.check_cursor(self.user_id, env.cursor)

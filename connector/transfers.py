@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from common import health
 from common.config import Settings
 from common.errors import ConfigError, IMError, ProtocolError
-from common.ids import conversation_key
+from common.ids import route_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, open_link
 from common.tokens import TokenSigner
 from connector.incommit import ChatKey, InCommit
@@ -45,7 +45,7 @@ def key_of(env: im_pb2.Envelope) -> str | None:
     """The routing key of a frame for a transfer (None: not one we forward)."""
     kind = env.WhichOneof("body")
     if kind == "chat":
-        return conversation_key(env.chat.from_id, env.chat.dest_id)
+        return route_key(env.chat.from_id, env.chat.dest_type, env.chat.dest_id)
     if kind == "record" and env.record.WhichOneof("body") == "cursor":
         return env.record.cursor.conv_id
     return None

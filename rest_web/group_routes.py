@@ -26,6 +26,7 @@ state does not allow (dissolved, full, the owner leaving) 409. Ill-formed input 
 No ``from __future__ import annotations``: FastAPI reads the endpoint annotations.
 """
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -34,6 +35,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, sta
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from common.errors import BackendError
 from common.tokens import Claims
 from groups.model import DEFAULT_MAX_SIZE, NAME_MAX, Change, GroupRow, MemberRow, Refusal, Refused
 from groups.store import LIST_MAX, GroupStore, conv_of
@@ -42,6 +44,9 @@ from rest_web.params import UserId, UserPath
 from rest_web.timeline_routes import BadRequestRoute, ProblemOut
 from timeline.groupsql import RECEIPT_LIST_MAX
 from timeline.store import TimelineStore
+from user_status.groupnotice import GroupNoticeBus, Notice
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[str, events.Data], None]
 CREATE_MEMBERS_MAX = 500  # invitations in one POST /groups (the body limit is 64 KiB); more by PUT
@@ -223,7 +228,20 @@ def add_routes(
         except Refused as exc:
             raise refused(exc) from None
         announce(change)
+        await notify(change)
         return change
+
+    async def notify(change: Change) -> None:
+        """Nudge the connectors: members' online devices list the group's new head now. A
+        nudge lost is not a change lost (committed already; devices list again within a
+        minute), so a bus that fails is logged, not the caller's error."""
+        bus: GroupNoticeBus | None = getattr(app.state, "group_notices", None)
+        if bus is None or not change.seqs:
+            return
+        try:
+            await bus.publish(Notice(f"g:{change.group_id}", min(change.seqs)))
+        except BackendError as exc:
+            log.warning("group notice of %s not published: %s", change.group_id, exc)
 
     async def visible_member(group_id: str, user_id: str) -> MemberRow:
         me = await groups().member(group_id, user_id)

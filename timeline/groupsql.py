@@ -35,12 +35,14 @@ _CLOSES = (im_pb2.SystemBody.LEFT, im_pb2.SystemBody.REMOVED)
 _SQL: dict[str, dict[str, str]] = {
     "sqlite": {
         "for_update": "",
+        "for_share": "",
         "greatest": "MAX",
         "join_member": "ON CONFLICT (conv_id, user_id) DO UPDATE SET"
         " read_seq = MAX(read_seq, excluded.read_seq), changed = MAX(changed, excluded.changed)",
     },
     "mysql": {
         "for_update": " FOR UPDATE",
+        "for_share": " LOCK IN SHARE MODE",
         "greatest": "GREATEST",
         "join_member": "ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq)),"
         " changed = GREATEST(changed, VALUES(changed))",
@@ -56,6 +58,15 @@ class Head:
     last_time: int
     closed_seq: int  # the DISSOLVED event's seq; 0 while open
     key_id: int  # the key chats must be sealed with now
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSnapshot:
+    """A group's head and every user's spans as of that head, read together: who may see
+    which seq up to ``head`` is exactly this (the transfer's member cache starts from it)."""
+
+    head: int
+    spans: dict[str, tuple[Span, ...]]
 
 
 def system_sender(group_id: str) -> str:
@@ -220,3 +231,40 @@ async def receipts(
         )
         lists[column] = [str(r[0]) for r in rows]
     return Receipts(seq, total, read, delivered, lists["read_seq"], lists["delivered_seq"])
+
+
+async def poster(db: Database, conv_id: str, user_id: str) -> int | None:
+    """The mute (ms, 0: none) of ``user_id``'s open span in the group; None without one."""
+    row = await db.fetchone(
+        "SELECT muted_until FROM im_tl_span WHERE conv_id = ? AND user_id = ? AND to_seq = 0"
+        " ORDER BY from_seq DESC LIMIT 1",
+        (conv_id, user_id),
+    )
+    return None if row is None else int(row[0])
+
+
+async def members_snapshot(db: Database, conv_id: str) -> MemberSnapshot | None:
+    """The group's head and spans in one consistent read (None: no such group). The head is
+    read with a shared lock on the conversation row, which every append and membership change
+    holds exclusively until it commits: while we hold it, no change is half done, so the
+    spans read next are those of exactly that head (MySQL runs READ COMMITTED, which would
+    otherwise let a change land between the two statements)."""
+
+    async def read(tx: Session) -> MemberSnapshot | None:
+        row = await tx.fetchone(
+            "SELECT last_seq FROM im_tl_conv WHERE conv_id = ?" + _SQL[db.dialect]["for_share"],
+            (conv_id,),
+        )
+        if row is None:
+            return None
+        rows = await tx.fetchall(
+            "SELECT user_id, from_seq, to_seq FROM im_tl_span WHERE conv_id = ?"
+            " ORDER BY user_id, from_seq",
+            (conv_id,),
+        )
+        out: dict[str, list[Span]] = {}
+        for user, f, t in rows:
+            out.setdefault(str(user), []).append(Span(int(f), int(t)))
+        return MemberSnapshot(int(row[0]), {u: tuple(v) for u, v in out.items()})
+
+    return await db.transaction(read)

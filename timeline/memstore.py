@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proto import im_pb2
-from timeline.groupsql import Head, system_content, system_sender
+from timeline.groupsql import Head, MemberSnapshot, system_content, system_sender
 from timeline.model import (
     GROUP,
     SINGLE,
@@ -153,6 +153,18 @@ class MemoryTimelineStore:
     async def spans(self, conv_id: str, user_id: str) -> list[Span]:
         conv = self._convs.get(conv_id)
         return [] if conv is None else self._spans(conv, user_id)
+
+    async def poster(self, conv_id: str, user_id: str) -> int | None:
+        conv = self._convs.get(conv_id)
+        span = None if conv is None else conv.open_span(user_id)
+        return None if span is None else span[2]
+
+    async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None:
+        conv = self._convs.get(conv_id)
+        if conv is None or conv.dest_type != GROUP:
+            return None
+        spans = {u: tuple(self._spans(conv, u)) for u in conv.spans}
+        return MemberSnapshot(conv.last_seq, spans)
 
     async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
         conv = self._convs.get(conv_id)

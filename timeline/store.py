@@ -33,6 +33,7 @@ from common.db import Database, Session, apply_migrations, require_schema
 from common.errors import BackendError
 from proto import im_pb2
 from timeline import groupsql, schema, sqlcursors, sqllist
+from timeline.groupsql import MemberSnapshot
 from timeline.model import (
     GROUP,
     SINGLE,
@@ -91,6 +92,16 @@ class TimelineStore(Protocol):
     async def spans(self, conv_id: str, user_id: str) -> list[Span]:
         """The stretches of a group's timeline ``user_id`` may read, ascending (none for a
         pair: its two users read all of it)."""
+        ...
+
+    async def poster(self, conv_id: str, user_id: str) -> int | None:
+        """Whether ``user_id`` may post in the group now, as far as membership goes: the mute
+        (ms, 0: none) of their open span, None without one. A hint for the connector; the
+        append's own check (:func:`post_refusal`) is the word that counts."""
+        ...
+
+    async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None:
+        """A group's head and every user's spans, read as of one instant (None: no group)."""
         ...
 
     async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
@@ -425,6 +436,14 @@ class SQLTimelineStore:
 
     async def spans(self, conv_id: str, user_id: str) -> list[Span]:
         return await groupsql.spans(self._db, conv_id, user_id)
+
+    async def poster(self, conv_id: str, user_id: str) -> int | None:
+        return await groupsql.poster(self._db, conv_id, user_id)
+
+    async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None:
+        if not is_group(conv_id):
+            return None
+        return await groupsql.members_snapshot(self._db, conv_id)
 
     async def receipts(self, conv_id: str, seq: int, limit: int) -> Receipts | None:
         if not 1 <= seq <= min(await self.head(conv_id), _I64_MAX):

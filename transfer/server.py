@@ -13,12 +13,15 @@ Rules it keeps:
   came on, always gets one, with at least the sender in it, because it holds the sending device
   that waits for SENT, whatever the (possibly stale) route lookup says. A resend of a committed
   chat (``duplicate``) is fanned out again the same way: devices dedupe by (conv_id, seq);
+- a committed GROUP chat goes to exactly the members whose span covers its seq, one Fanout
+  per connector in bounded frames (transfer/groupfanout.py, transfer/members.py);
 - a chat the writer refused (``ID_REUSED``) goes back to the sender's devices only, marked
   ``refused``; one with no answer (queue down, timeout) goes nowhere: the sender never got
   SENT, so its library resends it;
 - a client's cursor (``record``) is merged by the writer; only when the member's cursor MOVED
   are the devices told: a DELIVERED goes to the peer (its receipts), a READ to the reader's
-  other devices (unread cleared) and to the peer;
+  other devices (unread cleared) and to the peer; in a group, either goes to the member's own
+  devices only;
 - nothing is stored here and nothing is retried here: a fanout lost with a connector's link is
   dropped, since that connector has every session re-list its conversations when it links
   again, and devices Sync what they lack;
@@ -31,16 +34,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from common import metrics
 from common.config import Settings
-from common.convid import pair_conv_id, parse_conv_id
+from common.convid import GROUP, parse_conv_id
 from common.errors import AuthError, IMError, ProtocolError
-from common.ids import conversation_key
+from common.ids import route_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, serve_links
 from common.tokens import TokenSigner
 from proto import im_pb2
+from timeline.groupsql import MemberSnapshot
+from timeline.model import conv_of_chat
 from timeline.queue import TimelineQueue, record_problem
+from transfer.groupfanout import GroupFanout
+from transfer.members import GroupView, MemberCache
 from transfer.serial import KeyedSerial
 from user_status.base import StatusBackend
 from user_status.cache import RouteCache
@@ -122,6 +130,7 @@ class Transfer:
         status: StatusBackend,
         signer: TokenSigner,
         timeline: TimelineQueue,
+        group_view: GroupView | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -131,6 +140,14 @@ class Transfer:
         self.serial = KeyedSerial()
         self.routes = RouteCache(status)
         self.links: dict[str, Link] = {}
+        # group chats: the members at each seq (None: no timeline store here, so a group
+        # chat reaches its sender's SENT only and the members' devices by their listings)
+        self.groups = GroupFanout(
+            MemberCache(group_view or _NoGroups()),
+            self._lookup_many,
+            self.links,
+            settings.node_frame_limit(),
+        )
         self.link_config = LinkConfig.from_settings(settings, node=True)
         self._commits: set[asyncio.Task[None]] = set()
         self._cursors: set[asyncio.Task[None]] = set()
@@ -167,9 +184,9 @@ class Transfer:
         (in that order: the fanout job is in place before its answer can come)."""
         started = time.monotonic()
         try:
-            key = pair_conv_id(chat.from_id, chat.dest_id)
+            key = conv_of_chat(chat)
         except ValueError:
-            key = conversation_key(chat.from_id, chat.dest_id)
+            key = route_key(chat.from_id, chat.dest_type, chat.dest_id)
         done: asyncio.Future[im_pb2.Committed | None] = asyncio.get_running_loop().create_future()
         await self.serial.submit(key, lambda: self.route_committed(done, origin, started))
         self.commit(chat, origin, done)
@@ -185,7 +202,7 @@ class Transfer:
         record = im_pb2.TimelineRecord(origin=origin)
         record.chat.CopyFrom(chat)
         try:
-            record.chat.conv_id = pair_conv_id(chat.from_id, chat.dest_id)
+            record.chat.conv_id = conv_of_chat(chat)
         except ValueError as exc:  # the connector lets none through; this one is refused
             log.warning("chat %s/%d has no conversation: %s", chat.from_id, chat.id, exc)
             done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE, origin=origin))
@@ -224,9 +241,12 @@ class Transfer:
             await self.fan_out([chat.from_id], refused, origin, chat.from_id)
             return
         self.committed += 1
-        await self.fan_out(
-            [chat.dest_id, chat.from_id], im_pb2.Fanout(chat=chat), origin, chat.from_id
-        )
+        if chat.dest_type == im_pb2.GROUP:
+            await self.groups.fan_out(chat, origin)
+        else:
+            await self.fan_out(
+                [chat.dest_id, chat.from_id], im_pb2.Fanout(chat=chat), origin, chat.from_id
+            )
         self.routed += 1
         metrics.send_latency("transfer", time.monotonic() - started)
 
@@ -294,11 +314,17 @@ class Transfer:
             return
         moved = answer.cursor
         try:
-            peer = parse_conv_id(moved.conv_id).peer_of(moved.user_id)
+            ref = parse_conv_id(moved.conv_id)
+            peer = ref.peer_of(moved.user_id)
         except ValueError as exc:
             log.warning("cursor of %s: %s", moved.user_id, exc)
             return
-        users = [peer] if moved.type == im_pb2.DELIVERED else [moved.user_id, peer]
+        if ref.dest_type == GROUP:
+            users = [moved.user_id]  # the member's own devices; read-by is REST's (for now)
+        elif moved.type == im_pb2.DELIVERED:
+            users = [peer]
+        else:
+            users = [moved.user_id, peer]
         self.cursors_moved += 1
         try:
             await self.fan_out(users, im_pb2.Fanout(cursor=moved))
@@ -335,6 +361,9 @@ class Transfer:
             out.fanout.users[:] = its_users
             with contextlib.suppress(LinkClosed):
                 await link.send(out)
+
+    async def _lookup_many(self, users: Sequence[str]) -> dict[str, dict[str, str]]:
+        return await self.routes.lookup_many(users)
 
     async def _lookup(self, user_id: str) -> dict[str, str]:
         delay = 0.05
@@ -401,3 +430,10 @@ class Transfer:
         await asyncio.gather(*self._commits, *self._cursors, *drainer, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+class _NoGroups:
+    """No timeline store in this process: no group has members here."""
+
+    async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None:
+        return None
