@@ -111,7 +111,8 @@ class Stack:
                 self._tasks.append(asyncio.create_task(purge, name="timeline-retention"))
         if "transfer" in self.roles:
             assert self.status is not None and self.timeline is not None
-            self.transfer = Transfer(s, self.status, signer, self.timeline)
+            # message.sent and message.offline: the transfer knows the commit and the routes
+            self.transfer = Transfer(s, self.status, signer, self.timeline, hooks=self.ops.hooks)
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -130,6 +131,7 @@ class Stack:
                 revocations=self.revocations,
                 revocation_check=RevocationReader(self.db),
                 kicks=self.ops.kicks,
+                before_send=self.ops.message_check(),
             )
             await self.connector.start()
         if "rest" in self.roles:

@@ -34,6 +34,7 @@ from common.wslink import serve_ws_links
 from connector.catchup import TimelineReader
 from connector.clientsession import ClientSession, Counters
 from connector.transfers import TransferLinks, TransferSource, static_transfers
+from hooks import Verdict, events
 from proto import im_pb2
 from user_status.heartbeat import keep_alive
 from user_status.kick import KickBus
@@ -76,6 +77,12 @@ class FileGrants(Protocol):
     ) -> bool: ...
 
 
+class MessageCheck(Protocol):
+    """The operator's ``message.before_send`` hook (see hooks.before_send.BeforeSend)."""
+
+    async def __call__(self, data: events.Data) -> Verdict: ...
+
+
 class RevocationCheck(Protocol):
     """The database's word on a token (see user_status.revocation.RevocationReader)."""
 
@@ -96,6 +103,7 @@ class Connector:
         revocations: RevocationBus | None = None,
         revocation_check: RevocationCheck | None = None,
         kicks: KickBus | None = None,
+        before_send: MessageCheck | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -112,6 +120,8 @@ class Connector:
         self.revocations = revocations  # None: no revocations reach this connector
         self.revocation_check = revocation_check
         self.kicks = kicks  # None: no admin API reaches this connector
+        # None: no hook is configured, and a chat pays nothing for it
+        self.before_send = before_send
         self.revoked = RevokedSet()
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self.transfers = TransferLinks(
@@ -159,14 +169,16 @@ class Connector:
     def online_sessions(self) -> int:
         return sum(len(d) for d in self._sessions.values())
 
-    def fanout(self, fanout: im_pb2.Fanout) -> None:
+    def fanout(self, fanout: im_pb2.Fanout) -> bool:
         """A transfer's fanout: every device here of the users it lists hears it (the session's
-        rules pick SENT, the chat, or the refusal)."""
+        rules pick SENT, the chat, or the refusal). True when a device here got its SENT."""
         if fanout.refused and fanout.WhichOneof("body") == "chat":
             self.counters.refused += 1
+        given = False
         for user in dict.fromkeys(fanout.users):
             for s in self.sessions_of(user):
-                s.deliver(fanout)
+                given = s.deliver(fanout) or given
+        return given
 
     def relist_all(self) -> None:
         """A transfer link came or went: fanouts may have been lost, every session lists."""
@@ -199,6 +211,13 @@ class Connector:
             ) from None
         if not friends:
             raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
+        if self.before_send is not None:
+            # awaited in the session's frame handling: its later chats wait behind this one
+            # (sender order), other sessions do not; before the file grant, so a refused chat
+            # grants nothing
+            verdict = await self.before_send(events.message_data(chat))
+            if not verdict.allowed:
+                raise ProtocolError(verdict.reason or "refused", code=im_pb2.REFUSED)
         if chat.msg_type == im_pb2.FILE:
             await self._grant_file(user_id, chat)
 
