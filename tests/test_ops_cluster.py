@@ -93,7 +93,7 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
         require_service("rabbitmq", str(exc))
     params = MySQLParams.from_url(MYSQL_URL)
     database = f"{params.database}_o{tag}"
-    base = free_block(26)
+    base = free_block(30)
     receiver = await Receiver(secret=HOOK_SECRET).start()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("IM_")},
@@ -110,7 +110,7 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
         "IM_TRANSFER_PORT": str(base + 1),
         "IM_REST_PORT": str(base + 2),
         "IM_WS_PORT": "0",  # 9083 is the machine's (another stack may hold it), not a test's
-        "IM_METRICS_PORT": str(base + 9),  # as 9081/9090: ops ports base+12, +13, +14, +22, +23
+        "IM_METRICS_PORT": str(base + 9),  # as 9081/9090: ops ports base+15, +16, +17, +25, +26
         "IM_ADMINS": "root",
         "IM_WEBHOOK_URL": receiver.url,
         "IM_WEBHOOK_SECRET": HOOK_SECRET,
@@ -155,7 +155,7 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
             "transfer-2",
             "writer-1",
         }, lines
-        assert urls["connector-2"].endswith(f":{base + 22}/metrics")
+        assert urls["connector-2"].endswith(f":{base + 25}/metrics")
         async with httpx.AsyncClient(timeout=5) as http:
             for name, url in urls.items():
                 r = await http.get(url.replace("/metrics", "/readyz"))
