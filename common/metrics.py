@@ -220,10 +220,10 @@ def message_kind(msg_type: int) -> MessageKind:
 
 
 def chat_answered(msg_type: int, refused: int) -> None:
-    """A chat's commit reached its sending device: its SENT (``refused`` 0), or the writer's
-    refusal (``refused``: ID_REUSED)."""
-    kind: MessageKind = "file" if msg_type == im_pb2.FILE else "text"
-    _MESSAGES[kind, "refused" if refused else "accepted"].inc()
+    """The writer's refusal of a chat (``refused``: ID_REUSED, NOT_MEMBER, ...) reached its
+    sending device. Accepted chats are counted by the writer (:func:`message`)."""
+    if refused:
+        _MESSAGES[message_kind(msg_type), "refused"].inc()
 
 
 def chat_error(msg_type: int, code: int) -> None:

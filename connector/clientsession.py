@@ -347,14 +347,13 @@ class ClientSession:
 
     def deliver(self, fanout: im_pb2.Fanout) -> bool:
         """A transfer's fanout for this session's user; True when it gave this device the SENT
-        of its chat. The chat is counted here, where its answer reaches its sending device: a
-        device that left before its SENT came resends, and that resend is the one counted."""
+        of its chat. A refusal is counted here, where it reaches the sending device; an accepted
+        chat is counted by the writer that committed it (once, whatever the resends)."""
         given = False
         for eff in self.rules.deliver(fanout):
             if isinstance(eff, Push) and eff.sent:
                 if self._push(eff.env):
-                    metrics.chat_answered(fanout.chat.msg_type, 0)
-                    metrics.receipt("sent")
+                    metrics.receipt("sent")  # the message itself is counted by the writer
                     given = True
                 continue
             if isinstance(eff, SendError) and fanout.refused:

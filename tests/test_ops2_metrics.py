@@ -173,8 +173,8 @@ async def test_the_transfer_reports_its_connector_links(up: Stack) -> None:
 
 async def test_a_chat_whose_device_left_before_its_sent_counts_once(tmp_path: Path) -> None:
     """The device is gone when the commit comes back (a slow hook holds the chat meanwhile):
-    no SENT is given, so nothing counts; the resend after reconnecting is SENT (the same seq)
-    and counts, once."""
+    the chat counts once, when the writer commits it; the resend after reconnecting is SENT
+    (the same seq), which counts a SENT receipt and not the message again."""
     hook = await Receiver(secret=HOOK_SECRET, answer=b'{"allow": true}', delay=0.5).start()
     st = Stack(
         stack_settings(tmp_path, webhook_secret=HOOK_SECRET, webhook_before_send_url=hook.url)
@@ -190,7 +190,9 @@ async def test_a_chat_whose_device_left_before_its_sent_counts_once(tmp_path: Pa
         assert st.transfer is not None
         await until(lambda: st.transfer is not None and st.transfer.committed == 1)
         await asyncio.sleep(0.2)
-        assert moved(before, snapshot(), "im_messages_total") == {}
+        # committed once: counted once, though its device never saw the SENT
+        assert moved(before, snapshot(), "im_messages_total") == {"kind=text,outcome=accepted": 1}
+        assert moved(before, snapshot(), "im_receipts_total") == {}
         again = await RawDevice("alice", "phone").connect(st)
         await again.send_chat("bob", b"hello", msg_id=msg)  # the library's resend
         await until(lambda: again.sent(msg))
