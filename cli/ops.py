@@ -143,6 +143,11 @@ class Ops:
         if isinstance(db, MySQLDatabase | SQLiteDatabase):
             metrics.db_pool_source(db, lambda d: d.in_use, lambda d: d.pool_size)
 
+    def message_check(self) -> BeforeSend | None:
+        """The connector's ``message.before_send`` hook; None without a URL, so that a chat
+        does not even build the hook's payload."""
+        return self.before_send if self.before_send.enabled else None
+
     def admin_deps(self, status: AdminStatus | None, blobs: BlobStore | None) -> AdminDeps:
         assert self.admin_store is not None
         return AdminDeps(

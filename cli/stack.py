@@ -115,7 +115,10 @@ class Stack:
                 self._tasks.append(asyncio.create_task(purge, name="timeline-retention"))
         if "transfer" in self.roles:
             assert self.status is not None and self.timeline is not None
-            self.transfer = Transfer(s, self.status, signer, self.timeline, timeline_store)
+            # message.sent and message.offline: the transfer knows the commit and the routes
+            self.transfer = Transfer(
+                s, self.status, signer, self.timeline, timeline_store, hooks=self.ops.hooks
+            )
             await self.transfer.start()
         if "connector" in self.roles:
             assert self.status is not None
@@ -135,6 +138,7 @@ class Stack:
                 revocation_check=RevocationReader(self.db),
                 kicks=self.ops.kicks,
                 group_notices=self.group_notices,
+                before_send=self.ops.message_check(),
             )
             await self.connector.start()
         if "rest" in self.roles:

@@ -47,15 +47,16 @@ GCCollector(registry=REGISTRY)
 
 ConnectionState = Literal["unauthenticated", "authenticated"]
 MessageKind = Literal["text", "file"]
-# accepted: SENT went back (the server took it); delivered: a device acked the push;
-# stored: made durable for a device that was not online; refused: answered with an error code
-# (not a friend, before_send said no, rate limit, ...); failed: a server fault, not accepted
-MessageOutcome = Literal["accepted", "delivered", "stored", "refused", "failed"]
-ReceiptType = Literal["sent", "delivered", "read", "accepted"]
+# accepted: committed, and SENT given to the sending device (counted where that device is);
+# refused: answered with an error code (not a friend, before_send said no, rate limit,
+# ID_REUSED, ...); failed: a server fault (INTERNAL), not committed
+MessageOutcome = Literal["accepted", "refused", "failed"]
+# sent: a SENT ack given to a device; delivered, read: a cursor that moved (at the transfer)
+ReceiptType = Literal["sent", "delivered", "read"]
 # connector: client frame in -> SENT out to the client; transfer: frame in from a connector ->
 # SENT out to it; store: queue publish -> durable (broker confirm or commit)
 Hop = Literal["connector", "transfer", "store"]
-QueueName = Literal["offline", "timeline", "webhook"]
+QueueName = Literal["timeline", "webhook"]
 PeerKind = Literal["transfer", "connector"]
 LoginOutcome = Literal["ok", "failed", "throttled", "unavailable", "disabled"]
 # delivered: 2xx; retried: one failed attempt that will be tried again; failed: given up after
@@ -90,15 +91,16 @@ CONNECTIONS = Gauge(
 )
 MESSAGES = Counter(
     "im_messages",
-    "Chat messages by kind (text, file) and outcome (accepted: SENT given; delivered: a "
-    "device acked the push; stored: kept for an offline device; refused: answered with an "
-    "error code; failed: server fault).",
+    "Chat messages by kind (text, file) and outcome (accepted: committed and SENT given; "
+    "refused: answered with an error code; failed: a server fault, not committed), counted "
+    "once, at the connector of the sending device.",
     ["kind", "outcome"],
     registry=REGISTRY,
 )
 RECEIPTS = Counter(
     "im_receipts",
-    "Receipts handled, by type: sent, delivered, read, accepted.",
+    "Receipts by type: sent (SENT acks given to devices, at connectors), delivered and read "
+    "(cursors that moved, at transfers).",
     ["type"],
     registry=REGISTRY,
 )
@@ -128,8 +130,8 @@ ROUTE_MISSES = Counter(
 )
 QUEUE_DEPTH = Gauge(
     "im_queue_depth",
-    "Items waiting in a queue as this process sees it: offline (the broker's offline "
-    "shards), timeline (the timeline write queue), webhook (events not yet delivered).",
+    "Items waiting in a queue as this process sees it: timeline (broker messages ready in "
+    "the timeline write queue), webhook (events not yet delivered).",
     ["queue"],
     registry=REGISTRY,
 )
@@ -174,11 +176,18 @@ BEFORE_SEND = Counter(
 # -- pre-bound children: the hot paths index these ---------------------------------------------
 
 _CONNECTIONS = {s: CONNECTIONS.labels(s) for s in _values(ConnectionState)}
+_UNAUTHENTICATED, _AUTHENTICATED = _CONNECTIONS["unauthenticated"], _CONNECTIONS["authenticated"]
 _MESSAGES = {
     (k, o): MESSAGES.labels(k, o) for k in _values(MessageKind) for o in _values(MessageOutcome)
 }
 _RECEIPTS = {t: RECEIPTS.labels(t) for t in _values(ReceiptType)}
+_CURSOR_RECEIPTS: dict[int, Counter] = {
+    im_pb2.DELIVERED: _RECEIPTS["delivered"],
+    im_pb2.READ: _RECEIPTS["read"],
+}
 _FRAME_ERRORS = {code: FRAME_ERRORS.labels(code) for code in ERROR_CODES}
+_FRAME_ERRORS_BY_NUMBER = {im_pb2.ErrorCode.Value(c): child for c, child in _FRAME_ERRORS.items()}
+_FRAME_ERROR_UNKNOWN = _FRAME_ERRORS["ERROR_CODE_UNSPECIFIED"]
 _LATENCY = {h: SEND_LATENCY.labels(h) for h in _values(Hop)}
 _LOGINS = {o: LOGINS.labels(o) for o in _values(LoginOutcome)}
 _WEBHOOKS = {o: WEBHOOKS.labels(o) for o in _values(WebhookOutcome)}
@@ -187,18 +196,18 @@ _BEFORE_SEND = {v: BEFORE_SEND.labels(v) for v in _values(BeforeSendVerdict)}
 
 def connection_opened() -> None:
     """A client connection was accepted (no GREET yet)."""
-    _CONNECTIONS["unauthenticated"].inc()
+    _UNAUTHENTICATED.inc()
 
 
 def connection_authenticated() -> None:
     """A connection's GREET was accepted: it moves from unauthenticated to authenticated."""
-    _CONNECTIONS["unauthenticated"].dec()
-    _CONNECTIONS["authenticated"].inc()
+    _UNAUTHENTICATED.dec()
+    _AUTHENTICATED.inc()
 
 
 def connection_closed(*, authenticated: bool) -> None:
     """A client connection ended, in the state it had reached."""
-    _CONNECTIONS["authenticated" if authenticated else "unauthenticated"].dec()
+    (_AUTHENTICATED if authenticated else _UNAUTHENTICATED).dec()
 
 
 def message(kind: MessageKind, outcome: MessageOutcome) -> None:
@@ -210,15 +219,35 @@ def message_kind(msg_type: int) -> MessageKind:
     return "file" if msg_type == im_pb2.FILE else "text"
 
 
+def chat_answered(msg_type: int, refused: int) -> None:
+    """The writer's refusal of a chat (``refused``: ID_REUSED, NOT_MEMBER, ...) reached its
+    sending device. Accepted chats are counted by the writer (:func:`message`)."""
+    if refused:
+        _MESSAGES[message_kind(msg_type), "refused"].inc()
+
+
+def chat_error(msg_type: int, code: int) -> None:
+    """A chat was answered with the ERROR ``code`` before it could commit: INTERNAL is a server
+    fault (``failed``), anything else a refusal."""
+    kind: MessageKind = "file" if msg_type == im_pb2.FILE else "text"
+    _MESSAGES[kind, "failed" if code == im_pb2.INTERNAL else "refused"].inc()
+
+
 def receipt(kind: ReceiptType) -> None:
     _RECEIPTS[kind].inc()
+
+
+def cursor_moved(cursor_type: int) -> None:
+    """A DELIVERED or READ cursor moved (wire ``AckType``); any other type is not counted."""
+    child = _CURSOR_RECEIPTS.get(cursor_type)
+    if child is not None:
+        child.inc()
 
 
 def frame_error(code: int) -> None:
     """An ERROR frame with wire code ``code`` went to a peer; a number no release of ours
     defines is counted as ERROR_CODE_UNSPECIFIED, so the label set stays closed."""
-    name = im_pb2.ErrorCode.Name(code) if code in im_pb2.ErrorCode.values() else ""
-    _FRAME_ERRORS.get(name, _FRAME_ERRORS["ERROR_CODE_UNSPECIFIED"]).inc()
+    _FRAME_ERRORS_BY_NUMBER.get(code, _FRAME_ERROR_UNKNOWN).inc()
 
 
 def send_latency(hop: Hop, seconds: float) -> None:

@@ -23,12 +23,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from common import metrics
 from common.config import Settings
 from common.errors import IMError, ProtocolError
 from common.link import LinkClosed
+from common.log import log_context
 from common.tokens import Claims, TokenSigner
 from connector import catchup
 from connector.catchup import GroupReader, TimelineReader
+from connector.incommit import CHAT_IN
 from connector.rules import State, SyncRange
 from connector.session import (
     Admit,
@@ -195,6 +198,9 @@ class ClientSession:
         # one sync answer read from the store at a time: a device asking many at once, and not
         # acking, holds one page in memory (and what the outbox takes), not MAX_SYNCS of them
         self._sync_reads = asyncio.Semaphore(1)
+        # im_connections: counted open from here, authenticated from Register, closed once
+        self._counted = "unauthenticated"
+        metrics.connection_opened()
 
     def __repr__(self) -> str:
         return f"<ClientSession {self.user_id or '?'}/{self.device_id or '?'} {self.state.name}>"
@@ -222,8 +228,18 @@ class ClientSession:
         try:
             await self._run(link, self.rules.frame(env, self._loop.time()))
         except ProtocolError as err:
+            if env.HasField("chat"):
+                metrics.chat_error(env.chat.msg_type, err.code)
             if not err.fatal:  # fatal ones end the link and are counted in on_closed
                 self.host.counters.error(err.code_name)
+                metrics.frame_error(err.code)
+            raise
+        except (LinkClosed, asyncio.CancelledError):
+            raise
+        except Exception:  # the link answers INTERNAL (a backend down, a bug) and stays up
+            if env.HasField("chat"):
+                metrics.chat_error(env.chat.msg_type, im_pb2.INTERNAL)
+            metrics.frame_error(im_pb2.INTERNAL)
             raise
 
     def on_acked(self, link: ClientLink, upto: int) -> None:
@@ -242,6 +258,9 @@ class ClientSession:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.outbox.clear()
+        if self._counted:
+            metrics.connection_closed(authenticated=self._counted == "authenticated")
+            self._counted = ""
         # only the session still registered for this device takes it offline: a reconnect to
         # this connector has replaced us already, and its entry must stay
         if self.user_id and self.host.unregister(self):
@@ -251,6 +270,7 @@ class ClientSession:
                 log.warning("%s: could not record offline: %s", self, exc)
         if link.close_error is not None:
             self.host.counters.error(link.close_error.code_name)
+            metrics.frame_error(link.close_error.code)
             log.info("%s: closed (%s)", self, link.close_error.code_name)
 
     # -- effects ---------------------------------------------------------------------------------
@@ -265,6 +285,9 @@ class ClientSession:
                 await self._run(link, self.rules.admitted(eff.claims, eff.device_id, eff.since))
             elif isinstance(eff, Register):
                 link.authenticated = True
+                if self._counted == "unauthenticated":
+                    metrics.connection_authenticated()
+                    self._counted = "authenticated"
                 link.name = f"{link.name} {self.user_id}/{self.device_id}"
                 self.host.register(self)
                 self._pump = self._loop.create_task(self._run_pump(link), name=f"pump {link.name}")
@@ -278,8 +301,16 @@ class ClientSession:
                 self.host.counters.sessions += 1
                 log.info("%s: online", self)
             elif isinstance(eff, ForwardChat):
-                await self.host.check_chat(self.user_id, eff.chat)
-                await self.host.forward(im_pb2.Envelope(chat=eff.chat), eff.key)
+                # the frame-in time of im_send_latency_seconds{hop="connector"}, read by the
+                # transfer link that takes the chat (same task: no per-chat bookkeeping here)
+                came_in = CHAT_IN.set(time.monotonic())
+                try:
+                    # lines about this chat (friend check, hook, no transfer) name it
+                    with log_context(conn=link.name, user=self.user_id, msg_id=eff.chat.id):
+                        await self.host.check_chat(self.user_id, eff.chat)
+                        await self.host.forward(im_pb2.Envelope(chat=eff.chat), eff.key)
+                finally:
+                    CHAT_IN.reset(came_in)
             elif isinstance(eff, Forward):
                 await self.host.forward(eff.env, eff.key)
             else:
@@ -291,8 +322,9 @@ class ClientSession:
         if isinstance(eff, Push):
             self._push(eff.env)
         elif isinstance(eff, SendError):
-            if link is not None:
+            if link is not None and not link.closing:
                 link.send_error(eff.error, ref_msg_id=eff.ref_msg_id)
+                metrics.frame_error(eff.error.code)
             self.host.counters.error(eff.error.code_name)
         elif isinstance(eff, StartListing):
             self._spawn(self._list(eff.since_ms), "listing")
@@ -315,10 +347,21 @@ class ClientSession:
         else:  # pragma: no cover - every other effect needs I/O and goes through _run
             raise AssertionError(f"{eff!r} needs _run")
 
-    def deliver(self, fanout: im_pb2.Fanout) -> None:
-        """A transfer's fanout for this session's user."""
+    def deliver(self, fanout: im_pb2.Fanout) -> bool:
+        """A transfer's fanout for this session's user; True when it gave this device the SENT
+        of its chat. A refusal is counted here, where it reaches the sending device; an accepted
+        chat is counted by the writer that committed it (once, whatever the resends)."""
+        given = False
         for eff in self.rules.deliver(fanout):
+            if isinstance(eff, Push) and eff.sent:
+                if self._push(eff.env):
+                    metrics.receipt("sent")  # the message itself is counted by the writer
+                    given = True
+                continue
+            if isinstance(eff, SendError) and fanout.refused:
+                metrics.chat_answered(fanout.chat.msg_type, fanout.refused)
             self._apply(eff)
+        return given
 
     def push_state(self, state: im_pb2.ConvState) -> None:
         """A conversation's new head for the device (a group's membership changed)."""
@@ -355,15 +398,17 @@ class ClientSession:
 
     # -- the outbox ------------------------------------------------------------------------------
 
-    def _push(self, item: Out) -> None:
+    def _push(self, item: Out) -> bool:
+        """Queue a live push; False when the session could not take it."""
         link = self.link
         if link is None or link.closing or self.state is not State.AUTHENTICATED:
-            return
+            return False
         if not self.outbox.put(item):
             log.warning("%s: device is too slow (%d queued): closing", self, len(self.outbox))
             link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
-            return
+            return False
         self._wake.set()
+        return True
 
     async def _put_bulk(self, item: Out) -> None:
         """Queue a listing or sync frame once the outbox has room (LinkClosed: gone)."""
@@ -450,5 +495,6 @@ class ClientSession:
                 )
                 self.link.send_error(err)
                 self.host.counters.error(err.code_name)
+                metrics.frame_error(err.code)
         finally:
             self.rules.sync_done()

@@ -12,6 +12,7 @@ this link, which a conversation moving to another transfer waits for (sender ord
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from contextvars import ContextVar
 
 from common.ids import route_key
 from proto import im_pb2
@@ -21,6 +22,12 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_AGE = 30.0  # seconds
 
 ChatKey = tuple[str, int]  # (sender, message id)
+
+# When the chat being forwarded came in from its client (time.monotonic()): set by the client
+# session in the task that handles the frame, read by the link that takes the chat, in the same
+# task. The entry's time is then the frame-in time, which im_send_latency_seconds{hop=
+# "connector"} measures from; a reroute (another task) finds none and uses its own clock.
+CHAT_IN: ContextVar[float | None] = ContextVar("chat_in", default=None)
 
 
 class InCommit:
@@ -62,15 +69,17 @@ class InCommit:
                 break
             self.forget(first)
 
-    def forget(self, key: ChatKey) -> None:
+    def forget(self, key: ChatKey) -> float | None:
+        """Drop ``key``; the time it was added with, or None when it was not held."""
         held = self._items.pop(key, None)
         if held is None:
-            return
-        _, conv, env = held
+            return None
+        when, conv, env = held
         self._bytes -= len(env.chat.body)
         self._convs[conv] -= 1
         if self._convs[conv] <= 0:
             del self._convs[conv]
+        return when
 
     def take(self) -> list[im_pb2.Envelope]:
         """Everything held, in the order first sent; empty afterwards."""

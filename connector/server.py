@@ -39,6 +39,7 @@ from connector.clientsession import ClientSession, Counters
 from connector.groupaccess import GroupAccess, is_group_conv
 from connector.groupnotices import NoticeFollower
 from connector.transfers import TransferLinks, TransferSource, static_transfers
+from hooks import Verdict, events
 from proto import im_pb2
 from user_status.groupnotice import GroupNoticeBus
 from user_status.heartbeat import keep_alive
@@ -82,6 +83,12 @@ class FileGrants(Protocol):
     ) -> bool: ...
 
 
+class MessageCheck(Protocol):
+    """The operator's ``message.before_send`` hook (see hooks.before_send.BeforeSend)."""
+
+    async def __call__(self, data: events.Data) -> Verdict: ...
+
+
 class RevocationCheck(Protocol):
     """The database's word on a token (see user_status.revocation.RevocationReader)."""
 
@@ -103,6 +110,7 @@ class Connector:
         revocation_check: RevocationCheck | None = None,
         kicks: KickBus | None = None,
         group_notices: GroupNoticeBus | None = None,
+        before_send: MessageCheck | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -122,6 +130,8 @@ class Connector:
         self.kicks = kicks  # None: no admin API reaches this connector
         self.group_notices = group_notices  # None: members hear of changes by listings
         self.notices: NoticeFollower | None = None
+        # None: no hook is configured, and a chat pays nothing for it
+        self.before_send = before_send
         self.revoked = RevokedSet()
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self.transfers = TransferLinks(
@@ -169,14 +179,16 @@ class Connector:
     def online_sessions(self) -> int:
         return sum(len(d) for d in self._sessions.values())
 
-    def fanout(self, fanout: im_pb2.Fanout) -> None:
+    def fanout(self, fanout: im_pb2.Fanout) -> bool:
         """A transfer's fanout: every device here of the users it lists hears it (the session's
-        rules pick SENT, the chat, or the refusal)."""
+        rules pick SENT, the chat, or the refusal). True when a device here got its SENT."""
         if fanout.refused and fanout.WhichOneof("body") == "chat":
             self.counters.refused += 1
+        given = False
         for user in dict.fromkeys(fanout.users):
             for s in self.sessions_of(user):
-                s.deliver(fanout)
+                given = s.deliver(fanout) or given
+        return given
 
     def relist_all(self) -> None:
         """A transfer link came or went: fanouts may have been lost, every session lists."""
@@ -202,18 +214,28 @@ class Connector:
     async def check_chat(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
         if chat.dest_type == im_pb2.GROUP:
             await self.groups.check_post(group_conv_id(chat.dest_id), user_id)
-            return
+        else:
+            await self._check_friends(user_id, chat.dest_id)
+        if self.before_send is not None:
+            # awaited in the session's frame handling: its later chats wait behind this one
+            # (sender order), other sessions do not; before the file grant, so a refused chat
+            # grants nothing
+            verdict = await self.before_send(events.message_data(chat))
+            if not verdict.allowed:
+                raise ProtocolError(verdict.reason or "refused", code=im_pb2.REFUSED)
+        if chat.msg_type == im_pb2.FILE:
+            await self._grant_file(user_id, chat)
+
+    async def _check_friends(self, user_id: str, peer: str) -> None:
         try:
-            friends = await self.friends.are_friends(user_id, chat.dest_id)
+            friends = await self.friends.are_friends(user_id, peer)
         except IMError as exc:
             log.error("friend check failed: %s", exc)
             raise ProtocolError(
                 "relations unavailable, retry later", code=im_pb2.INTERNAL
             ) from None
         if not friends:
-            raise ProtocolError(f"{chat.dest_id!r} is not your friend", code=im_pb2.NOT_FRIEND)
-        if chat.msg_type == im_pb2.FILE:
-            await self._grant_file(user_id, chat)
+            raise ProtocolError(f"{peer!r} is not your friend", code=im_pb2.NOT_FRIEND)
 
     async def _grant_file(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
         f = chat.file

@@ -56,9 +56,10 @@ class SendControl:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """A windowed frame for the device, through the outbox."""
+    """A windowed frame for the device, through the outbox; ``sent``: it is a SENT ack."""
 
     env: im_pb2.Envelope
+    sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +401,9 @@ class SessionRules:
                     return []
                 err = ProtocolError(f"message {chat.id} refused", code=fanout.refused)
                 return [SendError(err, chat.id)]
-            return [Push(sent_ack(chat) if mine else im_pb2.Envelope(chat=chat))]
+            if mine:
+                return [Push(sent_ack(chat), sent=True)]
+            return [Push(im_pb2.Envelope(chat=chat))]
         if kind == "cursor":
             return [Push(im_pb2.Envelope(cursor=fanout.cursor))]
         return []  # typing, presence, group receipts: not served yet

@@ -21,13 +21,13 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 
-from common import health
+from common import health, metrics
 from common.config import Settings
 from common.errors import ConfigError, IMError, ProtocolError
 from common.ids import route_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, open_link
 from common.tokens import TokenSigner
-from connector.incommit import ChatKey, InCommit
+from connector.incommit import CHAT_IN, ChatKey, InCommit
 from proto import im_pb2
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ FORWARD_WAIT = 5.0  # seconds a client's frame may wait for a transfer link
 # transfer coming back, or one link dropping while another takes over)
 HANDOVER_WAIT = 2.0
 TransferSource = Callable[[], Awaitable[dict[str, str]]]
-FanoutSink = Callable[[im_pb2.Fanout], None]
+# a fanout for the sessions here; True when a sending device here got its SENT from it
+FanoutSink = Callable[[im_pb2.Fanout], object]
 
 
 def key_of(env: im_pb2.Envelope) -> str | None:
@@ -101,9 +102,14 @@ class TransferLinkHandler:
         kind = env.WhichOneof("body")
         if kind == "fanout":
             fanout = env.fanout
-            if fanout.WhichOneof("body") == "chat":
-                self.links.committed((fanout.chat.from_id, fanout.chat.id))
-            self.links.on_fanout(fanout)
+            if fanout.WhichOneof("body") != "chat":
+                self.links.on_fanout(fanout)
+                return
+            chat = fanout.chat
+            came_in = self.links.committed((chat.from_id, chat.id))
+            # a SENT given here for a chat that came in here: frame in to SENT out
+            if self.links.on_fanout(fanout) is True and came_in is not None:
+                metrics.send_latency("connector", time.monotonic() - came_in)
         elif kind == "welcome":
             self.ready.set()
             health.LINKS.up(self.links.node_id, "transfer", self.node_id)
@@ -175,10 +181,15 @@ class TransferLinks:
                 best, chosen = score, handler
         return chosen
 
-    def committed(self, key: ChatKey) -> None:
-        """A chat's commit came back (its fanout): no link need forward it again."""
+    def committed(self, key: ChatKey) -> float | None:
+        """A chat's commit came back (its fanout): no link need forward it again. The time it
+        came in from its client when a link of ours held it, else None."""
+        came_in = None
         for handler in self.handlers.values():
-            handler.in_commit.forget(key)
+            when = handler.in_commit.forget(key)
+            if when is not None:
+                came_in = when
+        return came_in
 
     async def send(self, env: im_pb2.Envelope, key: str) -> None:
         """Send on the conversation's transfer's link (LinkClosed: none, or it just went),
@@ -191,7 +202,7 @@ class TransferLinks:
             raise LinkClosed("no transfer")
         await link.send(env)
         if env.WhichOneof("body") == "chat" and handler.link is link:
-            handler.in_commit.add(env, time.monotonic())
+            handler.in_commit.add(env, CHAT_IN.get() or time.monotonic())
 
     async def _handed_over(
         self, handler: TransferLinkHandler, key: str

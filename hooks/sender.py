@@ -121,6 +121,11 @@ class Webhooks:
     def enabled(self) -> bool:
         return bool(self.url)
 
+    def wants(self, event: str) -> bool:
+        """``event`` would be sent: a caller on a hot path asks once, and builds no payload
+        for an event nobody receives."""
+        return bool(self.url) and (not self._only or event in self._only)
+
     @property
     def depth(self) -> int:
         """Events waiting (not counting those being delivered)."""

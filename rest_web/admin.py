@@ -350,15 +350,15 @@ def add_routes(
         if not await users.user_exists(user_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
         await cut_off(user_id)
+        mode = deps.settings.delete_messages
+        # while the id is still taken: no new account's messages can be caught
+        rewritten = await store.erase_messages(user_id, mode)
         erased = await store.erase_user(user_id)
         if deps.blobs is not None:
             for file_id in erased.files:
                 await deps.blobs.delete(file_id)
-        # TODO(timeline, phase 2): the messages, by IM_DELETE_MESSAGES (admin_store.erase_user)
-        messages = (
-            f"not yet handled: IM_DELETE_MESSAGES={deps.settings.delete_messages} applies "
-            "once messages live in the timeline"
-        )
+        done = "anonymized (kept, from a deleted user)" if mode == "anonymize" else "deleted"
+        messages = f"{rewritten} {done}"
         return DeletedOut(
             user_id=user_id,
             relations=erased.relations,

@@ -9,20 +9,33 @@ schema evolve without stepping on each other's version numbers. Rules kept here:
 - every admin call is one row of ``im_admin_audit`` (who, what, target, when, the answer);
   rows older than ``keep_days`` are removed as new ones come, so the table stays bounded;
 - :meth:`AdminStore.erase_user` removes an account and everything REST and the file store keep
-  for it, in one place; the message timeline is not here yet (see the TODO there).
+  for it, in one place; :meth:`AdminStore.erase_messages` rewrites what it sent in the
+  timelines (the SQL is here, not in timeline/, because only an account's deletion needs it).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from common.db import Database, apply_migrations, require_schema
+from proto import im_pb2
 
 COMPONENT = "admin"
 
 _MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 MAX_DETAIL = 1000  # characters of an audit row's detail
+
+# The author a deleted account's messages show: not a user id (ids are [a-z0-9_.-]), so no
+# later registration can be it. Each deletion's rows get a ``sender`` of their own
+# (``~deleted.<hex>``): the timeline's identity of a message is (sender, msg_id), and two
+# deleted accounts' ids may coincide.
+DELETED_USER = "~deleted"
+TOMBSTONE_TEXT = "message of a deleted user"
+ERASE_PAGE = 500  # rows rewritten per statement
+DeleteMode = Literal["anonymize", "delete"]
 
 _STEPS: dict[str, list[list[str]]] = {
     "sqlite": [
@@ -194,15 +207,44 @@ class AdminStore:
 
     # -- deleting an account -------------------------------------------------------------------
 
+    async def erase_messages(self, user_id: str, mode: DeleteMode) -> int:
+        """Rewrite every timeline row ``user_id`` sent, in place, and drop its cursors; the
+        number of rows rewritten. Call it before :meth:`erase_user`, while the id is still
+        taken, so no new account's messages can be caught.
+
+        Why in place: devices sync by seq, so a removed row would be a gap that they ask for
+        for ever. Each row keeps its conversation, seq and time, and its author becomes
+        :data:`DELETED_USER`. ``anonymize`` keeps the (sealed) body; ``delete`` makes the row a
+        server SYSTEM chat (``WITHHELD``: nothing to show) with no trace of the body. Devices
+        that hold a copy already keep it: the server cannot reach into them.
+        """
+        db = self._db
+        sender = f"{DELETED_USER}.{secrets.token_hex(8)}"
+        done = 0
+        while True:
+            # the rewritten rows leave the WHERE: each page is the next
+            rows = await db.fetchall(
+                "SELECT conv_id, seq, content FROM im_tl_message WHERE sender = ? LIMIT ?",
+                (user_id, ERASE_PAGE),
+            )
+            if not rows:
+                break
+            await db.executemany(
+                "UPDATE im_tl_message SET sender = ?, content = ? WHERE conv_id = ? AND seq = ?",
+                [(sender, erased_content(bytes(r[2]), mode), str(r[0]), int(r[1])) for r in rows],
+            )
+            done += len(rows)
+        await db.execute("DELETE FROM im_tl_device WHERE user_id = ?", (user_id,))
+        await db.execute("DELETE FROM im_tl_member WHERE user_id = ?", (user_id,))
+        return done
+
     async def erase_user(self, user_id: str) -> Erased:
         """Remove the account and what is kept for it: its row and profile, its friendships,
         its uploads' records (the caller deletes their bytes: :attr:`Erased.files`), the
         download grants it was given, its admin grant and disabled mark. Tokens are not rows
         here: the caller sets the revocation cutoff first, so any live one is refused.
 
-        TODO(timeline, phase 2): the messages the user sent and received, and its cursors, by
-        ``IM_DELETE_MESSAGES`` (``anonymize``: kept for the other side as from a deleted user;
-        ``delete``: removed).
+        Its messages are :meth:`erase_messages`'s.
 
         Its friend requests and blocks go both ways too: a request to a name nobody holds any
         more would be offered to whoever registers it next; a block of it would keep them out.
@@ -228,3 +270,24 @@ class AdminStore:
         await db.execute("DELETE FROM im_user_disabled WHERE user_id = ?", (user_id,))
         user = await db.execute("DELETE FROM im_user WHERE user_id = ?", (user_id,))
         return Erased(user > 0, relations, files, grants)
+
+
+def erased_content(content: bytes, mode: DeleteMode) -> bytes:
+    """A stored chat as it stays after its author's account is deleted."""
+    chat = im_pb2.ChatMsg.FromString(content)
+    if mode == "anonymize":
+        chat.from_id = DELETED_USER
+        return chat.SerializeToString()
+    system = im_pb2.SystemBody(event=im_pb2.SystemBody.WITHHELD, text=TOMBSTONE_TEXT)
+    tomb = im_pb2.ChatMsg(
+        id=chat.id,
+        from_id=DELETED_USER,
+        dest_id=chat.dest_id,
+        dest_type=chat.dest_type,
+        msg_type=im_pb2.SYSTEM,
+        body=system.SerializeToString(),
+        conv_id=chat.conv_id,
+        seq=chat.seq,
+        server_time=chat.server_time,
+    )
+    return tomb.SerializeToString()

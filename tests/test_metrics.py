@@ -73,15 +73,28 @@ def test_label_values_are_closed_sets_bound_at_import() -> None:
         for s in found["im_messages"].samples  # type: ignore[attr-defined]
         if s.name == "im_messages_total"
     }
-    assert len(outcomes) == 2 * 5
+    assert len(outcomes) == 2 * 3
     with pytest.raises(KeyError):
         metrics.message("text", "alice")  # type: ignore[arg-type]
 
 
 def test_helpers_move_their_series() -> None:
-    before = sample("im_messages_total", kind="file", outcome="stored")
-    metrics.message(metrics.message_kind(im_pb2.FILE), "stored")
-    assert sample("im_messages_total", kind="file", outcome="stored") == before + 1
+    before = sample("im_messages_total", kind="file", outcome="accepted")
+    metrics.message(metrics.message_kind(im_pb2.FILE), "accepted")
+    assert sample("im_messages_total", kind="file", outcome="accepted") == before + 1
+
+    refused = sample("im_messages_total", kind="text", outcome="refused")
+    failed = sample("im_messages_total", kind="text", outcome="failed")
+    metrics.chat_error(im_pb2.TEXT, im_pb2.NOT_FRIEND)
+    metrics.chat_error(im_pb2.TEXT, im_pb2.INTERNAL)
+    metrics.chat_answered(im_pb2.TEXT, im_pb2.ID_REUSED)
+    assert sample("im_messages_total", kind="text", outcome="refused") == refused + 2
+    assert sample("im_messages_total", kind="text", outcome="failed") == failed + 1
+
+    delivered = sample("im_receipts_total", type="delivered")
+    metrics.cursor_moved(im_pb2.DELIVERED)
+    metrics.cursor_moved(im_pb2.SENT)  # not a cursor type: nothing moves
+    assert sample("im_receipts_total", type="delivered") == delivered + 1
 
     before = sample("im_receipts_total", type="read")
     metrics.receipt("read")

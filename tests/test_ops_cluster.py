@@ -20,9 +20,10 @@ from typing import Any
 import aio_pika
 import httpx
 import pytest
-from conftest import MYSQL_URL, REDIS_URL, drop_namespace, require_service
+from conftest import MYSQL_URL, REDIS_URL, drop_namespace, poll_until, require_service
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import promtool_check_metrics
+from webhook_receiver import Receiver
 
 from client import ServerError
 from client.core import IMClient
@@ -32,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 AMQP_URL = os.environ.get("IM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PW = "password-123"
+HOOK_SECRET = "cluster-hook-secret-0123456789"
 
 
 def free_block(size: int) -> int:
@@ -91,7 +93,8 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
         require_service("rabbitmq", str(exc))
     params = MySQLParams.from_url(MYSQL_URL)
     database = f"{params.database}_o{tag}"
-    base = free_block(26)
+    base = free_block(30)
+    receiver = await Receiver(secret=HOOK_SECRET).start()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("IM_")},
         "IM_DATABASE_URL": MYSQL_URL.rsplit("/", 1)[0] + f"/{database}",
@@ -106,8 +109,11 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
         "IM_CONNECTOR_PORT": str(base),
         "IM_TRANSFER_PORT": str(base + 1),
         "IM_REST_PORT": str(base + 2),
-        "IM_METRICS_PORT": str(base + 9),  # as 9081/9090: ops ports base+12, +13, +14, +22, +23
+        "IM_WS_PORT": "0",  # 9083 is the machine's (another stack may hold it), not a test's
+        "IM_METRICS_PORT": str(base + 9),  # as 9081/9090: ops ports base+15, +16, +17, +25, +26
         "IM_ADMINS": "root",
+        "IM_WEBHOOK_URL": receiver.url,
+        "IM_WEBHOOK_SECRET": HOOK_SECRET,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -149,7 +155,7 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
             "transfer-2",
             "writer-1",
         }, lines
-        assert urls["connector-2"].endswith(f":{base + 22}/metrics")
+        assert urls["connector-2"].endswith(f":{base + 25}/metrics")
         async with httpx.AsyncClient(timeout=5) as http:
             for name, url in urls.items():
                 r = await http.get(url.replace("/metrics", "/readyz"))
@@ -189,6 +195,50 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
             for name in ("im_route_cache_hits_total", "im_route_cache_misses_total")
         )
         assert lookups >= report["messages"]  # one routing lookup per message at least
+
+        def accepted(text: str) -> float:
+            return sum(
+                v for labels, v in series(text, "im_messages_total").items()
+                if dict(labels)["outcome"] == "accepted"
+            )  # fmt: skip
+
+        # each message counted once cluster-wide: by the writer that committed it
+        connectors = ("connector-1", "connector-2")
+        grown = accepted(after["writer-1"]) - accepted(before["writer-1"])
+        assert grown == report["messages"], (grown, report)
+        for name in ("rest", "transfer-1", "transfer-2", *connectors):
+            assert accepted(after[name]) == 0, name
+        sent = sum(
+            series(after[c], "im_receipts_total")[(("type", "sent"),)]
+            - series(before[c], "im_receipts_total")[(("type", "sent"),)]
+            for c in connectors
+        )
+        assert sent == report["messages"]  # one SENT per message: one device each
+        for c in connectors:
+            assert series(after[c], "im_connections")[(("state", "authenticated"),)] >= 0
+        links = sum(series(after[t], "im_node_links")[(("peer", "connector"),)] for t in
+                    ("transfer-1", "transfer-2"))  # fmt: skip
+        assert links == 4  # both connectors linked to both transfers
+
+        # the transfers' message webhooks: message.sent for every message, message.offline for
+        # every one to the users the demo kept offline while it sent, each signed and once
+        def events(kind: str) -> list[dict[str, Any]]:
+            out = [r for r in receiver.requests if r.headers.get("x-im-event") == kind]
+            assert all(r.signed_ok for r in out)
+            return [r.json()["data"] for r in out]  # type: ignore[misc]
+
+        await poll_until(lambda: len(events("message.sent")) >= report["messages"], 15)
+        await asyncio.sleep(0.5)  # time for one too many to come
+        sent_events = events("message.sent")
+        ids = {(e["from_id"], e["msg_id"]) for e in sent_events}  # a message id is per sender
+        assert len(ids) == len(sent_events) == report["messages"]
+        kept_off = {f"-{i:04d}" for i in range(report["offline_users"])}
+        to_offline = {
+            (e["from_id"], e["msg_id"]) for e in sent_events if e["to_id"][-5:] in kept_off
+        }
+        offline_events = events("message.offline")
+        assert to_offline and len(offline_events) == len(to_offline)
+        assert {(e["from_id"], e["msg_id"]) for e in offline_events} == to_offline
         for c in ("connector-1", "connector-2"):
             assert series(after[c], "im_node_links")[(("peer", "transfer"),)] == 2
 
@@ -235,4 +285,5 @@ async def test_cluster_ops_endpoints_demo_and_admin_across_processes() -> None:
             except TimeoutError:
                 os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        await receiver.stop()
         await drop_namespace(REDIS_URL, tag, AMQP_URL, database)

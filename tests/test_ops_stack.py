@@ -292,6 +292,7 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[Stack, dict[str, TcpPro
         rest_port=0,
         metrics_port=free_port(),
         node_ttl=1.5,
+        ws_port=0,  # 9083 is the machine's (another stack may hold it), not a test's
     )
     await run_migrate(settings)
     stack = Stack(settings)

@@ -70,6 +70,7 @@ async def test_prometheus_scrapes_im_up_and_loads_the_alert_rules(tmp_path: Path
         "IM_TRANSFER_PORT": str(transfer),
         "IM_TRANSFER_ADDRS": f"127.0.0.1:{transfer}",
         "IM_METRICS_PORT": str(ops),
+        "IM_WS_PORT": "0",  # 9083 is the machine's (another stack may hold it), not a test's
         "IM_SECRET": secrets.token_urlsafe(24),
         "IM_LOG_LEVEL": "WARNING",
     }

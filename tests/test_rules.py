@@ -79,7 +79,9 @@ def _chat(**kw: object) -> im_pb2.ChatMsg:
         ({"dest_id": ""}, im_pb2.BAD_MESSAGE),
         ({"dest_id": "a:b"}, im_pb2.BAD_MESSAGE),
         ({"dest_id": "x" * 65}, im_pb2.BAD_MESSAGE),
-        ({"dest_type": im_pb2.GROUP}, im_pb2.BAD_MESSAGE),
+        ({"dest_type": 7}, im_pb2.BAD_MESSAGE),
+        ({"dest_type": im_pb2.GROUP, "dest_id": "a:b"}, im_pb2.BAD_MESSAGE),
+        ({"dest_type": im_pb2.GROUP, "msg_type": im_pb2.FILE}, im_pb2.BAD_MESSAGE),
         ({"msg_type": im_pb2.SYSTEM}, im_pb2.BAD_MESSAGE),
         ({"msg_type": im_pb2.FILE}, im_pb2.BAD_MESSAGE),  # no file reference
         ({"body": b"x" * 101}, im_pb2.TOO_LARGE),
@@ -117,7 +119,7 @@ def test_a_cursor_comes_back_with_the_session_user_filled_in() -> None:
         ({"type": im_pb2.ACK_TYPE_UNSPECIFIED}, im_pb2.BAD_MESSAGE),
         ({"conv_id": "p:bob:carol"}, im_pb2.NOT_MEMBER),
         ({"conv_id": "p:bob:alice"}, im_pb2.NOT_MEMBER),  # not in order: not a conversation
-        ({"conv_id": "g:team"}, im_pb2.NOT_MEMBER),
+        ({"conv_id": "g:a:b"}, im_pb2.NOT_MEMBER),  # a group's membership: the shell's
         ({"conv_id": ""}, im_pb2.NOT_MEMBER),
         ({"conv_id": "x" * 500}, im_pb2.NOT_MEMBER),
     ],

@@ -145,10 +145,14 @@ class Host:
         self.online_now.discard(s.device_id)
 
     async def check_chat(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
+        if chat.dest_type == im_pb2.GROUP:  # no group has this user (the connector's answer)
+            raise ProtocolError("not a member", code=im_pb2.NOT_MEMBER)
         if {user_id, chat.dest_id} != {USER, FRIEND}:
             raise ProtocolError("not a friend", code=im_pb2.NOT_FRIEND)
 
     async def forward(self, env: im_pb2.Envelope, key: str) -> None:
+        if env.WhichOneof("body") == "record" and env.record.cursor.conv_id.startswith("g:"):
+            raise ProtocolError("not a member", code=im_pb2.NOT_MEMBER)
         self.forwarded.append(env)
 
 
@@ -312,7 +316,8 @@ async def scenario(sequence: list[tuple[Any, ...]]) -> None:
                 continue
             finally:
                 assert session.rules.syncs <= MAX_SYNCS
-            syncs += op[0] == "sync"
+            # a group's sync is the shell's to check (this reader has no groups: NOT_MEMBER)
+            syncs += op[0] == "sync" and not op[1].startswith("g:")
             if session.state is State.AUTHENTICATED:
                 authenticated = True
             if op[0] == "greet":  # only a live token of ours, for the device it names

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,16 +123,25 @@ def cases() -> list[tuple[str, str, Message]]:
     return out
 
 
+def script_env() -> dict[str, str]:
+    """scripts/gen-js-proto runs ``python3``: make it the one running these tests, whether or
+    not its venv is activated."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path}
+
+
 def test_committed_js_matches_the_generator() -> None:
     """scripts/gen-js-proto --check passes, and fails once the committed file is edited."""
     out = ROOT / "rest_web" / "webapp" / "js" / "proto" / "im.js"
     cmd = [str(ROOT / "scripts" / "gen-js-proto"), "--check"]
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    env = script_env()
+    done = subprocess.run(cmd, capture_output=True, env=env)
+    assert done.returncode == 0, done.stderr.decode()
     text = out.read_text(encoding="utf-8")
     tampered = ROOT / "test-artifacts" / "im-tampered.js"
     tampered.parent.mkdir(exist_ok=True)
     tampered.write_text(text.replace("TEXT: 1", "TEXT: 7"), encoding="utf-8")
-    res = subprocess.run([*cmd, "--out", str(tampered)], capture_output=True, text=True)
+    res = subprocess.run([*cmd, "--out", str(tampered)], capture_output=True, text=True, env=env)
     assert res.returncode == 1 and "stale" in res.stderr
     assert "ConvState" in text and "from im.proto" in text
 
@@ -141,7 +153,7 @@ def test_generator_reads_proto_im_proto() -> None:
         # a tool of the dev extra, not a service: CI's scripts/check runs the same comparison
         pytest.skip("grpcio-tools (dev extra) compiles proto/im.proto; scripts/check covers it")
     cmd = [str(ROOT / "scripts" / "gen-js-proto"), "--check", "--proto", str(SCHEMA)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=script_env())
     assert res.returncode == 0, res.stderr
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
+from common import metrics
 from common.errors import BackendError
 from proto import im_pb2
 from timeline.model import (
@@ -173,6 +174,9 @@ class TimelineWriter:
             self.duplicates += 1
         else:
             self.appended += 1
+            # counted here, where the store says it is new: once per message whatever the
+            # resends, reconnects and redeliveries (a redelivered record is a duplicate)
+            metrics.message(metrics.message_kind(sent.msg_type), "accepted")
 
     async def _merge_cursors(
         self, records: Sequence[im_pb2.TimelineRecord], answers: list[im_pb2.Committed]

@@ -35,14 +35,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
-from common import metrics
+from common import health, metrics
 from common.config import Settings
 from common.convid import GROUP, parse_conv_id
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import route_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, serve_links
+from common.log import bind_log_context
 from common.tokens import TokenSigner
+from hooks import events
 from proto import im_pb2
 from timeline.groupsql import MemberSnapshot
 from timeline.model import conv_of_chat
@@ -55,6 +58,15 @@ from user_status.cache import RouteCache
 from user_status.heartbeat import keep_alive
 
 log = logging.getLogger(__name__)
+
+
+class EventSink(Protocol):
+    """Where the message webhooks go (hooks.sender.Webhooks): never blocks."""
+
+    def wants(self, event: str) -> bool: ...
+
+    def emit(self, event: str, data: events.Data) -> None: ...
+
 
 # Lookups of a backend that fails are retried this many times (exponential back-off from 50 ms);
 # after that the event reaches only the origin connector (the sender's SENT), and the devices
@@ -85,14 +97,19 @@ class ConnectorLink:
                 )
             self._greet(link, env.greet)
             return
-        if kind == "chat":
-            await self.t.on_chat(env.chat, self.node_id)
-        elif kind == "record":
-            await self.t.on_record(env.record, self.node_id)
-        elif kind == "error":
-            log_peer_error(log, link, env)
-        else:
-            raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
+        try:
+            if kind == "chat":
+                await self.t.on_chat(env.chat, self.node_id)
+            elif kind == "record":
+                await self.t.on_record(env.record, self.node_id)
+            elif kind == "error":
+                log_peer_error(log, link, env)
+            else:
+                raise ProtocolError(f"a connector may not send {kind}", code=im_pb2.UNKNOWN_TYPE)
+        except ProtocolError as err:
+            if not err.fatal:  # a fatal one closes the link: counted in on_closed
+                metrics.frame_error(err.code)
+            raise
 
     def _greet(self, link: Link, greet: im_pb2.Greet) -> None:
         try:
@@ -107,6 +124,7 @@ class ConnectorLink:
         link.authenticated = True
         link.name = f"connector {self.node_id}"
         self.t.attach(self.node_id, link)
+        health.LINKS.up(self.t.node_id, "connector", self.node_id)
         link.send_control(im_pb2.Envelope(welcome=im_pb2.Welcome(node_id=self.t.node_id)))
         log.info("connector %s linked", self.node_id)
 
@@ -117,8 +135,11 @@ class ConnectorLink:
         """Fanouts the connector did not ack are dropped: it re-lists its sessions when it
         links again, and their devices Sync what they missed."""
         self.t._conns.discard(link)
+        if link.close_error is not None:
+            metrics.frame_error(link.close_error.code)
         if self.node_id:
-            self.t.detach(self.node_id, link)
+            if self.t.detach(self.node_id, link):  # not when a newer link replaced this one
+                health.LINKS.down(self.t.node_id, "connector", self.node_id)
             log.info("connector %s unlinked (%d fanouts dropped)", self.node_id, len(unacked))
             self.t.dropped += len(unacked)
 
@@ -131,6 +152,8 @@ class Transfer:
         signer: TokenSigner,
         timeline: TimelineQueue,
         group_view: GroupView | None = None,
+        *,
+        hooks: EventSink | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -139,6 +162,12 @@ class Transfer:
         self.node_id = settings.name(settings.transfer_port)
         self.serial = KeyedSerial()
         self.routes = RouteCache(status)
+        # the message webhooks, each decided once here: None (or not wanted) costs a chat
+        # nothing, not even its payload
+        self._sent_hook = hooks if hooks is not None and hooks.wants(events.MESSAGE_SENT) else None
+        self._offline_hook = (
+            hooks if hooks is not None and hooks.wants(events.MESSAGE_OFFLINE) else None
+        )
         self.links: dict[str, Link] = {}
         # group chats: the members at each seq (None: no timeline store here, so a group
         # chat reaches its sender's SENT only and the members' devices by their listings)
@@ -173,9 +202,12 @@ class Transfer:
         if old is not None and old is not link:
             old.close()
 
-    def detach(self, node_id: str, link: Link) -> None:
+    def detach(self, node_id: str, link: Link) -> bool:
+        """Forget ``link`` if it is still ``node_id``'s (True), not a replaced one (False)."""
         if self.links.get(node_id) is link:
             del self.links[node_id]
+            return True
+        return False
 
     # -- chats -------------------------------------------------------------------------------
 
@@ -209,9 +241,13 @@ class Transfer:
             return
 
         async def run() -> None:
+            # this task's lines (a failed commit) name the chat; it is the chat's own task
+            bind_log_context(conn=origin, user=chat.from_id, msg_id=chat.id)
             answer: im_pb2.Committed | None = None
+            submitted = time.monotonic()
             try:
                 (answer,) = await timeline.submit([record])
+                metrics.send_latency("store", time.monotonic() - submitted)
             except (IMError, ValueError) as exc:
                 log.warning("timeline commit of %s/%d failed: %s", chat.from_id, chat.id, exc)
             finally:
@@ -241,14 +277,25 @@ class Transfer:
             await self.fan_out([chat.from_id], refused, origin, chat.from_id)
             return
         self.committed += 1
+        # a resend of a committed chat is told nothing new: each event once per chat
+        first = not answer.duplicate
+        offline = False  # message.offline: 1-1 chats only (a group's is per member: later)
         if chat.dest_type == im_pb2.GROUP:
             await self.groups.fan_out(chat, origin)
         else:
-            await self.fan_out(
-                [chat.dest_id, chat.from_id], im_pb2.Fanout(chat=chat), origin, chat.from_id
+            offline = await self.fan_out(
+                [chat.dest_id, chat.from_id],
+                im_pb2.Fanout(chat=chat),
+                origin,
+                chat.from_id,
+                recipient=chat.dest_id if first and self._offline_hook is not None else "",
             )
         self.routed += 1
         metrics.send_latency("transfer", time.monotonic() - started)
+        if first and self._sent_hook is not None:
+            self._sent_hook.emit(events.MESSAGE_SENT, events.message_data(chat, seq=chat.seq))
+        if offline and self._offline_hook is not None:
+            self._offline_hook.emit(events.MESSAGE_OFFLINE, events.message_data(chat, seq=chat.seq))
 
     # -- cursors -----------------------------------------------------------------------------
 
@@ -313,6 +360,7 @@ class Transfer:
         if answer.refused or not answer.moved:
             return
         moved = answer.cursor
+        metrics.cursor_moved(moved.type)
         try:
             ref = parse_conv_id(moved.conv_id)
             peer = ref.peer_of(moved.user_id)
@@ -334,18 +382,29 @@ class Transfer:
     # -- fanout ------------------------------------------------------------------------------
 
     async def fan_out(
-        self, users: list[str], body: im_pb2.Fanout, origin: str = "", sender: str = ""
-    ) -> None:
+        self,
+        users: list[str],
+        body: im_pb2.Fanout,
+        origin: str = "",
+        sender: str = "",
+        *,
+        recipient: str = "",
+    ) -> bool:
         """One copy of ``body`` per connector holding a device of any of ``users``, naming the
         users it has; ``origin`` gets one naming at least ``sender`` whatever the lookups say.
-        A user whose lookup fails is left out (its devices catch up by Sync)."""
+        A user whose lookup fails is left out (its devices catch up by Sync). True when
+        ``recipient`` (one of ``users``) has no device online, as its lookup says: the
+        message.offline push; a failed lookup is not known to be offline."""
         by_node: dict[str, list[str]] = {}
+        offline = False
         for user in dict.fromkeys(users):
             try:
                 devices = await self._lookup(user)
             except IMError as exc:
                 log.warning("fanout: where %s is online is unknown: %s", user, exc)
                 continue
+            if not devices and user == recipient:
+                offline = True
             for node in dict.fromkeys(devices.values()):
                 by_node.setdefault(node, []).append(user)
         if origin:
@@ -361,6 +420,7 @@ class Transfer:
             out.fanout.users[:] = its_users
             with contextlib.suppress(LinkClosed):
                 await link.send(out)
+        return offline
 
     async def _lookup_many(self, users: Sequence[str]) -> dict[str, dict[str, str]]:
         return await self.routes.lookup_many(users)
