@@ -174,6 +174,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.timeout,
         args.files,
         devices=args.devices,
+        groups=args.groups,
+        group_size=args.group_size,
+        group_messages=args.group_messages,
     )
 
 
@@ -251,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rest", default="http://127.0.0.1:8082")
     d.add_argument("--timeout", type=float, default=120.0)
     d.add_argument("--devices", type=int, default=1, help="devices per user, each checked")
+    d.add_argument("--groups", type=int, default=0, help="groups with traffic, each checked")
+    d.add_argument("--group-size", type=int, default=10, help="members of each group")
+    d.add_argument(
+        "--group-messages",
+        type=int,
+        default=0,
+        help="messages per group (default: a quarter of --messages over the groups)",
+    )
     d.add_argument("--json", action="store_true", help="last line: one JSON object")
     d.set_defaults(func=cmd_demo)
 

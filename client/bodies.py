@@ -1,9 +1,11 @@
 """Sealing and opening chat bodies: the only place the library touches plaintext.
 
-A body is sealed with the pair key and bound to (message id, sender, recipient)
-(common/crypto.py), so neither the server nor anyone else can move it to another message. A body
-that fails to open, or a FILE message whose sealed description names another upload than the
-server-visible reference, becomes an ``UNREADABLE`` ServerError: it is never shown.
+A body is sealed with the pair key (a group's: the group key named by ``key_id``) and bound to
+(message id, sender, recipient or group id) (common/crypto.py), so neither the server nor
+anyone else can move it to another message. A body that fails to open, or a FILE message whose
+sealed description names another upload than the server-visible reference, becomes an
+``UNREADABLE`` ServerError: it is never shown. A SYSTEM message (a group's membership change)
+is not sealed: the server made it, and its SystemBody is read as it is.
 """
 
 from __future__ import annotations
@@ -12,29 +14,41 @@ import time
 
 from google.protobuf.message import DecodeError
 
-from client.events import Message, ServerError
+from client.events import Message, ServerError, SystemInfo
 from client.files import FileInfo, SealedUpload
 from common.crypto import SealError, open_sealed, seal
 from proto import im_pb2
 
 
-def text_chat(key: str, msg_id: int, me: str, to: str, text: str) -> im_pb2.ChatMsg:
-    """A TEXT chat to ``to`` with ``text`` sealed under the pair ``key``."""
+def text_chat(
+    key: str, msg_id: int, me: str, to: str, text: str, *, group_key_id: int = 0
+) -> im_pb2.ChatMsg:
+    """A TEXT chat to ``to`` with ``text`` sealed under the pair ``key``; with
+    ``group_key_id``, ``to`` is a group id and ``key`` that group's key ``group_key_id``."""
     return im_pb2.ChatMsg(
         id=msg_id,
         from_id=me,
         dest_id=to,
-        dest_type=im_pb2.SINGLE,
+        dest_type=im_pb2.GROUP if group_key_id else im_pb2.SINGLE,
         msg_type=im_pb2.TEXT,
         body=seal(key, msg_id, me, to, text.encode()),
         create_time=int(time.time() * 1000),
+        key_id=group_key_id,
     )
 
 
 def file_chat(
-    key: str, msg_id: int, me: str, to: str, up: SealedUpload, name: str
+    key: str,
+    msg_id: int,
+    me: str,
+    to: str,
+    up: SealedUpload,
+    name: str,
+    *,
+    group_key_id: int = 0,
 ) -> im_pb2.ChatMsg:
-    """A FILE chat for an upload: the file's key and name only inside the sealed body."""
+    """A FILE chat for an upload: the file's key and name only inside the sealed body
+    (``group_key_id`` as for :func:`text_chat`)."""
     inner = im_pb2.FileBody(
         file_id=up.ref.file_id,
         checksum=up.ref.checksum,
@@ -47,16 +61,20 @@ def file_chat(
         id=msg_id,
         from_id=me,
         dest_id=to,
-        dest_type=im_pb2.SINGLE,
+        dest_type=im_pb2.GROUP if group_key_id else im_pb2.SINGLE,
         msg_type=im_pb2.FILE,
         body=seal(key, msg_id, me, to, inner.SerializeToString()),
         create_time=int(time.time() * 1000),
         file=im_pb2.FileRef(id=up.ref.file_id, size=up.ref.size, checksum=up.ref.checksum),
+        key_id=group_key_id,
     )
 
 
 def open_chat(chat: im_pb2.ChatMsg, key: str | None, *, own: bool = False) -> Message | ServerError:
-    """The chat with its body opened with the pair ``key``, or UNREADABLE."""
+    """The chat with its body opened with the pair ``key``, or UNREADABLE. A SYSTEM chat
+    needs no key: its body is the server's SystemBody."""
+    if chat.msg_type == im_pb2.SYSTEM:
+        return _system(chat)
     file: FileInfo | None = None
     try:
         if key is None:
@@ -82,6 +100,51 @@ def open_chat(chat: im_pb2.ChatMsg, key: str | None, *, own: bool = False) -> Me
         server_time=chat.server_time,
         own=own,
     )
+
+
+def _system(chat: im_pb2.ChatMsg) -> Message | ServerError:
+    sb = im_pb2.SystemBody()
+    try:
+        sb.ParseFromString(chat.body)
+        event = im_pb2.SystemBody.Event.Name(sb.event)
+    except (DecodeError, ValueError):
+        return ServerError("UNREADABLE", "not a SystemBody", chat.id, chat.seq, chat.conv_id)
+    info = SystemInfo(event, sb.actor, sb.target, sb.text, sb.key_id, sb.until)
+    return Message(
+        msg_id=chat.id,
+        from_id=chat.from_id,
+        dest_id=chat.dest_id,
+        text=describe(info),
+        msg_type=chat.msg_type,
+        create_time=chat.create_time,
+        conv_id=chat.conv_id,
+        seq=chat.seq,
+        server_time=chat.server_time,
+        system=info,
+    )
+
+
+_SAYS = {
+    "CREATED": "{actor} created the group",
+    "JOINED": "{target} joined",
+    "LEFT": "{target} left",
+    "REMOVED": "{actor} removed {target}",
+    "ROLE": "{actor} made {target} {text}",
+    "MUTED": "{actor} muted {target}",
+    "DISSOLVED": "{actor} dissolved the group",
+    "KEY_ROTATED": "the group key changed",
+    "NOTICE": "{text}",
+    "WITHHELD": "",
+    "RENAMED": "{actor} renamed the group to {text}",
+}
+
+
+def describe(info: SystemInfo) -> str:
+    """A line an app may show as it is ("bob joined"); ``Message.system`` has the parts."""
+    if info.event == "MUTED" and not info.until:
+        return f"{info.actor} unmuted {info.target}"
+    says = _SAYS.get(info.event, info.event)
+    return says.format(actor=info.actor, target=info.target, text=info.text)
 
 
 def _file_info(chat: im_pb2.ChatMsg, plain: bytes) -> FileInfo:

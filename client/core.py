@@ -5,7 +5,9 @@ Who does what (each module says why):
 - client/connection.py: the link to a connector, GREET with ``since``, reconnects;
 - client/outbox.py: chats until SENT, resent with the same id;
 - client/sync.py: the timelines, sans-IO: what to surface, which Syncs and cursors to send;
-- client/bodies.py: sealing and opening bodies with the pair key (UNREADABLE when it fails).
+- client/bodies.py: sealing and opening bodies with the pair key (UNREADABLE when it fails);
+- client/groupkeys.py, client/groupsend.py: group keys, cached; a group chat refused
+  STALE_KEY sealed again once, under a new id.
 
 This module wires them: frames in -> the sync machine -> effects out (sent on the link, or
 opened and put in the event queue, in order). Rules it keeps itself:
@@ -28,26 +30,29 @@ import os
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
 
 from client import sync as S
 from client.bodies import file_chat, open_chat, text_chat
 from client.connection import Connection
-from client.events import Event, Message, Receipt, ServerError
+from client.events import Event, GroupReceipt, Message, Receipt, ServerError
 from client.files import download_file, upload_file
+from client.groupkeys import GroupKeyRing
+from client.groups import ReadBy
+from client.groupsend import Recipe, Recipes, Seal
 from client.history import Conversation, StoredChat
 from client.outbox import OUTBOX_SIZE, RESEND_AFTER, Outbox
 from client.rest import FriendRequests, LoginAnswer, RestClient, RestError
-from common.convid import is_conv_id, pair_conv_id, parse_conv_id
+from common.convid import group_conv_id, is_conv_id, pair_conv_id, parse_conv_id
 from common.errors import IMError
 from common.ids import MessageIdGen
 from common.link import Link, LinkClosed, LinkConfig
 from common.userids import canonical_or_none
 from proto import im_pb2
 
-__all__ = ["Event", "IMClient", "Message", "Receipt", "ServerError", "befriend"]
+__all__ = ["Event", "GroupReceipt", "IMClient", "Message", "Receipt", "ServerError", "befriend"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,7 @@ FINAL_ERRORS = frozenset(
         im_pb2.ID_REUSED,
         im_pb2.TOO_LARGE,
         im_pb2.NOT_MEMBER,
+        im_pb2.MUTED,
         im_pb2.REFUSED,
     }
 )
@@ -98,6 +104,8 @@ class IMClient:
         self._ids = MessageIdGen()
         self._events: asyncio.Queue[Event] = asyncio.Queue(queue_size)
         self._outbox = Outbox(outbox_size, resend_after)
+        self.group_keys = GroupKeyRing(lambda group_id: self.rest.groups.keys(group_id))
+        self._recipes = Recipes(outbox_size)  # group chats in the outbox: how to seal again
         self._sync = S.SyncMachine(self.user_id)
         self._conn = Connection(
             self,
@@ -269,9 +277,7 @@ class IMClient:
         self._caught_up.clear()
         # sent once the WELCOME is handled, before any frame after it, from the ticker's side
         effects = self._sync.link_up(time.monotonic())
-        task = asyncio.get_running_loop().create_task(self._after_welcome(effects))
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
+        self._chore(self._after_welcome(effects))
 
     async def _after_welcome(self, effects: list[S.Effect]) -> None:
         try:
@@ -374,6 +380,51 @@ class IMClient:
             lambda msg_id: file_chat(key, msg_id, self.user_id, to, up, label)
         )
 
+    async def send_group_text(self, group_id: str, text: str) -> int:
+        """Seal ``text`` with the group's current key and send it to the group; returns the
+        message id (a STALE_KEY refusal seals it again once under a new id: RESEALED)."""
+        me = self.user_id
+        return await self._enqueue_group(
+            group_id,
+            lambda key, key_id, msg_id: text_chat(
+                key, msg_id, me, group_id, text, group_key_id=key_id
+            ),
+        )
+
+    async def _enqueue_group(self, group_id: str, seal: Seal, reseals: int = 0) -> int:
+        group_conv_id(group_id)  # ValueError for what cannot be a group id
+        key_id, key = await self.group_keys.current(group_id)
+        recipe = Recipe(group_id, seal, reseals)
+
+        def make(msg_id: int) -> im_pb2.ChatMsg:
+            self._recipes.add(msg_id, recipe)  # before it can be refused
+            return seal(key, key_id, msg_id)
+
+        return await self._enqueue(make)
+
+    async def _reseal(self, old_id: int, recipe: Recipe) -> None:
+        """A chat refused STALE_KEY: the same content under the group's new key and a new id."""
+        try:
+            new_id = await self._enqueue_group(recipe.group_id, recipe.seal, recipe.reseals)
+        except (IMError, OSError) as exc:  # not a member any more, REST down: say so
+            await self._events.put(ServerError("STALE_KEY", str(exc), old_id))
+            return
+        conv_id = group_conv_id(recipe.group_id)
+        await self._events.put(
+            Receipt("RESEALED", recipe.group_id, old_id, 0, conv_id, new_msg_id=new_id)
+        )
+
+    def _chore(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def read_by(self, group_id: str, seq: int, *, limit: int = 100) -> ReadBy:
+        """Who of the group's members at ``seq`` (the sender left out) have read and received
+        it, as the server counts from their cursors (``GET /groups/{id}/messages/{seq}/
+        receipts``): "read by 7 of 12", and the first ``limit`` names of each."""
+        return await self.rest.groups.receipts(group_id, seq, limit=limit)
+
     async def _enqueue(self, make: Callable[[int], im_pb2.ChatMsg]) -> int:
         """Make the chat with a fresh id once the outbox has room (ids then follow the order
         chats enter the outbox, which is the order they go out), keep it, send it."""
@@ -429,6 +480,7 @@ class IMClient:
             if a.ack_type != im_pb2.SENT:
                 return
             self._outbox.confirm(a.ack_msg_id)
+            self._recipes.done(a.ack_msg_id)
             effects = sm.on_sent(a.ack_msg_id, a.conv_id, a.seq, a.from_id, now)
         elif kind == "sync_done":
             effects = sm.on_sync_done(env.sync_done, now)
@@ -441,8 +493,12 @@ class IMClient:
         elif kind == "error":
             await self._on_error(env.error, now)
             return
+        elif kind == "group_receipt":
+            g = env.group_receipt
+            await self._events.put(GroupReceipt(g.conv_id, g.seq, g.members, g.delivered, g.read))
+            return
         else:
-            return  # presence, typing, group receipts: not surfaced yet
+            return  # presence, typing: not surfaced yet
         await self._apply(effects, may_wait=False)
 
     async def _on_chat(self, chat: im_pb2.ChatMsg) -> None:
@@ -458,13 +514,31 @@ class IMClient:
                 return
         elif e.code == im_pb2.RATE_LIMITED and not e.ref_msg_id:
             return  # a cursor: the sync machine sends it again when it moves
+        elif e.code == im_pb2.STALE_KEY:
+            await self._on_stale_key(e)
+            return
         if e.code in FINAL_ERRORS:
             msg_id = e.ref_msg_id if e.ref_msg_id in self._outbox else 0
             if not msg_id and e.ref_seq:
                 msg_id = self._outbox.by_link_seq(e.ref_seq)
             if msg_id:
                 self._outbox.confirm(msg_id)
+                self._recipes.done(msg_id)
         await self._events.put(ServerError(im_pb2.ErrorCode.Name(e.code), e.detail, e.ref_msg_id))
+
+    async def _on_stale_key(self, e: im_pb2.Error) -> None:
+        """A group chat sealed with a key the group has moved past (client/groupsend.py): seal
+        it again once, from a task (the reader never waits for outbox room)."""
+        msg_id = e.ref_msg_id or self._outbox.by_link_seq(e.ref_seq)
+        recipe, show = self._recipes.stale(msg_id)
+        in_outbox = msg_id in self._outbox
+        self._outbox.confirm(msg_id)  # these bytes will never commit
+        if recipe is not None:
+            self.group_keys.rotated(recipe.group_id, 0)
+            self._chore(self._reseal(msg_id, recipe))
+        elif show or in_outbox or not msg_id:
+            await self._events.put(ServerError("STALE_KEY", e.detail, msg_id))
+        # else: a second refusal of a chat already re-sealed (a resend raced the first)
 
     async def _apply(self, effects: list[S.Effect], *, may_wait: bool) -> None:
         """Carry out the sync machine's effects, in order."""
@@ -474,6 +548,7 @@ class IMClient:
             elif isinstance(eff, S.SurfaceReceipt):
                 if eff.kind == "SENT":
                     self._outbox.confirm(eff.msg_id)
+                    self._recipes.done(eff.msg_id)
                 await self._events.put(
                     Receipt(eff.kind, eff.peer, eff.msg_id, eff.seq, eff.conv_id)
                 )
@@ -493,8 +568,28 @@ class IMClient:
             self._caught_up.set()
 
     async def _open(self, chat: im_pb2.ChatMsg, own: bool) -> Message | ServerError:
+        if chat.dest_type == im_pb2.GROUP or chat.conv_id.startswith("g:"):
+            group_id = chat.conv_id[2:] if chat.conv_id.startswith("g:") else chat.dest_id
+            return await self._open_group(chat, group_id, own)
         peer = chat.dest_id if chat.from_id == self.user_id else chat.from_id
         return open_chat(chat, await self._key_of(peer), own=own)
+
+    async def _open_group(
+        self, chat: im_pb2.ChatMsg, group_id: str, own: bool
+    ) -> Message | ServerError:
+        """A group chat opened with the key its ``key_id`` names (fetched if new to us); a
+        SYSTEM one as it is, and a KEY_ROTATED among them makes the next send fetch keys."""
+        if chat.msg_type == im_pb2.SYSTEM:
+            msg = open_chat(chat, None, own=own)
+            if isinstance(msg, Message) and msg.system and msg.system.event == "KEY_ROTATED":
+                self.group_keys.rotated(group_id, msg.system.key_id)
+            return msg
+        key = None
+        with contextlib.suppress(RestError, OSError, IMError):
+            key = await self.group_keys.key(group_id, chat.key_id)
+        if chat.dest_id != group_id:  # the seal binds the group id: a server's swap fails it
+            key = None
+        return open_chat(chat, key, own=own)
 
     async def _key_of(self, peer: str) -> str | None:
         """The pair key shared with ``peer``; a friend we do not know yet is looked up."""
@@ -535,12 +630,14 @@ class IMClient:
     async def _open_stored(self, stored: StoredChat) -> Message | ServerError:
         ref = parse_conv_id(stored.conv_id)
         key = None
-        if ref.dest_type == im_pb2.SINGLE and self.user_id in ref.members:
-            key = await self._key_of(ref.peer_of(self.user_id))
         chat = im_pb2.ChatMsg()
         chat.CopyFrom(stored.chat)
         chat.conv_id, chat.seq, chat.server_time = stored.conv_id, stored.seq, stored.server_time
         own = chat.from_id == self.user_id
+        if ref.dest_type == im_pb2.GROUP:
+            return await self._open_group(chat, ref.group_id, own)
+        if ref.dest_type == im_pb2.SINGLE and self.user_id in ref.members:
+            key = await self._key_of(ref.peer_of(self.user_id))
         return open_chat(chat, key, own=own)
 
 

@@ -13,6 +13,20 @@ from client.files import FileInfo
 
 
 @dataclass(frozen=True, slots=True)
+class SystemInfo:
+    """What a SYSTEM message of a group says happened ("bob joined"): made by the server, in
+    the clear. ``event`` is a ``SystemBody.Event`` name (CREATED, JOINED, LEFT, REMOVED, ROLE,
+    MUTED, KEY_ROTATED, RENAMED, DISSOLVED, ...)."""
+
+    event: str
+    actor: str
+    target: str
+    text: str = ""  # ROLE: the role; RENAMED, CREATED: the name
+    key_id: int = 0  # KEY_ROTATED: the key new messages are sealed with
+    until: int = 0  # MUTED: ms since the epoch (0: lifted)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     msg_id: int
     from_id: str
@@ -25,15 +39,19 @@ class Message:
     seq: int = 0  # its place in the conversation's timeline
     server_time: int = 0
     own: bool = False  # sent by another device of this user
+    # a group's membership change (msg_type SYSTEM, from_id "#<group id>", msg_id its seq)
+    system: SystemInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    kind: str  # "SENT" | "DELIVERED" | "READ", each at most once per message sent here
-    peer: str  # the other side of the conversation
+    kind: str  # "SENT" | "DELIVERED" | "READ", each at most once per message sent here;
+    # "RESEALED": a group chat refused STALE_KEY was sealed again as ``new_msg_id``
+    peer: str  # the other side of the conversation (a group: its id)
     msg_id: int  # the acknowledged message (one this library sent)
     seq: int = 0
     conv_id: str = ""
+    new_msg_id: int = 0  # RESEALED only: the id the content goes on under (its SENT names it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,4 +63,16 @@ class ServerError:
     conv_id: str = ""
 
 
-Event = Message | Receipt | ServerError
+@dataclass(frozen=True, slots=True)
+class GroupReceipt:
+    """How many members of a group have DELIVERED and READ up to ``seq`` (the server's count
+    from their cursors); the names are ``IMClient.read_by(group_id, seq)``."""
+
+    conv_id: str
+    seq: int
+    members: int
+    delivered: int
+    read: int
+
+
+Event = Message | Receipt | ServerError | GroupReceipt

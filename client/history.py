@@ -79,6 +79,10 @@ def stored_chat(data: Any) -> StoredChat:
             body=base64.b64decode(str(data["body"]), validate=True),
             create_time=int(data["create_time"]),
         )
+        chat.key_id = int(data.get("key_id", 0))
+        system = data.get("system")
+        if system is not None:  # a group's membership change, in the clear
+            _system_into(chat, system, str(data["conv_id"]))
         ref = data.get("file")
         if ref is not None:
             chat.file.id, chat.file.size = str(ref["id"]), int(ref["size"])
@@ -86,6 +90,23 @@ def stored_chat(data: Any) -> StoredChat:
         return StoredChat(str(data["conv_id"]), int(data["seq"]), int(data["server_time"]), chat)
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise MalformedAnswer(f"not a stored message: {exc}") from None
+
+
+def _system_into(chat: im_pb2.ChatMsg, system: Any, conv_id: str) -> None:
+    """The SystemBody REST spelt out as JSON, back in the chat as a pushed one carries it (sent
+    by ``#<group id>``), so both open the same way."""
+    sb = im_pb2.SystemBody(
+        event=_enum(im_pb2.SystemBody.Event, system["event"]),  # type: ignore[arg-type]
+        actor=str(system["actor"]),
+        target=str(system["target"]),
+        text=str(system.get("text", "")),
+        key_id=int(system.get("key_id", 0)),
+        until=int(system.get("until", 0)),
+    )
+    chat.msg_type = im_pb2.SYSTEM
+    chat.body = sb.SerializeToString()
+    if not chat.from_id and conv_id.startswith("g:"):
+        chat.from_id = "#" + conv_id[2:]
 
 
 def conversation_info(data: Any) -> ConversationInfo:

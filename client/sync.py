@@ -18,6 +18,10 @@ Rules (docs: the briefing's "Client library semantics"):
   surfaced with ``own=True``;
 - receipts: SENT once per message id; DELIVERED and READ once per message sent here, when the
   peer's cursor reaches its seq (a READ implies DELIVERED);
+- a group (``g:<id>``) is a timeline like a pair's, with one difference: it has many peers, so
+  no one member's cursor is a receipt. Group chats get SENT here; their DELIVERED and READ are
+  counts (GroupReceipt pushes, ``IMClient.read_by``), and nothing waits for them here. The
+  user's own READ cursor (``mark_read``) works as in a pair;
 - cursors are coalesced: DELIVERED (up to ``have``) and READ (what the app marked) go at most
   every ``cursor_every`` seconds per conversation, plus the DELIVERED at the end of each page;
 - ``caught_up``: the first CaughtUp after the link came up has arrived and every conversation it
@@ -86,7 +90,8 @@ Effect = Surface | SendSync | SendCursor | SurfaceReceipt
 @dataclass(slots=True)
 class _Conv:
     conv_id: str
-    peer: str
+    peer: str  # a pair's other user; a group's id
+    group: bool = False  # its peers' cursors are not receipts (module docstring)
     have: int = 0
     head: int = 0
     # seq -> chat past a gap; None marks a seq held by a chat this library sent
@@ -112,11 +117,13 @@ def _wait(waiting: list[tuple[int, int]], seq: int, msg_id: int) -> None:
         del waiting[0]
 
 
-def _peer_of(conv_id: str, me: str) -> str:
+def _peer_of(conv_id: str, me: str) -> tuple[str, bool]:
+    """The other side of ``conv_id`` for ``me`` and whether it is a group."""
     try:
-        return parse_conv_id(conv_id).peer_of(me)
+        ref = parse_conv_id(conv_id)
+        return ref.peer_of(me), ref.dest_type == im_pb2.GROUP
     except ValueError:
-        return ""
+        return "", False
 
 
 class SyncMachine:
@@ -271,16 +278,22 @@ class SyncMachine:
             c.peer = peer
         if _remember(self._sent, msg_id):
             out.append(SurfaceReceipt("SENT", conv_id, c.peer, msg_id, seq))
-            if c.peer_delivered >= seq:
-                out.append(SurfaceReceipt("DELIVERED", conv_id, c.peer, msg_id, seq))
-            else:
-                _wait(c.wait_delivered, seq, msg_id)
-            if c.peer_read >= seq:
-                out.append(SurfaceReceipt("READ", conv_id, c.peer, msg_id, seq))
-            else:
-                _wait(c.wait_read, seq, msg_id)
+            if not c.group:  # a group's read-by is a count: GroupReceipt, IMClient.read_by
+                self._await_peer(c, seq, msg_id, out)
         self._place(c, seq, None, now, out)
         return out
+
+    def _await_peer(self, c: _Conv, seq: int, msg_id: int, out: list[Effect]) -> None:
+        """A pair's chat of ours at ``seq``: its DELIVERED and READ now, or once the peer's
+        cursor gets there."""
+        if c.peer_delivered >= seq:
+            out.append(SurfaceReceipt("DELIVERED", c.conv_id, c.peer, msg_id, seq))
+        else:
+            _wait(c.wait_delivered, seq, msg_id)
+        if c.peer_read >= seq:
+            out.append(SurfaceReceipt("READ", c.conv_id, c.peer, msg_id, seq))
+        else:
+            _wait(c.wait_read, seq, msg_id)
 
     def on_sync_done(self, done: im_pb2.SyncDone, now: float) -> list[Effect]:
         out: list[Effect] = []
@@ -308,8 +321,9 @@ class SyncMachine:
             self._listed[c.conv_id] = max(self._listed.get(c.conv_id, 0), cs.last_seq)
             if c.have < self._listed[c.conv_id]:
                 self._behind.add(c.conv_id)
-        self._peer_cursor(c, DELIVERED, cs.peer_delivered_seq, out)
-        self._peer_cursor(c, READ, cs.peer_read_seq, out)
+        if not c.group:
+            self._peer_cursor(c, DELIVERED, cs.peer_delivered_seq, out)
+            self._peer_cursor(c, READ, cs.peer_read_seq, out)
         c.delivered_sent = cs.device_seq  # the server's word: resend if it has less
         c.read_sent = cs.read_seq
         c.read_want = max(c.read_want, cs.read_seq)
@@ -336,7 +350,8 @@ class SyncMachine:
                 c.read_sent = max(c.read_sent, cur.seq)
                 c.read_want = max(c.read_want, cur.seq)
             return out
-        self._peer_cursor(c, cur.type, cur.seq, out)
+        if not c.group:  # one member's cursor is not a group message's receipt
+            self._peer_cursor(c, cur.type, cur.seq, out)
         return out
 
     def mark_read(self, conv_id: str, seq: int, now: float) -> list[Effect]:
@@ -371,7 +386,8 @@ class SyncMachine:
     def _conv(self, conv_id: str) -> _Conv:
         c = self._convs.get(conv_id)
         if c is None:
-            c = self._convs[conv_id] = _Conv(conv_id, _peer_of(conv_id, self.me))
+            peer, group = _peer_of(conv_id, self.me)
+            c = self._convs[conv_id] = _Conv(conv_id, peer, group)
         return c
 
     def _place(

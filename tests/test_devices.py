@@ -149,3 +149,19 @@ def test_sender_disorder_counts_a_devices_messages_out_of_its_order() -> None:
     # the same device in two conversations: each has its own order
     split = {(AB, 1): ("alice", a2), ("p:alice:carol", 1): ("alice", a1)}
     assert sender_disorder(split) == 0
+
+
+def test_record_keeps_a_groups_system_messages_beside_the_surfaced_ones() -> None:
+    """What workload/groupcheck.py rebuilds membership from: a SYSTEM message is a surfaced
+    place like any other (checked for order and duplicates) and its event is kept."""
+    from client.events import Message, SystemInfo
+    from proto import im_pb2
+    from workload.fleet import record
+
+    log = DeviceLog("bob", "b0")
+    info = SystemInfo("JOINED", "alice", "bob")
+    record(log, Message(3, "#g1", "g1", "bob joined", im_pb2.SYSTEM, 0, conv_id="g:g1", seq=3,
+                        system=info))  # fmt: skip
+    record(log, Message(9, "alice", "g1", "hi", im_pb2.TEXT, 0, conv_id="g:g1", seq=4))
+    assert log.surfaced == [("g:g1", 3, ("#g1", 3)), ("g:g1", 4, ("alice", 9))]
+    assert log.system == {("g:g1", 3): ("JOINED", "alice", "bob")}

@@ -13,6 +13,12 @@ The check is strict (workload/devices.py): each device shows each message once, 
 the server committed it at, in seq order, and all devices of a user agree; one receipt of each
 kind per message; the history holds every message. Exit status 0 only when all of that holds.
 
+With ``groups`` > 0 (``im demo --groups G --group-size S``), G groups of S members among the
+users carry group traffic mixed with the 1-1 traffic, one member leaving and one joining in
+each mid-run (workload/demogroups.py), and the JSON adds the group counts of
+workload/groupcheck.py, ``read_by_exact`` (the server's read-by of a sample of group messages
+equals what the members' READ cursors say) and ``read_by_checked`` (the sample's size).
+
 With ``files`` > 0, that many of the messages are files of random sizes up to 1 MiB: each is
 encrypted and uploaded by its sender, sent, received, downloaded (once per recipient, by the
 first of its devices that shows it) and verified byte for byte against the original.
@@ -35,6 +41,14 @@ from client.core import IMClient, befriend
 from client.events import Message, Receipt, ServerError
 from client.rest import RestError
 from common.errors import IMError
+from workload.demogroups import (
+    GroupPlan,
+    GroupTally,
+    ReadByResult,
+    check_read_by,
+    group_traffic,
+    make_groups,
+)
 from workload.devices import (
     DeviceLog,
     check_devices,
@@ -44,6 +58,7 @@ from workload.devices import (
     sender_disorder,
 )
 from workload.fleet import Flapper, Fleet, record
+from workload.groupcheck import GroupReport, check_groups
 
 PASSWORD = "demo-password-1"
 # Up to this many users everyone befriends everyone; above it, a ring of neighbours.
@@ -67,6 +82,7 @@ class Tally:
     fetched: set[tuple[str, str, int]] = field(default_factory=set)  # (recipient, sender, id)
     files_ok: int = 0
     files_failed: int = 0
+    groups: GroupTally = field(default_factory=GroupTally)
 
 
 def _friends_of(i: int, n: int) -> list[int]:
@@ -116,6 +132,11 @@ async def _consume(
                 downloads.append(asyncio.create_task(_fetch(c, ev, tally, into, sem)))
             if ev.conv_id and ev.seq:
                 await c.mark_read(ev.conv_id, ev.seq)
+        elif isinstance(ev, Receipt) and ev.conv_id.startswith("g:"):
+            if ev.kind == "SENT":
+                tally.groups.sent.add((c.user_id, ev.msg_id))
+            elif ev.kind == "RESEALED":
+                tally.groups.resealed += 1
         elif isinstance(ev, Receipt):
             bucket = tally.receipts.get(ev.kind)
             if bucket is None:
@@ -157,9 +178,14 @@ async def run_demo(
     prefix: str = "demo",
     timeout: float = 120.0,
     progress: bool = True,
+    groups: int = 0,
+    group_size: int = 0,
+    group_messages: int = 0,
 ) -> dict[str, object]:
     if users < 2:
         raise IMError("need at least 2 users")
+    if groups and not 3 <= group_size < users:
+        raise IMError("--group-size must be at least 3 and below --users (a joiner is outside)")
     if devices < 1:
         raise IMError("need at least 1 device per user")
     offline = max(0, min(offline, users - 2))
@@ -184,6 +210,10 @@ async def run_demo(
     flapper: Flapper[IMClient] | None = None
     fresh: list[IMClient] = []
     history_checked = history_lacking = 0
+    plans: list[GroupPlan] = []
+    group_rep = GroupReport()
+    read_by = ReadByResult()
+    group_rng = random.Random(users * 104729 + messages + groups)
 
     def say(text: str) -> None:
         if progress:
@@ -232,6 +262,11 @@ async def run_demo(
 
         offline_names = names[:offline]
         online_names = names[offline:]
+        if groups:
+            plans = await make_groups(
+                fleet, names, online_names, groups, group_size, group_rng, prefix
+            )
+            say(f"{groups} groups of {group_size} made")
         for c in fleet.all():
             consumer = _consume(c, tally, inbox, download_slots, downloads)
             tasks.append(asyncio.create_task(consumer, name=f"demo {c.user_id}/{c.device_id}"))
@@ -265,13 +300,33 @@ async def run_demo(
                     msg_id = await c.send_file(dest, attachment)
                 tally.sent[(c.user_id, msg_id)] = dest
 
-        await asyncio.gather(*(send_all(n) for n in plan))
-
         async def wait_for(what: str, cond: Callable[[], bool]) -> None:
             while not cond():
                 if time.monotonic() - started > timeout:
                     raise TimeoutError(what)
                 await asyncio.sleep(0.05)
+
+        async def hold(dev: IMClient) -> bool:
+            """Take ``dev`` offline and keep the flapper off it (not one away already)."""
+            if not dev.connected or (flapper is not None and id(dev) in flapper.offline):
+                return False
+            if flapper is not None:
+                flapper.held.add(id(dev))
+            await dev.disconnect()
+            return True
+
+        traffic = [send_all(n) for n in plan]
+        if groups:
+            per_group = group_messages or max(2, messages // (4 * groups))
+            online = set(online_names)
+            traffic.append(
+                group_traffic(
+                    fleet, plans, per_group, online, group_rng, tally.groups, hold, wait_for
+                )
+            )
+        await asyncio.gather(*traffic)
+        if tally.groups.held:  # the leavers' devices come back: nothing past their LEFT
+            await asyncio.gather(*(connect(c) for c in tally.groups.held))
 
         # Offline recipients' messages must be committed (SENT) before they come online.
         await wait_for("SENT", lambda: len(tally.receipts["SENT"]) >= messages)
@@ -293,6 +348,21 @@ async def run_demo(
             return rep.device_deliveries >= rep.device_deliveries_expected
 
         await wait_for("every device", every_device_has_all)
+        if groups:
+            convs = {p.conv_id for p in plans}
+
+            judged = [0.0]
+
+            def groups_settled() -> bool:
+                """Judged at most every half second: the logs are large by now."""
+                if time.monotonic() - judged[0] < 0.5:
+                    return False
+                judged[0] = time.monotonic()
+                rep = check_groups(tally.logs.values(), convs, devices)
+                return rep.group_deliveries >= rep.group_deliveries_expected
+
+            await wait_for("every group device", groups_settled)
+            read_by = await check_read_by(fleet, plans, tally.logs, group_rng, 20.0)
         await asyncio.sleep(0.2)  # let any stray duplicate arrive before counting
         say("every device holds every message; paging history on a new device per user")
         truth, _ = committed(tally.logs.values())
@@ -326,8 +396,21 @@ async def run_demo(
         (conv, seq)
         for log in logs
         for conv, seq, key in log.surfaced
-        if key[0] != log.user and (conv, seq) in truth
+        if key[0] != log.user and (conv, seq) in truth and not conv.startswith("g:")
     }
+    extra: dict[str, object] = {}
+    if groups:
+        group_rep = check_groups(logs, {p.conv_id for p in plans}, devices)
+        extra = {
+            "groups": groups,
+            "group_size": group_size,
+            "group_planned": tally.groups.planned,
+            **group_rep.as_dict(),
+            "read_by_exact": read_by.exact,
+            "read_by_checked": read_by.checked,
+            "group_resealed": tally.groups.resealed,
+        }
+        tally.errors.extend(group_rep.samples + read_by.samples)
     out_of_order = sum(disorder(log) for log in logs)
     return {
         "users": users,
@@ -351,6 +434,7 @@ async def run_demo(
         "flaps": flapper.flaps if flapper is not None else 0,
         "history_checked": history_checked,
         "history_missing": history_lacking,
+        **extra,
     }
 
 
@@ -373,6 +457,21 @@ def ok(report: dict[str, object]) -> bool:
         and isinstance(m, int)
         and report["history_checked"] == 2 * m
         and devices != 0
+        and (not report.get("groups") or groups_ok(report))
+    )
+
+
+def groups_ok(report: dict[str, object]) -> bool:
+    """Every group count exact, no leak, read-by agreeing with the cursors."""
+    return (
+        report["group_messages"] == report["group_planned"]
+        and report["group_deliveries"] == report["group_deliveries_expected"]
+        and report["group_missing"] == 0
+        and report["group_duplicates"] == 0
+        and report["group_leaks"] == 0
+        and report["read_by_exact"] is True
+        and isinstance(report["read_by_checked"], int)
+        and report["read_by_checked"] > 0
     )
 
 
@@ -385,6 +484,9 @@ def main(
     timeout: float,
     files: int = 0,
     devices: int = 1,
+    groups: int = 0,
+    group_size: int = 0,
+    group_messages: int = 0,
 ) -> int:
     prefix = f"demo{users}"
     report = asyncio.run(
@@ -398,6 +500,9 @@ def main(
             prefix=prefix,
             timeout=timeout,
             progress=not as_json,
+            groups=groups,
+            group_size=group_size,
+            group_messages=group_messages,
         )
     )
     good = ok(report)
@@ -419,7 +524,18 @@ def main(
             f"  files {report['files']}  verified {report['files_ok']}\n"
             f"  duplicates {report['duplicates']}  out of order {report['out_of_order']}  "
             f"errors {report['errors']}  connectors used {report['connectors_used']}\n"
-            f"  {'OK' if good else 'FAILED'}"
+            + (
+                f"  groups {report['groups']} of {report['group_size']}: "
+                f"{report['group_messages']} of {report['group_planned']} messages, "
+                f"deliveries {report['group_deliveries']} of "
+                f"{report['group_deliveries_expected']}  missing {report['group_missing']}  "
+                f"duplicates {report['group_duplicates']}  leaks {report['group_leaks']}  "
+                f"read-by exact {report['read_by_exact']} ({report['read_by_checked']} checked)"
+                f"  resealed {report['group_resealed']}\n"
+                if report.get("groups")
+                else ""
+            )
+            + f"  {'OK' if good else 'FAILED'}"
         )
         for e in report["error_samples"]:  # type: ignore[attr-defined]
             print(f"  error: {e}")

@@ -44,9 +44,15 @@ class DeviceLog:
     surfaced: list[tuple[str, int, Key]] = field(default_factory=list)  # in surfacing order
     sent: dict[Place, Key] = field(default_factory=dict)  # from the SENT of its own chats
     read: dict[str, int] = field(default_factory=dict)  # conv_id -> read cursor it knows
+    # a group's SYSTEM messages it surfaced (also in ``surfaced``): place -> (event, actor,
+    # target), what workload/groupcheck.py derives membership per seq from
+    system: dict[Place, tuple[str, str, str]] = field(default_factory=dict)
 
     def message(self, conv_id: str, seq: int, key: Key) -> None:
         self.surfaced.append((conv_id, seq, key))
+
+    def system_event(self, conv_id: str, seq: int, event: str, actor: str, target: str) -> None:
+        self.system[(conv_id, seq)] = (event, actor, target)
 
     def own_sent(self, conv_id: str, seq: int, key: Key) -> None:
         self.sent[(conv_id, seq)] = key
@@ -90,7 +96,7 @@ def sender_disorder(truth: Mapping[Place, Key]) -> int:
 
 
 def members(conv_id: str) -> tuple[str, ...]:
-    """The users of a pair conversation (groups do not exist yet: nobody)."""
+    """The users of a pair conversation (a group's change with the seq: workload/groupcheck.py)."""
     try:
         return parse_conv_id(conv_id).members
     except ValueError:

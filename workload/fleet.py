@@ -171,6 +171,9 @@ def record(log: DeviceLog, ev: Event) -> None:
     its place, or the place the server committed one of its own chats at (SENT)."""
     if isinstance(ev, Message) and ev.conv_id and ev.seq:
         log.message(ev.conv_id, ev.seq, (ev.from_id, ev.msg_id))
+        if ev.system is not None:
+            s = ev.system
+            log.system_event(ev.conv_id, ev.seq, s.event, s.actor, s.target)
     elif isinstance(ev, Receipt) and ev.kind == "SENT" and ev.conv_id and ev.seq:
         log.own_sent(ev.conv_id, ev.seq, (log.user, ev.msg_id))
 
