@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from rawdevice import RawDevice, until
-from test_e2e import make_users, stack_settings
+from test_e2e import make_users, rest_url, stack_settings
+from test_groups_wire import Groups, group_chat
 from test_ops2_metrics import value
 from webhook_receiver import Receiver, Request
 
@@ -208,4 +209,31 @@ async def test_lines_about_a_chat_name_its_sender_and_id(tmp_path: Path, hook: R
         await alice.close()
     finally:
         logger.removeHandler(recorder)
+        await st.stop()
+
+
+async def test_a_group_chat_goes_through_the_hook_too(tmp_path: Path, hook: Receiver) -> None:
+    """A group chat meets the same hook after the membership check: refused, it takes no seq
+    in the group's timeline; allowed, it is committed."""
+    st = await stack_with(tmp_path, hook.url)
+    groups = Groups(rest_url(st))
+    try:
+        alice = await RawDevice("alice", "phone").connect(st)
+        bob = await RawDevice("bob", "pc").connect(st)
+        gid = await groups.create(alice, bob)
+        key = await groups.key(gid, alice)
+        hook.answer = b'{"allow": false, "reason": "not in this group"}'
+        no = await group_chat(alice, gid, b"sealed-1", key_id=key)
+        assert await answered(alice, no) == "REFUSED"
+        (req,) = hook.requests
+        assert data(req)["dest_type"] == "group"
+        hook.answer = ALLOW
+        yes = await group_chat(alice, gid, b"sealed-2", key_id=key)
+        assert await answered(alice, yes) == "SENT"
+        await until(lambda: any(c.id == yes for c in bob.chats))
+        assert not any(c.id == no for c in bob.chats)
+        for dev in (alice, bob):
+            await dev.close()
+    finally:
+        await groups.close()
         await st.stop()

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.convid import GROUP, parse_conv_id
 from common.errors import BackendError
 from common.redisconn import connect
-from user_status.redis import follow_channel
+from user_status.channel import RedisChannel
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +92,19 @@ class RedisGroupNoticeBus:
     """:class:`GroupNoticeBus` on a Redis pub/sub channel. Owns ``client``."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "im:") -> None:
-        self._client = client
-        self._channel = f"{prefix}group-notices"
+        self._channel = RedisChannel(
+            client, f"{prefix}group-notices", "group notice", Notice.decode
+        )
 
     async def publish(self, notice: Notice) -> None:
-        try:
-            await self._client.publish(self._channel, notice.encode())
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"publish group notice: {exc}") from exc
+        await self._channel.publish(notice.encode())
 
-    async def follow(self) -> AsyncGenerator[Notice | None, None]:
-        async for data in follow_channel(self._client, self._channel, "group notice channel"):
-            if data is None:
-                yield None
-                continue
-            try:
-                yield Notice.decode(data)
-            except ValueError as exc:
-                log.warning("ignoring a malformed group notice: %s", exc)
+    def follow(self) -> AsyncGenerator[Notice | None, None]:
+        return self._channel.follow()
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        with contextlib.suppress(BackendError):
+            await self._channel.close()
 
 
 async def create_notice_bus(redis_url: str, prefix: str = "im:") -> GroupNoticeBus:

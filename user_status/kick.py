@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from common.errors import BackendError
 from common.redisconn import connect
-from user_status.redis import follow_channel
+from user_status.channel import RedisChannel
 
 log = logging.getLogger(__name__)
 
@@ -102,29 +100,18 @@ class RedisKickBus:
     """:class:`KickBus` on the Redis pub/sub channel ``{prefix}kick``. Owns ``client``."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "im:") -> None:
-        self._client = client
-        self._channel = f"{prefix}kick"
+        self._channel = RedisChannel(client, f"{prefix}kick", "kick", Kick.decode)
 
     async def publish(self, kick: Kick) -> None:
-        try:
-            await self._client.publish(self._channel, kick.encode())
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"publish kick: {exc}") from exc
+        await self._channel.publish(kick.encode())
 
     async def follow(self) -> AsyncGenerator[Kick, None]:
-        async for data in follow_channel(self._client, self._channel, "kick channel"):
-            if data is None:
-                continue  # (re)subscribed: kicks published meanwhile are gone, by design
-            try:
-                yield Kick.decode(data)
-            except ValueError as exc:
-                log.warning("ignoring a malformed kick: %s", exc)
+        async for kick in self._channel.follow():
+            if kick is not None:  # (re)subscribed: kicks published meanwhile are gone, by design
+                yield kick
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"close: {exc}") from exc
+        await self._channel.close()
 
 
 async def create_kick_bus(redis_url: str, prefix: str = "im:") -> KickBus:

@@ -20,13 +20,11 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.db import Database
-from common.errors import BackendError
 from common.redisconn import connect
 from common.tokens import Claims, Revocation
-from user_status.redis import follow_channel
+from user_status.channel import RedisChannel
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +76,16 @@ class RedisRevocationBus:
     """:class:`RevocationBus` on a Redis pub/sub channel. Owns ``client``."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "im:") -> None:
-        self._client = client
-        self._channel = f"{prefix}revoked"
+        self._channel = RedisChannel(client, f"{prefix}revoked", "revocation", Revocation.decode)
 
     async def publish(self, rev: Revocation) -> None:
-        try:
-            await self._client.publish(self._channel, rev.encode())
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"publish revocation: {exc}") from exc
+        await self._channel.publish(rev.encode())
 
-    async def follow(self) -> AsyncGenerator[Revocation | None, None]:
-        async for data in follow_channel(self._client, self._channel, "revocation channel"):
-            if data is None:
-                yield None
-                continue
-            try:
-                yield Revocation.decode(data)
-            except ValueError as exc:
-                log.warning("ignoring a malformed revocation: %s", exc)
+    def follow(self) -> AsyncGenerator[Revocation | None, None]:
+        return self._channel.follow()
 
     async def close(self) -> None:
-        try:
-            await self._client.aclose()
-        except (RedisError, OSError) as exc:
-            raise BackendError("redis", f"close: {exc}") from exc
+        await self._channel.close()
 
 
 async def create_bus(redis_url: str, prefix: str = "im:") -> RevocationBus:
