@@ -82,7 +82,10 @@ class NoticeFollower:
         self.dropped = 0  # notices dropped past PENDING
 
     def note(self, conv_id: str, seq: int) -> None:
-        self._pending[conv_id] = max(seq, self._pending.get(conv_id, 0))
+        # the earliest seq of the waiting changes: a user whose span ended at an earlier one
+        # (removed, then someone joined) is still told
+        held = self._pending.get(conv_id)
+        self._pending[conv_id] = seq if held is None else min(seq, held)
         while len(self._pending) > PENDING:
             self._pending.popitem(last=False)
             self.dropped += 1

@@ -195,6 +195,13 @@ def plan_transfer(snap: Snapshot, actor_id: str, target_id: str) -> Plan:
         events=[
             Event(event=Event.ROLE, actor=actor_id, target=target_id, text="owner"),
             Event(event=Event.ROLE, actor=actor_id, target=actor_id, text="admin"),
+            # an owner can't be muted, and nobody could lift it later: the mute ends here, in
+            # the timeline too (the span's mute is what posting checks)
+            *(
+                [Event(event=Event.MUTED, actor=actor_id, target=target_id, until=0)]
+                if target.muted_until
+                else []
+            ),
         ],
         owner=target_id,
         hooks=[

@@ -35,6 +35,8 @@ from starlette.responses import Response
 from common.config import Settings
 from common.errors import BackendError
 from common.tokens import Claims, Revocation
+from groups.leaving import leave_all
+from groups.store import GroupStore
 from rest_web.admin_store import AdminStore, AuditEntry
 from rest_web.blobs import BlobStore
 from rest_web.params import OptionalUserId, UserPath
@@ -239,9 +241,11 @@ def add_routes(
     users: UserStore,
     publish: RevocationPublisher,
     deps: AdminDeps,
+    groups: GroupStore | None = None,
 ) -> None:
     """Mount ``/admin/*`` on ``app``; ``caller`` is the app's bearer-token dependency and
-    ``publish`` tells connectors about a revocation."""
+    ``publish`` tells connectors about a revocation; ``groups``, when served, are left by an
+    account before it is deleted."""
     store = deps.store
     Caller = Annotated[Claims, Depends(caller)]
 
@@ -350,6 +354,8 @@ def add_routes(
         if not await users.user_exists(user_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
         await cut_off(user_id)
+        if groups is not None:  # while the id is still taken: its leaving is in the timelines
+            await leave_all(groups, user_id, int(time.time() * 1000))
         mode = deps.settings.delete_messages
         # while the id is still taken: no new account's messages can be caught
         rewritten = await store.erase_messages(user_id, mode)

@@ -265,6 +265,10 @@ class AdminStore:
         await db.execute(
             "DELETE FROM im_block WHERE user_id = ? OR blocked_id = ?", (user_id, user_id)
         )
+        # what groups keep of the id (groups/leaving.py left them first): no later holder of
+        # the name may read, post or hold a role as this account could
+        await db.execute("DELETE FROM im_group_member WHERE user_id = ?", (user_id,))
+        await db.execute("DELETE FROM im_tl_span WHERE user_id = ?", (user_id,))
         await db.execute("DELETE FROM im_user_profile WHERE user_id = ?", (user_id,))
         await db.execute("DELETE FROM im_admin WHERE user_id = ?", (user_id,))
         await db.execute("DELETE FROM im_user_disabled WHERE user_id = ?", (user_id,))

@@ -476,7 +476,7 @@ def create_app(
     if files is not None:
         file_routes.add_routes(app, caller, files)
     if admin is not None:
-        admin_routes.add_routes(app, caller, store, publish, admin)
+        admin_routes.add_routes(app, caller, store, publish, admin, groups)
     mount_webapp(app)
     return app
 

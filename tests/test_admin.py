@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from common.config import Settings
 from common.db import Database, open_database
 from common.tokens import Revocation, TokenSigner
+from groups.store import SQLGroupStore
 from rest_web.admin import AdminDeps
 from rest_web.admin_store import AdminStore
 from rest_web.app import create_app
@@ -77,7 +78,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     await files.migrate()
     admins = AdminStore(db, settings.admin_ids())
     await admins.migrate()
-    await SQLTimelineStore(db).migrate()  # a deleted account's messages are rewritten there
+    timeline = SQLTimelineStore(db)
+    await timeline.migrate()  # a deleted account's messages are rewritten there
+    await SQLGroupStore(db, timeline).migrate()  # and its groups' rows go
     status, kicks = MemoryUserStatus(), MemoryKickBus()
     published: list[Revocation] = []
 

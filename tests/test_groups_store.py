@@ -366,3 +366,17 @@ async def test_a_former_members_cursors_stop_at_their_removal(pair: Pair) -> Non
     assert await pair.timeline.set_delivered(conv, "carol", "c1", 10**6) == removed_at
     assert await pair.timeline.set_read(conv, "bob", 10**6) == head
     assert await pair.timeline.set_read(conv, "mallory", 1) == 0  # no member row: nothing
+
+
+@pytest.mark.asyncio
+async def test_ownership_to_a_muted_member_lifts_the_mute(pair: Pair) -> None:
+    """Nobody may mute or unmute an owner, so a mute handed over with the ownership would stay
+    for good: the transfer ends it, in the member row and in the span posting checks."""
+    gid = await team(pair, "bob")
+    await pair.groups.mute(gid, "alice", "bob", (1 << 53) - 1)
+    assert await pair.timeline.poster(f"g:{gid}", "bob") == (1 << 53) - 1
+    change = await pair.groups.set_role(gid, "alice", "bob", "owner")
+    assert change.outcome == "owner" and len(change.seqs) == 3  # ROLE, ROLE, MUTED 0
+    bob = await pair.groups.member(gid, "bob")
+    assert bob is not None and (bob.role, bob.muted_until) == ("owner", 0)
+    assert await pair.timeline.poster(f"g:{gid}", "bob") == 0

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from rawdevice import RawDevice, until
 from test_e2e import PW, make_users, rest_url, stack_settings
+from test_groups_wire import Groups
 
 from cli.stack import Stack
 from common.convid import pair_conv_id
@@ -69,4 +70,51 @@ async def test_a_deleted_accounts_messages_stay_at_their_seqs(tmp_path: Path, mo
                 assert b"sealed" not in c.body and b"two" not in c.body
         await alice.close()
     finally:
+        await st.stop()
+
+
+async def test_a_new_account_of_a_deleted_id_inherits_no_group(tmp_path: Path) -> None:
+    """Bob owns one group and is a member of another when his account is deleted: he leaves
+    both as a user would (ownership goes to the other admin first, the key turns), and the
+    account registered next under "bob" is in no group, holds no key and reads no history."""
+
+    st = Stack(stack_settings(tmp_path, admins="root"))
+    await st.start()
+    groups = Groups(rest_url(st))
+    try:
+        await make_users(st, "alice", "bob", "carol", connect=False)
+        alice, bob, carol = [await RawDevice(u, "d").connect(st) for u in ("alice", "bob", "carol")]
+        owned = await groups.create(bob, alice, carol)
+        r = await groups.call(
+            bob, "PUT", f"/groups/{owned}/members/carol/role", json={"role": "admin"}
+        )
+        assert r.status_code == 200, r.text
+        joined = await groups.create(alice, bob)
+        async with httpx.AsyncClient(base_url=rest_url(st), timeout=10) as http:
+            await http.post("/users", json={"user_id": "root", "password": PW})
+            r = await http.post("/login", json={"user_id": "root", "password": PW})
+            root = {"Authorization": f"Bearer {r.json()['token']}"}
+            r = await http.delete("/admin/users/bob", headers=root)
+            assert r.status_code == 200, r.text
+            r = await http.post("/users", json={"user_id": "bob", "password": PW})
+            assert r.status_code == 201, r.text
+        r = await groups.call(carol, "GET", f"/groups/{owned}")
+        assert r.status_code == 200, r.text
+        roles = {m["user_id"]: m["role"] for m in r.json()["members"]}
+        assert roles == {"carol": "owner", "alice": "member"}, roles
+        newbob = await RawDevice("bob", "d2").connect(st)
+        r = await groups.call(newbob, "GET", "/groups")
+        assert (r.status_code, r.json()) == (200, []), r.text
+        for gid in (owned, joined):
+            r = await groups.call(newbob, "GET", f"/groups/{gid}/keys")
+            assert r.status_code == 404, r.text
+            r = await groups.call(newbob, "GET", f"/conversations/g:{gid}/messages")
+            assert r.status_code in (403, 404), r.text
+        assert st.db is not None
+        spans = await st.db.fetchone("SELECT COUNT(*) FROM im_tl_span WHERE user_id = ?", ("bob",))
+        assert spans is not None and spans[0] == 0
+        for dev in (alice, carol, newbob):
+            await dev.close()
+    finally:
+        await groups.close()
         await st.stop()
