@@ -64,6 +64,13 @@ class GroupAccess:
     def __len__(self) -> int:
         return len(self._answers)
 
+    def forget_group(self, conv_id: str) -> None:
+        """A membership change in ``conv_id`` (a notice): its cached answers go, so a user just
+        let in or unmuted is not refused for good on a cached "no" (the library takes
+        NOT_MEMBER and MUTED as final). Rare, so a scan of the bounded cache is fine."""
+        for key in [k for k in self._answers if k[0] == conv_id]:
+            del self._answers[key]
+
     async def _answer(self, conv_id: str, user_id: str) -> _Answer:
         key = (conv_id, user_id)
         now = self._clock()

@@ -72,7 +72,9 @@ class NoticeFollower:
         bus: GroupNoticeBus,
         reader: SnapshotReader,
         sessions_of: Callable[[str], Sequence[StatePush]],
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_change = on_change  # told each group a notice names, as it comes
         self._bus = bus
         self._reader = reader
         self._sessions_of = sessions_of
@@ -82,6 +84,8 @@ class NoticeFollower:
         self.dropped = 0  # notices dropped past PENDING
 
     def note(self, conv_id: str, seq: int) -> None:
+        if self._on_change is not None:
+            self._on_change(conv_id)
         # the earliest seq of the waiting changes: a user whose span ended at an earlier one
         # (removed, then someone joined) is still told
         held = self._pending.get(conv_id)

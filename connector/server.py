@@ -376,7 +376,9 @@ class Connector:
         if self.kicks is not None:
             self._spawn(self._follow_kicks(self.kicks))
         if self.group_notices is not None:
-            self.notices = NoticeFollower(self.group_notices, self.reader, self.sessions_of)
+            self.notices = NoticeFollower(
+                self.group_notices, self.reader, self.sessions_of, self.groups.forget_group
+            )
             self._spawn(self.notices.run())
         self._spawn(self.transfers.watch())
         # serve once a transfer link is up: transfers started beside us may not be in the

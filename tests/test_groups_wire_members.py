@@ -227,6 +227,25 @@ async def test_the_access_cache_expires_and_is_bounded(pair: Pair) -> None:
     assert err.value.code == im_pb2.NOT_MEMBER
 
 
+async def test_a_membership_notice_drops_the_groups_cached_answers(pair: Pair) -> None:
+    """A "no" cached just before an unmute would refuse the chat for good (NOT_MEMBER and
+    MUTED are final to the library): a notice for the group forgets its answers at once."""
+    gid = await team(pair, "bob")
+    other = await team(pair, "bob")
+    conv = f"g:{gid}"
+    access = GroupAccess(pair.timeline, ttl=60.0, clock=Clock())
+    await pair.groups.mute(gid, "alice", "bob", 4_000_000_000_000)
+    with pytest.raises(ProtocolError):
+        await access.check_post(conv, "bob")
+    await access.check_post(f"g:{other}", "bob")
+    await pair.groups.mute(gid, "alice", "bob", 0)
+    with pytest.raises(ProtocolError):
+        await access.check_post(conv, "bob")  # still the cached "muted"
+    access.forget_group(conv)
+    await access.check_post(conv, "bob")
+    assert len(access) == 2  # the other group's answer stayed
+
+
 async def test_chunks_bound_users_and_bytes() -> None:
     users = [f"user{i:04d}" for i in range(1200)]
     runs = chunks(users, budget=10_000_000)
