@@ -36,7 +36,7 @@ from typing import Any
 from cli import cluster
 from cli import loop as eventloop
 from common.errors import IMError
-from workload import bench, benchstats
+from workload import bench, benchfanout, benchstats
 from workload.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
 
 HOST = "127.0.0.1"
@@ -326,7 +326,8 @@ class Runner:
             print(json.dumps(result, sort_keys=False), flush=True)
         else:
             keys = ("msgs_per_s", "p50_ms", "p99_ms", "connections", "rss_per_conn_kb",
-                    "catchup_messages", "catchup_seconds", "skipped")  # fmt: skip
+                    "catchup_messages", "catchup_seconds", "group_size", "deliveries_per_s",
+                    "server_cpu_us_per_delivery", "skipped")  # fmt: skip
             shown = " ".join(f"{k}={result[k]}" for k in keys if k in result)
             print(f"{result['scenario']:<8} {result.get('mode', ''):<6} {shown}", flush=True)
         self.results.append(result)
@@ -395,7 +396,7 @@ class Runner:
                 await self.online_runs(relay.pids, relay_run, "relay")
                 await relay.stop()
                 targets.remove(relay)
-            server = set(a.scenarios) & {"online", "idle", "offline"}
+            server = set(a.scenarios) & {"online", "idle", "offline", "fanout"}
             target: bench.Target | None = None
             pids = _parse_pids(a.pids)
             if server and a.rest:
@@ -430,13 +431,40 @@ class Runner:
                     window=a.window, timeout=a.timeout, progress=not a.quiet, probe=p,
                 ))  # fmt: skip
                 self.emit(result)
-            if "fanout" in a.scenarios:
-                self.emit(bench.fanout())
+            if target is not None and "fanout" in a.scenarios:
+                await self.fanout(target, prefix, pids)
         finally:
             for st in targets:
                 await st.stop()
-        bad = [r for r in self.results if r.get("errors") or r.get("missing") or r.get("failed")]
+        bad = [r for r in self.results if any(r.get(k) for k in
+               ("errors", "missing", "failed", "duplicates", "disorder"))]  # fmt: skip
         return 1 if bad else 0
+
+    async def fanout(self, target: bench.Target, prefix: str, pids: dict[str, int]) -> None:
+        """One group per ``--group-size``, smallest first, on users made once for the largest;
+        the process numbers cover each size's measured interval only."""
+        a = self.a
+        fb = benchfanout.FanoutBench(
+            target.rest, f"{prefix}g", secret=target.secret, connector=target.connector,
+            senders=a.fanout_senders, window=a.window, cursor_every=a.cursor_every,
+            progress=not a.quiet,
+        )  # fmt: skip
+        try:
+            await fb.prepare(max(a.group_size))
+            for size in a.group_size:
+                result = await self.measured(pids, lambda p, n=size: fb.run(
+                    n, warmup=a.warmup, duration=a.duration, settle=a.timeout,
+                    probe=p,
+                ))  # fmt: skip
+                cpu, n_deliveries = result.get("server_cpu_s"), result.get("deliveries")
+                if isinstance(cpu, float) and isinstance(n_deliveries, int) and n_deliveries:
+                    result["server_cpu_us_per_delivery"] = round(cpu / n_deliveries * 1e6, 2)
+                mine = result.get("bench_cpu_s")
+                if isinstance(mine, float) and isinstance(n_deliveries, int) and n_deliveries:
+                    result["bench_cpu_us_per_delivery"] = round(mine / n_deliveries * 1e6, 2)
+                self.emit(result)
+        finally:
+            await fb.close()
 
     async def idle(self, target: bench.Target, prefix: str, pids: dict[str, int]) -> None:
         a = self.a
@@ -500,6 +528,11 @@ def add_parser(sub: Any) -> None:
                    help="offline: how far behind the catching-up device is")  # fmt: skip
     b.add_argument("--offline-senders", type=int, default=100)
     b.add_argument("--timeout", type=float, default=300.0)
+    b.add_argument("--group-size", default="1000",
+                   help="fanout: group members, or a list (10,100,1000): a run each")  # fmt: skip
+    b.add_argument("--fanout-senders", type=int, default=2, help="fanout: members sending")
+    b.add_argument("--cursor-every", type=float, default=1.0,
+                   help="fanout: seconds between DELIVERED cursors (0: none)")  # fmt: skip
     b.add_argument("--connectors", type=int, default=2, help="im cluster: connector processes")
     b.add_argument("--transfers", type=int, default=1)
     b.add_argument("--writers", type=int, default=1)
@@ -512,7 +545,8 @@ def add_parser(sub: Any) -> None:
 
 
 SHORT = {"pairs": 10, "warmup": 0.5, "duration": 2.0, "connections": 100, "hold": 1.0,
-         "offline_messages": 1000, "offline_senders": 10, "timeout": 60.0}  # fmt: skip
+         "offline_messages": 1000, "offline_senders": 10, "timeout": 60.0,
+         "group_size": "20"}  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -520,10 +554,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         defaults = {
             "pairs": 100, "warmup": 2.0, "duration": 10.0, "connections": 1000, "hold": 5.0,
             "offline_messages": 10_000, "offline_senders": 100, "timeout": 300.0,
+            "group_size": "1000",
         }  # fmt: skip
         for key, value in SHORT.items():
             if getattr(args, key) == defaults[key]:  # an explicit size wins over --short
                 setattr(args, key, value)
+    try:
+        args.group_size = sorted({int(n) for n in str(args.group_size).split(",") if n.strip()})
+    except ValueError:
+        args.group_size = []
+    if (
+        not args.group_size
+        or args.group_size[0] < args.fanout_senders + 1
+        or args.fanout_senders < 1
+    ):
+        print("im bench: --group-size takes sizes above --fanout-senders (>= 1)", file=sys.stderr)
+        return 2
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

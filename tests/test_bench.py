@@ -55,7 +55,14 @@ def test_short_bench_against_im_up() -> None:
     off = by[("offline", None)]  # catch-up: a device 1000 messages behind
     assert off["catchup_messages"] == 1000 and off["catchup_disorder"] == 0, off
     assert float(off["catchup_seconds"]) > 0 and off["missing"] == 0, off  # type: ignore[arg-type]
-    assert by[("fanout", None)]["skipped"] == "groups not implemented"
+    fan = by[("fanout", None)]  # a group of 20: 2 senders, 18 lean receiving devices
+    assert fan["group_size"] == 20 and fan["receivers"] == 18 and fan["online"] == 18, fan
+    assert int(fan["deliveries"]) > 0 and float(fan["deliveries_per_s"]) > 0, fan  # type: ignore[call-overload, arg-type]
+    assert int(fan["deliveries"]) <= 18 * int(fan["messages"]), fan  # type: ignore[call-overload]
+    assert 0 < float(fan["p50_ms"]) <= float(fan["p99_ms"]), fan  # type: ignore[arg-type]
+    for key in ("missing", "duplicates", "disorder", "errors"):
+        assert fan[key] == 0, (key, fan)
+    assert float(fan["server_cpu_us_per_delivery"]) > 0, fan  # type: ignore[arg-type]
 
 
 def test_loop_choice() -> None:
@@ -109,3 +116,31 @@ def test_short_bench_against_im_cluster() -> None:
     assert isinstance(processes, dict) and any(n.startswith("connector") for n in processes)
     assert by["idle"]["alive"] == 100
     assert by["offline"]["catchup_messages"] == 1000 and by["offline"]["errors"] == 0
+
+
+def test_fanout_tally_ends_a_flight_at_its_last_delivery() -> None:
+    """A message is in flight until every receiving device has it; a delivery that beats the
+    sender's ``started`` is kept and counted; only offers inside the measured interval give a
+    latency, and only deliveries inside it count for deliveries_per_s."""
+    import asyncio
+
+    from workload.benchfanout import _Tally
+
+    async def go() -> None:
+        t = _Tally(receivers=3, measure_from=0.0)
+        t.inflight, t.room = [0], [asyncio.Event()]
+        t.delivered(7, 1.0)  # early: before started()
+        t.started(0, 7, 0.5)
+        assert t.inflight == [1] and t.flights[7].due == 2
+        t.delivered(7, 1.1)
+        assert t.completed_total == 0 and t.inflight == [1]
+        t.delivered(7, 1.2)
+        assert t.completed_total == 1 and t.inflight == [0] and t.room[0].is_set()
+        assert t.lat.count == 1 and t.deliveries == 3 and not t.flights
+        t.measure_until = 2.0
+        t.started(0, 8, 3.0)  # offered after the interval: no latency sample
+        for _ in range(3):
+            t.delivered(8, 3.5)
+        assert t.lat.count == 1 and t.deliveries == 3 and t.deliveries_total == 6
+
+    asyncio.run(go())

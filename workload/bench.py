@@ -373,8 +373,3 @@ async def _catch_up(
         elif isinstance(ev, ServerError):
             stats.error(f"{dest.user_id}: {ev.code} {ev.detail}")
     return len(places), disorder, time.monotonic() - t0
-
-
-def fanout() -> dict[str, object]:
-    """Group fan-out needs groups, which the server does not have yet."""
-    return {"scenario": "fanout", "skipped": "groups not implemented"}
