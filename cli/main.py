@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     from cli.bench import add_parser as add_bench
+    from cli.client import add_parser as add_client
 
     add_bench(sub)
+    add_client(sub)
     return p
 
 
