@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     timeline_retention_days: int = Field(
         0, ge=0, description="days a message stays in its timeline; 0: kept for good"
     )
+    # a group's members plus pending invitations (docs/groups.md): REST refuses past it (409),
+    # and each transfer's member cache is sized from it (transfer/members.py)
+    group_max_size: int = Field(
+        10_000, ge=2, le=100_000, description="members plus invitations a group may have"
+    )
     webhook_url: str = Field("", description="where signed event POSTs go; empty: off")
     webhook_secret: str = Field("", description="HMAC-SHA256 key of the signature header")
     webhook_timeout: float = Field(5 * SECONDS, gt=0, description="per delivery attempt")

@@ -509,7 +509,7 @@ async def build(settings: Settings) -> tuple[FastAPI, Database, FileService, Log
         files = FileService.from_settings(settings, db)
         devices = DeviceSlots(db)
         timeline = SQLTimelineStore(db)
-        groups = SQLGroupStore(db, timeline, group_routes.max_size_from_env())
+        groups = SQLGroupStore(db, timeline, settings.group_max_size)
         if db.dialect == "sqlite":
             await store.migrate()
             await files.migrate()

@@ -27,7 +27,6 @@ No ``from __future__ import annotations``: FastAPI reads the endpoint annotation
 """
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
@@ -35,9 +34,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, sta
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from common.config import Settings
 from common.errors import BackendError
 from common.tokens import Claims
-from groups.model import DEFAULT_MAX_SIZE, NAME_MAX, Change, GroupRow, MemberRow, Refusal, Refused
+from groups.model import NAME_MAX, Change, GroupRow, MemberRow, Refusal, Refused
 from groups.store import LIST_MAX, GroupStore, conv_of
 from hooks import events
 from rest_web.params import UserId, UserPath
@@ -68,13 +68,9 @@ GroupName = Annotated[
 
 
 def max_size_from_env() -> int:
-    """``IM_GROUP_MAX_SIZE``: members plus invitations a group may have (default 10 000)."""
-    raw = os.environ.get("IM_GROUP_MAX_SIZE", "")
-    try:
-        value = int(raw) if raw else DEFAULT_MAX_SIZE
-    except ValueError:
-        value = DEFAULT_MAX_SIZE
-    return max(value, 2)
+    """``IM_GROUP_MAX_SIZE`` as :class:`common.config.Settings` reads and validates it: for a
+    caller that holds no Settings of its own (prefer ``settings.group_max_size``)."""
+    return Settings().group_max_size
 
 
 class CreateIn(BaseModel):

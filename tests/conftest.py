@@ -103,6 +103,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["memory", "sqlite", "mysql"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(kind, url)`` of a store to test, once per engine: in memory (no URL), a SQLite file
+    in ``tmp_path``, and the test MySQL database with its ``im_*`` tables dropped first
+    (tests/groupstores.py opens a group store and its timeline on it)."""
+    if request.param == "memory":
+        return "memory", ""
+    if request.param == "sqlite":
+        return "sqlite", f"sqlite:///{tmp_path / 'im.db'}"
+    url: str = request.getfixturevalue("mysql_url")
+    asyncio.run(drop_im_tables(url))
+    return "mysql", url
+
+
 @pytest_asyncio.fixture
 async def db(db_url: str) -> AsyncIterator[Database]:
     """An open database on :func:`db_url`, once per engine."""

@@ -30,7 +30,37 @@ from common.db import MySQLParams, create_database
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 AMQP_URL = os.environ.get("IM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-FAULT_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/13"
+# the test Redis database of this run (IM_TEST_REDIS_URL): each stack's keys carry a prefix of
+# their own, removed after the test
+FAULT_REDIS_DB = REDIS_URL.rsplit("/", 1)[1] or "0"
+FAULT_REDIS_URL = REDIS_URL
+
+
+def fault_settings(db_url: str, redis_port: int, amqp_port: int, tag: str) -> Settings:
+    """The stack's settings, every service reached through its proxy; every port ephemeral
+    (the WebSocket one off): 9081-9083 are the machine's, another stack may hold them."""
+    return Settings(
+        database_url=db_url,
+        redis_url=f"redis://127.0.0.1:{redis_port}/{FAULT_REDIS_DB}",
+        redis_prefix=f"imtest:{tag}:",
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{amqp_port}/?reconnect_interval=0.3",
+        amqp_queue=f"imtest.{tag}",
+        amqp_shards=1,
+        secret="fault-test-secret-0123456789",
+        connector_port=0,
+        transfer_port=0,
+        rest_port=0,
+        ws_port=0,
+        metrics_port=0,
+        node_ttl=1.5,
+        node_id="",
+    )
+
+
+async def test_the_fault_stack_binds_no_fixed_port() -> None:
+    s = fault_settings("mysql://root@127.0.0.1:1/x", 1, 2, "t")
+    ports = [s.connector_port, s.transfer_port, s.rest_port, s.ws_port, s.metrics_port]
+    assert ports == [0, 0, 0, 0, 0]
 
 
 @dataclass
@@ -70,20 +100,7 @@ async def faulty(tmp_path: object) -> AsyncIterator[Faulty]:
         await create_database(db_url)
     except Exception as exc:
         require_service("mysql", str(exc))
-    settings = Settings(
-        database_url=db_url,
-        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/13",
-        redis_prefix=f"imtest:{tag}:",
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{amqp_proxy.port}/?reconnect_interval=0.3",
-        amqp_queue=f"imtest.{tag}",
-        amqp_shards=1,
-        secret="fault-test-secret-0123456789",
-        connector_port=0,
-        transfer_port=0,
-        rest_port=0,
-        node_ttl=1.5,
-        node_id="",
-    )
+    settings = fault_settings(db_url, redis_proxy.port, amqp_proxy.port, tag)
     await run_migrate(settings)
     stack = Stack(settings)
     await stack.start()

@@ -7,58 +7,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import drop_im_tables
+from groupstores import Pair, open_pair
 
-from common.db import Database, open_database
-from groups.memstore import MemoryGroupStore
+from common.db import open_database
 from groups.model import Refusal, Refused
-from groups.store import GroupStore, SQLGroupStore
+from groups.store import SQLGroupStore
 from proto import im_pb2
-from timeline.memstore import MemoryTimelineStore
 from timeline.model import AppendResult, Entry, new_message
-from timeline.store import SQLTimelineStore, TimelineStore
+from timeline.store import SQLTimelineStore
 
 Ev = im_pb2.SystemBody
 
 
-@dataclass
-class Pair:
-    groups: GroupStore
-    timeline: TimelineStore
-
-
-@pytest.fixture(params=["memory", "sqlite", "mysql"])
-def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    if request.param == "memory":
-        return "memory", ""
-    if request.param == "sqlite":
-        return "sqlite", f"sqlite:///{tmp_path / 'im.db'}"
-    url: str = request.getfixturevalue("mysql_url")
-    asyncio.run(drop_im_tables(url))
-    return "mysql", url
-
-
 @pytest_asyncio.fixture
 async def pair(engine_url: tuple[str, str]) -> AsyncIterator[Pair]:
-    kind, url = engine_url
-    if kind == "memory":
-        mem = MemoryTimelineStore()
-        yield Pair(MemoryGroupStore(mem, max_size=5), mem)
-        return
-    db: Database = await open_database(url)
-    try:
-        tl = SQLTimelineStore(db)
-        await tl.migrate()
-        gs = SQLGroupStore(db, tl, max_size=5)
-        await gs.migrate()
-        yield Pair(gs, tl)
-    finally:
-        await db.close()
+    async with open_pair(engine_url, max_size=5) as p:
+        yield p
 
 
 def group_chat(sender: str, group_id: str, msg_id: int, key_id: int = 1) -> im_pb2.ChatMsg:
