@@ -27,7 +27,6 @@ from common.redact import redact_url
 from common.tokens import TokenSigner
 from connector.server import Connector
 from groups.store import SQLGroupStore
-from rest_web import group_routes
 from rest_web.app import create_app
 from rest_web.devices import DeviceSlots
 from rest_web.files import FileService
@@ -149,7 +148,7 @@ class Stack:
             file_service = FileService.from_settings(s, self.db)
             self._login = await open_login(s, users, self.db)
             # the group store for REST (issue 14), on the timeline tables it shares
-            group_store = SQLGroupStore(self.db, timeline_store, group_routes.max_size_from_env())
+            group_store = SQLGroupStore(self.db, timeline_store, s.group_max_size)
             await (
                 group_store.migrate() if self.db.dialect == "sqlite" else group_store.check_schema()
             )

@@ -34,7 +34,6 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, sta
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from common.config import Settings
 from common.errors import BackendError
 from common.tokens import Claims
 from groups.model import NAME_MAX, Change, GroupRow, MemberRow, Refusal, Refused
@@ -65,12 +64,6 @@ GroupName = Annotated[
         pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
     ),
 ]
-
-
-def max_size_from_env() -> int:
-    """``IM_GROUP_MAX_SIZE`` as :class:`common.config.Settings` reads and validates it: for a
-    caller that holds no Settings of its own (prefer ``settings.group_max_size``)."""
-    return Settings().group_max_size
 
 
 class CreateIn(BaseModel):

@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 
 from common.config import Settings
-from rest_web import group_routes
 from rest_web.app import build
 
 SECRET = "group-settings-secret-0123456789"
@@ -23,7 +22,6 @@ def test_the_default_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert Settings().group_max_size == 10_000
     monkeypatch.setenv("IM_GROUP_MAX_SIZE", "250")
     assert Settings().group_max_size == 250
-    assert group_routes.max_size_from_env() == 250, "the helper reads the same setting"
 
 
 @pytest.mark.parametrize("bad", ["1", "0", "-5", "many", "2.5", "100001"])

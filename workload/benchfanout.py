@@ -42,7 +42,9 @@ TEXT = "x" * 24
 TOKEN_TTL = 3600
 REST_AT_ONCE = 16  # registrations are a slow hash each: more only queue in REST's pool
 JOIN_AT_ONCE = 32
-CONNECT_AT_ONCE = 200
+CONNECT_AT_ONCE = 100
+CONNECT_TRIES = 3
+GREET_WAIT = 30.0
 CREATE_MAX = 500  # invitations one POST /groups takes (rest_web/group_routes.py)
 EARLY_CAP = 100_000
 DELIVERED = int(im_pb2.DELIVERED)
@@ -250,18 +252,18 @@ class FanoutBench:
         for c in self.senders[1:size]:
             await c.rest.groups.join(info.group_id, c.user_id)
 
-        async def join(i: int) -> None:
-            name = others[i]
-            if name not in self.tokens:
-                return
+        todo = iter([n for n in others if n in self.tokens])
+
+        async def joiner() -> None:  # one REST client each, its token set per call
             r = RestClient(self.rest, timeout=60.0)
-            r.token = self.tokens[name]
             try:
-                await r.groups.join(info.group_id, name)
+                for name in todo:
+                    r.token = self.tokens[name]
+                    await r.groups.join(info.group_id, name)
             finally:
                 await r.close()
 
-        await _limited(JOIN_AT_ONCE, len(others), join)
+        await asyncio.gather(*(joiner() for _ in range(JOIN_AT_ONCE)))
         return info.group_id, info.conv_id
 
     async def run(
@@ -286,6 +288,7 @@ class FanoutBench:
         result: dict[str, object] = {"scenario": "fanout", "group_size": size}
         try:
             await self._connect(receivers_names, conv_id, tally, links, runs)
+            tally.receivers = len(links)  # a flight ends at the last device that is online
             for c in senders:
                 await c.connect()
             tasks = [asyncio.create_task(self._drain(c, tally)) for c in senders]
@@ -365,25 +368,37 @@ class FanoutBench:
         addrs = [self.connector] if self.connector else (login.connectors or [login.connector])
         config = LinkConfig(heartbeat=15.0, idle_timeout=60.0)
 
-        async def connect(i: int) -> None:
+        async def attempt(i: int) -> str:
+            """'' once WELCOMEd, else why not."""
             host, port = addrs[i % len(addrs)]
             handler = _Receiver(tally, conv_id)
             try:
                 link = await open_link(host, port, handler, config, name=f"fan-{i}")
             except (OSError, TimeoutError) as exc:
-                tally.error(f"connect: {exc}")
-                return
-            runs.append(asyncio.create_task(link.run()))
+                return f"connect: {exc}"
+            run = asyncio.create_task(link.run())
             greet = im_pb2.Greet(token=self.tokens[names[i]], device_id="fan")
             link.send_control(im_pb2.Envelope(greet=greet))
             try:
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(GREET_WAIT):
                     await handler.welcome
             except (IMError, TimeoutError) as exc:
-                tally.error(f"greet: {exc or 'timeout'}")
                 link.close()
-                return
+                await asyncio.gather(run, return_exceptions=True)
+                return f"greet: {exc or 'timeout'}"
+            runs.append(run)
             links.append((link, handler))
+            return ""
+
+        async def connect(i: int) -> None:
+            """As a device does: a refused or timed-out connection is tried again, twice."""
+            why = ""
+            for n in range(CONNECT_TRIES):
+                why = await attempt(i)
+                if not why:
+                    return
+                await asyncio.sleep(0.5 * (n + 1))
+            tally.error(why)
 
         await _limited(CONNECT_AT_ONCE, len(names), connect)
 
