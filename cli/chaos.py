@@ -11,6 +11,11 @@ nothing acknowledged was lost, nothing was surfaced twice or out of order, every
 arrived once, every device of every user holds every message of its conversations in the same
 order, the devices of each user agree on where it read to, and no process died by itself.
 
+Groups (``--groups G --group-size S``, on by default) are checked the same way: a share of the
+rate goes to group chats, one member leaves and one joins in each group mid-run, under the
+kills (workload/chaosgroups.py), and every device of every member must hold every group chat
+of its membership span once and in seq order, and nothing past it (``group_leaks``).
+
 REST is not killed: it is stateless, and a login that fails is the client's to retry.
 """
 
@@ -41,7 +46,8 @@ from cli.cluster import (
 )
 from common.config import Settings
 from common.db import MySQLParams, open_database
-from workload.traffic import Users, check, check_all
+from common.errors import IMError
+from workload.traffic import Users, check, check_all, group_samples
 
 # the timeline writer's role is "writer"; "offline-writer" is its name before the timelines
 KILLABLE = ("connector", "transfer", "writer", "offline-writer")
@@ -63,6 +69,19 @@ class Options:
     seed: int | None = None
     keep: bool = False
     devices: int = 1  # per user: each is checked on its own, and against its siblings
+    groups: int = 2  # groups among the users (0: 1-1 only)
+    group_size: int = 6  # members each, at most users - 1 (a joiner stays outside)
+    group_share: float = 0.25  # of the rate that goes to group chats
+
+    def sized_groups(self) -> int:
+        """The group size this run uses: ``group_size`` bounded by the users; IMError when
+        groups were asked for and no group of 3 (owner, leaver, one who stays) fits."""
+        size = min(self.group_size, self.users - 1)
+        if self.groups and size < 3:
+            raise IMError("--groups needs --group-size 3+ and 4+ users (or --groups 0)")
+        if not 0 <= self.group_share < 1:
+            raise IMError("--group-share must be in [0, 1)")
+        return size
 
 
 @dataclass
@@ -234,31 +253,44 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
     workdir = Path(tempfile.mkdtemp(prefix=f"im-chaos-{tag}-"))
     chaos = Chaos(settings, opts, workdir, quiet=quiet)
     began = time.monotonic()
-    users = Users.named(chaos.rest, f"ch{tag}", opts.users, opts.devices)
+    size = opts.sized_groups()
+    users = Users.named(
+        chaos.rest,
+        f"ch{tag}",
+        opts.users,
+        opts.devices,
+        groups=opts.groups,
+        group_size=size,
+        group_share=opts.group_share,
+    )
     report: dict[str, object] = {}
     tasks: list[asyncio.Task[None]] = []
     try:
         with contextlib.redirect_stdout(sys.stderr):
             await check_services(settings)
         await chaos.start_cluster()
-        await users.setup()
+        await users.setup(random.Random(rng.getrandbits(32)))
         chaos.say(
-            f"{opts.users} users online on {opts.devices} device(s) each;"
+            f"{opts.users} users online on {opts.devices} device(s) each,"
+            f" {opts.groups} groups of {size if opts.groups else 0};"
             f" chaos for {opts.seconds:g}s (seed {seed})"
         )
         tasks.append(asyncio.create_task(chaos.watch()))
         started = time.monotonic()
         until = started + opts.seconds
-        users.start(opts.rate, opts.flap_every, rng)
+        users.start(opts.rate, opts.flap_every, rng, opts.seconds)
         killer = asyncio.create_task(chaos.killer(until, rng))
         while time.monotonic() < until:
             await asyncio.sleep(min(5.0, max(0.0, until - time.monotonic())))
             r = check(users.ledger)
+            g = users.ledger.group
             chaos.say(
                 f"t={time.monotonic() - started:4.0f}s sent {r['sent']} acked {r['acked']}"
+                f" group sent {len(g.sent)} acked {len(g.acked)} changes {g.changes}"
                 f" kills {sum(chaos.kills.values())} offline {len(users.offline)}"
             )
         await killer
+        await users.finish_groups(opts.quiesce)  # a change still waiting for quiet ends
         chaos_seconds = time.monotonic() - started
         for t in tasks:  # the watcher would restart what we restart here: stop it first
             t.cancel()
@@ -273,6 +305,8 @@ async def run_chaos(settings: Settings, opts: Options, *, quiet: bool = False) -
         users.read_cursors()
         report = {
             **check_all(users.ledger),
+            "group_size": size if opts.groups else 0,
+            "group_samples": group_samples(users.ledger),
             "kills": sum(chaos.kills.values()),
             "kills_by_role": dict(chaos.kills),
             "crashed": len(chaos.crashed),
@@ -314,6 +348,14 @@ VIOLATIONS = (
     "device_order_mismatch",
     "read_cursor_divergent",
     "sender_disorder",
+    "group_missing",
+    "group_duplicates",
+    "group_leaks",
+    "group_out_of_order",
+    "group_refused",
+    "group_receipts_duplicated",
+    "group_nonmember_posts",
+    "group_membership_mismatch",
 )
 
 
@@ -325,16 +367,24 @@ def ok(report: dict[str, object]) -> bool:
         value = report.get(key)
         return isinstance(value, int) and value > 0
 
+    groups_ok = not report.get("groups") or (
+        # with groups: group chats were committed, members had them to hold, and every
+        # planned membership change happened
+        all(positive(k) for k in ("group_messages", "group_deliveries_expected", "group_changes"))
+        and report.get("group_changes") == report.get("group_changes_planned")
+    )
     return (
         bool(report)
         and all(report.get(k) == 0 for k in VIOLATIONS)
         and report.get("settled") is True
         and report.get("device_deliveries") == report.get("device_deliveries_expected")
+        and report.get("group_deliveries") == report.get("group_deliveries_expected")
         # a run that checked nothing proves nothing: chats went through, devices had them to
         # hold, read cursors were compared
         and all(
             positive(k) for k in ("acked", "device_deliveries_expected", "read_cursors_checked")
         )
+        and groups_ok
     )
 
 
@@ -345,6 +395,10 @@ async def _run_stoppable(settings: Settings, opts: Options) -> dict[str, object]
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     return await run_chaos(settings, opts, quiet=False)
+
+
+def _lines(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def main(settings: Settings, opts: Options, as_json: bool) -> int:
@@ -371,7 +425,19 @@ def main(settings: Settings, opts: Options, as_json: bool) -> int:
             f"  duplicates {report.get('device_duplicates')}"
             f"  order mismatch {report.get('device_order_mismatch')}"
             f"  read cursors apart {report.get('read_cursor_divergent')}\n"
-            f"  client: reconnects {report.get('reconnects')}  resent {report.get('resent')}\n"
+            f"  groups {report.get('groups')} of {report.get('group_size')}"
+            f" ({report.get('group_changes')} of {report.get('group_changes_planned')}"
+            f" membership changes): {report.get('group_messages')} messages"
+            f" ({report.get('group_not_acked')} not acked, {report.get('group_resealed')}"
+            f" resealed, {report.get('group_refused')} refused,"
+            f" {report.get('group_held_offline')} leavers' devices away), deliveries"
+            f" {report.get('group_deliveries')} of {report.get('group_deliveries_expected')}"
+            f"  missing {report.get('group_missing')}"
+            f"  duplicates {report.get('group_duplicates')}"
+            f"  out of order {report.get('group_out_of_order')}"
+            f"  leaks {report.get('group_leaks')}\n"
+            + "".join(f"    {line}\n" for line in _lines(report.get("group_samples")))
+            + f"  client: reconnects {report.get('reconnects')}  resent {report.get('resent')}\n"
             f"  {'OK' if good else 'FAILED'}"
             + (f"  (logs in {report['logs']})" if "logs" in report else "")
         )

@@ -135,9 +135,17 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep=args.keep,
         devices=args.devices,
+        groups=args.groups,
+        group_size=args.group_size,
+        group_share=args.group_share,
     )
     if opts.users < 2 or min(opts.connectors, opts.transfers, opts.writers, opts.devices) < 1:
         print("im: need 2+ users and 1+ connector, transfer and writer", file=sys.stderr)
+        return 2
+    try:
+        opts.sized_groups()
+    except IMError as exc:
+        print(f"im: {exc}", file=sys.stderr)
         return 2
     try:
         return chaos.main(settings, opts, args.json)
@@ -241,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=None, help="replay a run's random choices")
     ch.add_argument("--keep", action="store_true", help="keep its database, keys, queues, logs")
     ch.add_argument("--devices", type=int, default=1, help="devices per user, each checked")
+    ch.add_argument("--groups", type=int, default=2, help="group chats among the users (0: off)")
+    ch.add_argument(
+        "--group-size", type=int, default=6, help="members per group (at most users - 1)"
+    )
+    ch.add_argument(
+        "--group-share", type=float, default=0.25, help="share of --rate sent to groups"
+    )
     ch.add_argument("--json", action="store_true", help="last line: one JSON object")
     ch.set_defaults(func=cmd_chaos)
 

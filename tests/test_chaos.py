@@ -1,6 +1,6 @@
 """``im chaos`` end to end, short: the real cluster on this machine's services, killed and
-restarted while users chat on two devices each, and the report it prints. (CI also runs the
-full 60 s one.)"""
+restarted while users chat on two devices each, 1-1 and in two groups where one member leaves
+and one joins mid-run, and the report it prints. (CI also runs the full 60 s one.)"""
 
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ DEVICE_KEYS = (
     "device_order_mismatch",
     "read_cursor_divergent",
 )
+GROUP_KEYS = (
+    "group_missing",
+    "group_duplicates",
+    "group_leaks",
+    "group_out_of_order",
+    "group_refused",
+    "group_receipts_duplicated",
+    "group_nonmember_posts",
+    "group_membership_mismatch",
+)
 
 
 async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
@@ -51,6 +61,7 @@ async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
     )
     cmd = [sys.executable, "-m", "cli.main", "chaos", "--seconds", "12", "--users", "8"]
     cmd += ["--rate", "60", "--kill-every", "2", "--devices", "2", "--json"]
+    cmd += ["--groups", "2", "--group-size", "5"]
     proc = await asyncio.create_subprocess_exec(
         *cmd, env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -74,3 +85,10 @@ async def test_short_chaos_run_reports_and_holds_the_guarantees() -> None:
     assert all(report[k] == 0 for k in DEVICE_KEYS), report
     assert report["device_deliveries"] == report["device_deliveries_expected"] > 0
     assert report["read_cursors_checked"] > 0
+    # the groups: chats committed and held by every device of every member of their seq, none
+    # shown twice, out of order or to a non-member, both membership changes made under kills
+    assert report["groups"] == 2 and report["group_changes"] == 2
+    assert all(report[k] == 0 for k in GROUP_KEYS), report
+    assert report["group_messages"] > 20
+    assert report["group_deliveries"] == report["group_deliveries_expected"] > 0
+    assert report["group_not_acked"] == 0

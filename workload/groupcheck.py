@@ -162,3 +162,62 @@ def read_by_expected(
     members = members_at(spans, seq) - {sender}
     read = {u for u in members if reads.get(u, {}).get(conv_id, 0) >= seq}
     return len(members), read
+
+
+# -- additions for ``im chaos`` (the demo's verdicts above are unchanged) ----------------------
+
+
+def group_disorder(logs: Iterable[DeviceLog], convs: set[str]) -> int:
+    """G3 in the groups ``convs``: per device, a group place surfaced below a seq it had
+    already shown in that group; a place holding another message than its sender's SENT says;
+    and two devices of one user holding different messages at a place outside the committed
+    truth (SYSTEM events among them). Any of these means the devices show the group in
+    different orders."""
+    logs = list(logs)
+    truth, _ = committed(logs)
+    bad = _clashes(logs, convs)
+    first: dict[tuple[str, Place], tuple[str, int]] = {}
+    for log in logs:
+        top: dict[str, int] = {}
+        for conv, seq, key in log.surfaced:
+            if conv not in convs:
+                continue
+            if seq < top.get(conv, 0):
+                bad += 1
+            top[conv] = max(seq, top.get(conv, 0))
+            known = truth.get((conv, seq))
+            if known is not None:
+                bad += known != key
+            elif first.setdefault((log.user, (conv, seq)), key) != key:
+                bad += 1
+    return bad
+
+
+def _clashes(logs: list[DeviceLog], convs: set[str]) -> int:
+    """Group places two SENTs claimed for different messages (a server fault)."""
+    seen: dict[Place, tuple[str, int]] = {}
+    bad = 0
+    for log in logs:
+        for place, key in log.sent.items():
+            if place[0] in convs and seen.setdefault(place, key) != key:
+                bad += 1
+    return bad
+
+
+def nonmember_posts(logs: Iterable[DeviceLog], convs: set[str]) -> list[str]:
+    """Committed group chats whose sender was not a member at their seq (by the spans the
+    devices' SYSTEM events give): the server took a post it must refuse at commit, or the
+    devices missed the event that let the sender in."""
+    logs = list(logs)
+    truth, _ = committed(logs)
+    spans = {conv: spans_from_events(evs) for conv, evs in group_events(logs, convs).items()}
+    out: list[str] = []
+    for (conv, seq), (sender, msg_id) in sorted(truth.items()):
+        if conv in convs and not covers(spans.get(conv, {}).get(sender, []), seq):
+            out.append(f"{sender} posted {conv}#{seq} (id {msg_id}) as a non-member")
+    return out
+
+
+def final_members(events: Mapping[int, Event]) -> set[str]:
+    """Who is a member after a group's last event (an open span)."""
+    return {user for user, mine in spans_from_events(events).items() if mine and not mine[-1][1]}

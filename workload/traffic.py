@@ -17,6 +17,12 @@ the run :func:`check` compares sends, surfaced messages and receipts (DESIGN §5
 
 and :func:`check_all` adds the per-device verdicts of workload/devices.py: ``device_missing``,
 ``device_duplicates``, ``device_order_mismatch``, ``read_cursor_divergent``.
+
+Those are the 1-1 verdicts, over pair conversations only. With groups (``Users.named(...,
+groups=G, group_size=S)``) a share of the rate goes to group chats and a member leaves and
+another joins in each group mid-run (workload/chaosgroups.py); their verdicts are the
+``group_*`` keys of :func:`check_all`. ``sender_disorder`` and ``read_cursor_divergent`` look
+at both kinds.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from client.core import IMClient, befriend
 from client.events import Message, Receipt, ServerError
 from common.errors import IMError
+from workload.chaosgroups import ChaosGroups, GroupLedger, group_report, group_settled, is_group
 from workload.devices import (
     DeviceLog,
     check_devices,
@@ -67,6 +74,7 @@ class Ledger:
     errors: Counter[str] = field(default_factory=Counter)
     bogus_receipts: int = 0
     devices: int = 1  # per user
+    group: GroupLedger = field(default_factory=GroupLedger)
 
     def record_send(self, sender: str, dest: str, msg_id: int) -> None:
         self.sent[(sender, msg_id)] = (dest, len(self.sent))
@@ -93,11 +101,26 @@ class Users:
     flapper: Flapper[IMClient] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     sending: bool = True
+    group_count: int = 0
+    group_size: int = 0
+    group_share: float = 0.25  # of the rate, when there are groups
+    groups: ChaosGroups | None = None
 
     @classmethod
-    def named(cls, rest: str, prefix: str, n: int, devices: int = 1) -> Users:
+    def named(
+        cls,
+        rest: str,
+        prefix: str,
+        n: int,
+        devices: int = 1,
+        *,
+        groups: int = 0,
+        group_size: int = 0,
+        group_share: float = 0.25,
+    ) -> Users:
         users = cls(rest, [f"{prefix}-{i:03d}" for i in range(n)], devices)
         users.ledger.devices = devices
+        users.group_count, users.group_size, users.group_share = groups, group_size, group_share
         return users
 
     @property
@@ -111,8 +134,8 @@ class Users:
     def all(self) -> list[IMClient]:
         return [] if self.fleet is None else list(self.fleet.all())
 
-    async def setup(self) -> None:
-        """Register, befriend, connect every device; then start the readers."""
+    async def setup(self, rng: random.Random | None = None) -> None:
+        """Register, befriend, connect every device; start the readers; make the groups."""
         sem = asyncio.Semaphore(8)
 
         def make(user: str, device: str) -> IMClient:
@@ -147,12 +170,21 @@ class Users:
         for c in fleet.all():
             name = f"read {c.user_id}/{c.device_id}"
             self.tasks.append(asyncio.create_task(self._read(c), name=name))
+        self.groups = ChaosGroups(fleet, self.ledger.group, _reconnect)
+        if self.group_count:
+            grng = rng or random.Random(len(self.names))
+            prefix = self.names[0].rsplit("-", 1)[0]
+            await self.groups.setup(self.names, self.group_count, self.group_size, grng, prefix)
 
     # -- the workload ------------------------------------------------------------------------
 
-    def start(self, rate: float, flap_every: float, rng: random.Random) -> None:
-        """``rate`` messages per second in all; a device goes offline every ``flap_every`` s."""
-        per_user = rate / max(1, len(self.names))
+    def start(
+        self, rate: float, flap_every: float, rng: random.Random, seconds: float = 0.0
+    ) -> None:
+        """``rate`` messages per second in all (a share of it to the groups); a device goes
+        offline every ``flap_every`` s; the groups' membership changes within ``seconds``."""
+        share = self.group_share if self.groups is not None and self.groups.groups else 0.0
+        per_user = rate * (1 - share) / max(1, len(self.names))
         for name in self.names:
             seed = rng.getrandbits(32)
             self.tasks.append(asyncio.create_task(self._send(name, per_user, seed)))
@@ -166,6 +198,10 @@ class Users:
                 reconnect=_reconnect,
             )
             self.flapper.start(random.Random(rng.getrandbits(32)))
+        if self.groups is not None:
+            self.groups.start(
+                rate * share, seconds, random.Random(rng.getrandbits(32)), self.flapper
+            )
 
     async def _send(self, name: str, rate: float, seed: int) -> None:
         rng = random.Random(seed)
@@ -192,17 +228,27 @@ class Users:
                 if ev.conv_id and ev.seq:
                     with contextlib.suppress(IMError):
                         await c.mark_read(ev.conv_id, ev.seq)
+            elif isinstance(ev, Receipt) and is_group(ev.conv_id):
+                led.group.receipt(me, ev)  # judged once the run is over: a SENT may come first
             elif isinstance(ev, Receipt):
                 if (me, ev.msg_id) not in led.sent:
                     led.bogus_receipts += 1
                 led.receipts[(ev.kind, me, ev.msg_id)] += 1
             elif isinstance(ev, ServerError):
                 led.errors[ev.code] += 1
+                led.group.error(me, ev)  # a refusal counts if a group chat has that id
 
     # -- the end -----------------------------------------------------------------------------
 
+    async def finish_groups(self, timeout: float) -> None:
+        """The groups' membership changes done (or given up after ``timeout``), no more group
+        chats, the leavers' held devices back."""
+        if self.groups is not None:
+            await self.groups.finish(timeout)
+
     async def everyone_online(self) -> None:
         self.sending = False
+        await self.finish_groups(0.0)
         if self.flapper is not None:
             await self.flapper.stop()
 
@@ -219,8 +265,11 @@ class Users:
         if any(c.pending for c in self.all()):
             return False
         self.read_cursors()
-        report = check_all(self.ledger)
-        return all(report[k] == 0 for k in SETTLED_ON)
+        report = check_all(self.ledger, groups=False)
+        if not all(report[k] == 0 for k in SETTLED_ON):
+            return False
+        led = self.ledger
+        return group_settled(led.logs.values(), led.group, led.devices)
 
     async def quiesce(self, timeout: float, progress: Callable[[str], None]) -> bool:
         deadline = time.monotonic() + timeout
@@ -236,7 +285,9 @@ class Users:
                 progress(
                     f"quiescing: {pending} in outboxes, {r['lost']} acked not yet surfaced,"
                     f" {r['receipts_missing']} receipts missing, {r['device_missing']} missing"
-                    f" on devices, {r['read_cursor_divergent']} read cursors apart"
+                    f" on devices, {r['read_cursor_divergent']} read cursors apart,"
+                    f" {r['group_not_acked']} group chats not SENT, {r['group_missing']}"
+                    " group deliveries missing"
                 )
             await asyncio.sleep(0.25)
         return self.settled()
@@ -248,10 +299,14 @@ class Users:
             out["resent"] += c.resent
         if self.flapper is not None:
             out["reconnect_failures"] = len(self.flapper.failures)
+        if self.groups is not None:
+            out["group_send_errors"] = self.groups.send_errors
         return dict(out)
 
     async def close(self) -> None:
         self.sending = False
+        if self.groups is not None:
+            await self.groups.close()
         if self.flapper is not None:
             await self.flapper.stop()
         for t in self.tasks:
@@ -263,12 +318,21 @@ class Users:
 SETTLED_ON = ("lost", "receipts_missing", "device_missing", "read_cursor_divergent")
 
 
+def pair_view(log: DeviceLog) -> DeviceLog:
+    """The device's log without its groups: what the 1-1 verdicts judge."""
+    out = DeviceLog(log.user, log.device)
+    out.surfaced = [s for s in log.surfaced if not is_group(s[0])]
+    out.sent = {place: key for place, key in log.sent.items() if not is_group(place[0])}
+    out.read = {conv: seq for conv, seq in log.read.items() if not is_group(conv)}
+    return out
+
+
 def check(led: Ledger) -> dict[str, int]:
-    """Compare sends, surfaced messages and receipts (see the module docstring)."""
+    """Compare 1-1 sends, surfaced messages and receipts (see the module docstring)."""
     acked = led.acked()
     reached: set[tuple[str, int]] = set()  # (sender, id) shown by a device of its recipient
     duplicates = out_of_order = stray = 0
-    for log in led.logs.values():
+    for log in map(pair_view, led.logs.values()):
         counts: Counter[tuple[str, int]] = Counter(key for _, _, key in log.surfaced)
         duplicates += sum(n - 1 for n in counts.values() if n > 1)
         out_of_order += disorder(log)
@@ -296,10 +360,11 @@ def check(led: Ledger) -> dict[str, int]:
     }
 
 
-def check_all(led: Ledger) -> dict[str, int]:
-    """:func:`check` and the per-device verdicts over every device of every user."""
-    rep = check_devices(led.logs.values(), led.devices)
-    truth, _ = committed(led.logs.values())
+def check_all(led: Ledger, *, groups: bool = True) -> dict[str, int]:
+    """:func:`check` and the per-device verdicts over every device of every user; with
+    ``groups``, the group keys too (workload/chaosgroups.py ``group_report``)."""
+    rep = check_devices(map(pair_view, led.logs.values()), led.devices)
+    truth, _ = committed(led.logs.values())  # both kinds: I3 holds in groups too
     out = check(led)
     out.update(
         {
@@ -315,7 +380,15 @@ def check_all(led: Ledger) -> dict[str, int]:
             "read_cursors_checked": sum(len(log.read) for log in led.logs.values()),
         }
     )
+    if groups:
+        counts, _ = group_report(led.logs.values(), led.group, led.devices)
+        out.update({k: v for k, v in counts.items() if isinstance(v, int)})
     return out
+
+
+def group_samples(led: Ledger) -> list[str]:
+    """A few lines on what the group verdicts found wrong (empty when nothing)."""
+    return group_report(led.logs.values(), led.group, led.devices)[1]
 
 
 async def _reconnect(c: IMClient) -> None:
