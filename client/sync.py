@@ -13,6 +13,9 @@ Rules (docs: the briefing's "Client library semantics"):
   user (before joining, removed by retention), so ``have`` moves past it;
 - a ConvState naming a head above ``have`` (or a buffered chat past a gap) asks for the rest,
   one Sync per conversation at a time, at most ``max_syncing`` conversations at once, in pages;
+  a listing's ConvState also carries the server's cursors (what it has less of than this
+  device is sent again); a ``head_only`` one (a group's membership notice) carries none, and
+  the cursors stay as they are (else every member's device would send its cursors again);
 - a chat this library sent holds its seq once SENT (or once it comes back in a Sync), so the
   device's own messages never look like gaps; a chat of this user from another device is
   surfaced with ``own=True``;
@@ -321,18 +324,24 @@ class SyncMachine:
             self._listed[c.conv_id] = max(self._listed.get(c.conv_id, 0), cs.last_seq)
             if c.have < self._listed[c.conv_id]:
                 self._behind.add(c.conv_id)
-        if not c.group:
-            self._peer_cursor(c, DELIVERED, cs.peer_delivered_seq, out)
-            self._peer_cursor(c, READ, cs.peer_read_seq, out)
-        c.delivered_sent = cs.device_seq  # the server's word: resend if it has less
-        c.read_sent = cs.read_seq
-        c.read_want = max(c.read_want, cs.read_seq)
-        if c.have > c.delivered_sent or c.read_want > c.read_sent:
-            self._dirty.add(c.conv_id)
+        if not cs.head_only:  # a membership notice knows no cursors: keep ours as they are
+            self._take_cursors(c, cs, out)
         if (c.have < c.head or c.buffer) and not c.syncing:
             self._want[c.conv_id] = None
         self._pump(now, out)
         return out
+
+    def _take_cursors(self, c: _Conv, cs: im_pb2.ConvState, out: list[Effect]) -> None:
+        """A listing's cursors: the peer's are receipts, ours are the server's word (what it
+        has less of than we hold is sent again)."""
+        if not c.group:
+            self._peer_cursor(c, DELIVERED, cs.peer_delivered_seq, out)
+            self._peer_cursor(c, READ, cs.peer_read_seq, out)
+        c.delivered_sent = cs.device_seq
+        c.read_sent = cs.read_seq
+        c.read_want = max(c.read_want, cs.read_seq)
+        if c.have > c.delivered_sent or c.read_want > c.read_sent:
+            self._dirty.add(c.conv_id)
 
     def on_caught_up(self, since: int, now: float) -> list[Effect]:
         self.since = max(self.since, since)

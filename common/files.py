@@ -11,6 +11,11 @@ Rules kept here, whatever the caller:
 - ``im_file_grant`` holds one row per (file, recipient): the right to download. It is written only
   through :meth:`FileStore.grant`, which inserts it in the same statement that checks that the file
   exists, belongs to the sender and has the size and checksum the message claims;
+- a FILE chat in a group grants to the *message*, not to users: the recipient is
+  ``g:<group id>#<message id>`` (:func:`group_recipient`; no user id has a ``:`` or a ``#``).
+  Who may download is decided when they ask: the members at that message's seq
+  (rest_web/files.py), so a later joiner or a removed member is refused without a row per
+  member, and one chat in a group of 10 000 writes one row;
 - a file with no grant is an orphan; :meth:`FileStore.delete_orphan` removes its row in one
   statement that re-checks "still no grant", so a grant that wins the race keeps the file;
 - the SQL runs unchanged on SQLite and MySQL/MariaDB (``?`` placeholders; only the DDL and
@@ -33,6 +38,9 @@ _FILE_ID = re.compile(FILE_ID_PATTERN)
 _CHECKSUM = re.compile(CHECKSUM_PATTERN)
 
 COMPONENT = "files"
+# group chats of one file looked at per download: a file sent to more groups than this is
+# downloadable through the first ones only (its owner can always send it again)
+GROUP_GRANTS = 100
 _MYSQL_TABLE = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 
 
@@ -46,6 +54,19 @@ def valid_file_id(file_id: str) -> bool:
 
 def valid_checksum(checksum: str) -> bool:
     return _CHECKSUM.match(checksum) is not None
+
+
+def group_recipient(conv_id: str, msg_id: int) -> str:
+    """The grant recipient of a FILE chat ``msg_id`` in the group conversation ``conv_id``."""
+    return f"{conv_id}#{msg_id}"
+
+
+def parse_group_recipient(recipient: str) -> tuple[str, int] | None:
+    """``(conv_id, msg_id)`` of a group grant's recipient; None for a user's."""
+    conv_id, sep, msg_id = recipient.partition("#")
+    if not sep or not conv_id.startswith("g:") or not msg_id.isdigit():
+        return None
+    return conv_id, int(msg_id)
 
 
 def ddl(dialect: str) -> list[str]:
@@ -138,12 +159,23 @@ class FileStore:
         )
         return meta if row is not None else None
 
+    async def group_grants(self, file_id: str, limit: int = GROUP_GRANTS) -> list[tuple[str, int]]:
+        """``(conv_id, msg_id)`` of the group chats ``file_id`` was sent in, at most ``limit``
+        (oldest first): the messages whose members may download it."""
+        rows = await self._db.fetchall(
+            "SELECT user_id FROM im_file_grant WHERE file_id = ? AND user_id LIKE ?"
+            " ORDER BY created, user_id LIMIT ?",
+            (file_id, "g:%", limit),
+        )
+        return [g for r in rows if (g := parse_group_recipient(str(r[0]))) is not None]
+
     async def grant(
         self, file_id: str, owner: str, size: int, checksum: str, recipient: str
     ) -> bool:
         """Let ``recipient`` download ``file_id``, if it is ``owner``'s upload of exactly that
         size and checksum; False (nothing written) otherwise. Idempotent: a resent message
-        grants again and gets True."""
+        grants again and gets True. ``recipient`` is a user id, or a group chat's
+        :func:`group_recipient`."""
         match = "FROM im_file WHERE file_id = ? AND owner = ? AND size = ? AND checksum = ?"
         inserted = await self._db.execute(
             f"{self._insert_ignore} INTO im_file_grant (file_id, user_id, created)"

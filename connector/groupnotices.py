@@ -5,11 +5,13 @@ REST publishes ``(conv_id, seq)`` after each membership change (user_status/grou
 For each, one read of the group's spans (``members_snapshot``) says who is in it; every user
 with a session here whose span is open, or closed at or after that seq (the leaver, so their
 devices learn the removal), gets a ConvState: ``last_seq`` the head they may see (a leaver's
-stops at their span's end), ``min_seq`` their first span's start. Cursors are not in a
-notice (``read_seq`` and ``device_seq`` are 0; a device keeps its own, and the next listing
-has them). Bounded: notices that arrive while one is being read wait coalesced, one per
-group, at most :data:`PENDING`; past that the oldest are dropped (those devices learn the
-change by their next listing, within a minute).
+stops at their span's end), ``min_seq`` their first span's start, and ``head_only`` set:
+cursors are not in a notice (reading every member's would cost a query per member), and the
+flag tells the device so: it keeps its own instead of taking the zeros for a server that is
+behind and sending its cursors again (from every member's device at once: a storm in a big
+group). The next listing has them. Bounded: notices that arrive while one is being read
+wait coalesced, one per group, at most :data:`PENDING`; past that the oldest are dropped
+(those devices learn the change by their next listing, within a minute).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def states_for(
             peer_id=group_id,
             last_seq=min(snap.head, last) if last else snap.head,
             min_seq=spans[0].from_seq,
+            head_only=True,
         )
     return out
 

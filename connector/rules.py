@@ -96,11 +96,10 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
 
 def check_group_chat(chat: im_pb2.ChatMsg) -> None:
     """A group chat's own field checks: a group id as ``dest_id`` (the conversation is
-    ``g:<dest_id>``), no FILE yet (a download grant names one recipient, a group has many)."""
+    ``g:<dest_id>``). A FILE chat is checked as a pair's is; its download grant names the
+    message, and the members at its seq may download (common/files.py)."""
     if not USER_ID.fullmatch(chat.dest_id):
         raise ProtocolError("dest_id is not a group id")
-    if chat.msg_type == im_pb2.FILE:
-        raise ProtocolError("FILE chats in groups are not supported yet")
 
 
 SERVER_STAMPS = ("conv_id", "seq", "server_time")

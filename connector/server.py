@@ -9,7 +9,7 @@ Rules it keeps (the sessions' own are in connector/session.py):
 - a SINGLE chat goes only to a friend; a GROUP chat only from a member who is not muted
   (connector/groupaccess.py: a 1 s cache, the writer checks again at commit); a FILE chat
   only with the sender's own upload, and accepting it records the recipient's right to
-  download it before the chat goes on;
+  download it before the chat goes on (in a group: the message's, for its members at its seq);
 - a committed chat reaches every device here of the users its fanout lists: the device that sent
   it gets SENT instead, and a refusal reaches that device only. Nothing is stored here: every
   chat is in its conversation's timeline before anyone hears of it, so a device that misses a
@@ -30,6 +30,7 @@ from common.admission import PreAuthLimits
 from common.config import Settings
 from common.convid import group_conv_id
 from common.errors import BackendError, IMError, ProtocolError
+from common.files import group_recipient
 from common.link import Link, LinkConfig, serve_links
 from common.tls import server_context
 from common.tokens import Claims, RevokedSet, TokenSigner
@@ -240,9 +241,12 @@ class Connector:
     async def _grant_file(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
         f = chat.file
         granted = False
+        recipient = chat.dest_id
+        if chat.dest_type == im_pb2.GROUP:  # the members at its seq, decided at download
+            recipient = group_recipient(group_conv_id(chat.dest_id), chat.id)
         if self.files is not None:
             try:
-                granted = await self.files.grant(f.id, user_id, f.size, f.checksum, chat.dest_id)
+                granted = await self.files.grant(f.id, user_id, f.size, f.checksum, recipient)
             except IMError as exc:
                 log.error("file grant failed: %s", exc)
                 raise ProtocolError(

@@ -297,7 +297,7 @@ class SyncDone(_message.Message):
     def __init__(self, conv_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class ConvState(_message.Message):
-    __slots__ = ("conv_id", "type", "peer_id", "last_seq", "min_seq", "max_seq", "read_seq", "device_seq", "peer_read_seq", "peer_delivered_seq", "unread")
+    __slots__ = ("conv_id", "type", "peer_id", "last_seq", "min_seq", "max_seq", "read_seq", "device_seq", "peer_read_seq", "peer_delivered_seq", "unread", "head_only")
     CONV_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,7 @@ class ConvState(_message.Message):
     PEER_READ_SEQ_FIELD_NUMBER: _ClassVar[int]
     PEER_DELIVERED_SEQ_FIELD_NUMBER: _ClassVar[int]
     UNREAD_FIELD_NUMBER: _ClassVar[int]
+    HEAD_ONLY_FIELD_NUMBER: _ClassVar[int]
     conv_id: str
     type: DestType
     peer_id: str
@@ -320,7 +321,8 @@ class ConvState(_message.Message):
     peer_read_seq: int
     peer_delivered_seq: int
     unread: int
-    def __init__(self, conv_id: _Optional[str] = ..., type: _Optional[_Union[DestType, str]] = ..., peer_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., min_seq: _Optional[int] = ..., max_seq: _Optional[int] = ..., read_seq: _Optional[int] = ..., device_seq: _Optional[int] = ..., peer_read_seq: _Optional[int] = ..., peer_delivered_seq: _Optional[int] = ..., unread: _Optional[int] = ...) -> None: ...
+    head_only: bool
+    def __init__(self, conv_id: _Optional[str] = ..., type: _Optional[_Union[DestType, str]] = ..., peer_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., min_seq: _Optional[int] = ..., max_seq: _Optional[int] = ..., read_seq: _Optional[int] = ..., device_seq: _Optional[int] = ..., peer_read_seq: _Optional[int] = ..., peer_delivered_seq: _Optional[int] = ..., unread: _Optional[int] = ..., head_only: _Optional[bool] = ...) -> None: ...
 
 class CaughtUp(_message.Message):
     __slots__ = ("since",)

@@ -474,7 +474,7 @@ def create_app(
     history_routes.add_routes(app, caller, timeline)
     group_routes.add_routes(app, caller, groups, timeline, emit)
     if files is not None:
-        file_routes.add_routes(app, caller, files)
+        file_routes.add_routes(app, caller, files, timeline)
     if admin is not None:
         admin_routes.add_routes(app, caller, store, publish, admin, groups)
     mount_webapp(app)

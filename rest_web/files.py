@@ -9,8 +9,11 @@ Rules:
   a crash between the two leaves a record without bytes, never bytes nobody knows of; the
   janitor removes such a record like any other orphan;
 - ``GET /files/{id}`` is for the uploader and the users the file was sent to (grants written by
-  the connector when it accepted the message); anyone else gets the same 404 as for a file that
-  does not exist; one byte range per request (206), so a broken download resumes;
+  the connector when it accepted the message), and, for a file sent in a group, for whoever was
+  a member at that message's seq (a span of theirs covers it: not a later joiner, not a member
+  removed before it, and a refused chat that never got a seq lets nobody in); anyone else gets
+  the same 404 as for a file that does not exist; one byte range per request (206), so a broken
+  download resumes;
 - the janitor deletes uploads never sent within ``IM_FILE_ORPHAN_TTL`` and partial uploads idle
   that long; files that were sent are kept.
 
@@ -35,9 +38,10 @@ from starlette.requests import ClientDisconnect
 from common.config import Settings
 from common.db import Database
 from common.errors import IMError
-from common.files import FILE_ID_PATTERN, FileStore, new_file_id
+from common.files import FILE_ID_PATTERN, FileMeta, FileStore, new_file_id
 from common.tokens import Claims
 from rest_web.blobs import BlobStore, blob_store_for
+from timeline.store import TimelineStore
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +155,36 @@ class FileService:
             await asyncio.sleep(self.sweep_interval)
 
 
+async def readable(
+    files: FileStore, timeline: TimelineStore | None, file_id: str, user_id: str
+) -> FileMeta | None:
+    """The file if ``user_id`` may download it (module docstring), else None. A group's
+    grant names its message: the timeline says at which seq it was committed (by its
+    sender, the file's owner) and whether a span of the user's covers that seq."""
+    meta = await files.readable(file_id, user_id)
+    if meta is not None or timeline is None:
+        return meta
+    meta = await files.get(file_id)
+    if meta is None:
+        return None
+    for conv_id, msg_id in await files.group_grants(file_id):
+        entry = await timeline.get(meta.owner, msg_id)
+        if entry is None or entry.conv_id != conv_id:
+            continue  # refused at commit (not a member, a stale key): it has no seq
+        if any(span.covers(entry.seq) for span in await timeline.spans(conv_id, user_id)):
+            return meta
+    return None
+
+
 def add_routes(
-    app: FastAPI, caller: Callable[..., Awaitable[Claims]], service: FileService
+    app: FastAPI,
+    caller: Callable[..., Awaitable[Claims]],
+    service: FileService,
+    timeline: TimelineStore | None = None,
 ) -> None:
     """Mount ``POST /files`` and ``GET /files/{file_id}``; ``caller`` is the app's bearer-token
-    dependency."""
+    dependency; ``timeline`` answers who was a member at a group message's seq (None: files
+    sent in groups are for their owner only)."""
     Caller = Annotated[Claims, Depends(caller)]
     limit = service.max_size
 
@@ -240,7 +269,7 @@ def add_routes(
         range_header: Annotated[str | None, Header(alias="range")] = None,
     ) -> StreamingResponse:
         """The stored bytes, whole or one range (resume with ``Range: bytes=N-``)."""
-        meta = await service.files.readable(file_id, me.user_id)
+        meta = await readable(service.files, timeline, file_id, me.user_id)
         if meta is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
         if not await service.blobs.exists(file_id):

@@ -222,28 +222,129 @@ async def test_stale_key_seals_again_with_the_new_key_under_a_new_id_once() -> N
 @pytest.mark.asyncio
 async def test_a_key_rotated_event_makes_the_next_send_fetch_keys_first() -> None:
     c, link, keys = group_client()
-    await c.send_group_text(GID, "before")
+    before = await c.send_group_text(GID, "before")
     keys.rotate(K2, 3)
     rotated = system_chat(1, im_pb2.SystemBody.KEY_ROTATED, "", "", key_id=2)
     await feed(c, im_pb2.Envelope(chat=rotated))
     await c.send_group_text(GID, "after")
+    assert c.pending == 2
+    # sealed with key 2, it waits at the gate while "before" (key 1) may still be refused
+    assert [ch.key_id for ch in link.kinds("chat")] == [1]
+    await feed(c, sent(before, 2))
+    await c._send_chats()
     assert [ch.key_id for ch in link.kinds("chat")] == [1, 2]
 
 
-def test_recipes_are_bounded_and_reseal_at_most_once() -> None:
-    r = Recipes(2)
+class Writer:
+    """The timeline's side of one group for a test: commits the chats the fake link carried, in
+    the order they went out, refusing those sealed with another than the current key."""
+
+    def __init__(self, c: IMClient, link: FakeLink) -> None:
+        self.c, self.link = c, link
+        self.key_id = 1
+        self.seen = 0  # chats of the link already answered
+        self.committed: list[tuple[str, int]] = []  # (text, msg id), in seq order
+
+    async def answer(self) -> None:
+        chats = list(self.link.kinds("chat"))
+        while self.seen < len(chats):
+            chat = chats[self.seen]
+            self.seen += 1
+            if chat.key_id != self.key_id:
+                await feed(self.c, stale(chat.id))
+                continue
+            opened = open_chat(chat, K1 if chat.key_id == 1 else K2)
+            assert isinstance(opened, Message)
+            self.committed.append((opened.text, chat.id))
+            await feed(self.c, sent(chat.id, len(self.committed)))
+
+    async def run(self) -> None:
+        """Answer until the client has nothing left to send."""
+        for _ in range(50):
+            await self.answer()
+            await settle(self.c)
+            await self.c._send_chats()
+            if not self.c.pending:
+                return
+        raise AssertionError(f"still {self.c.pending} pending")
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for text, _ in self.committed]
+
+
+@pytest.mark.asyncio
+async def test_chats_in_flight_across_a_rotation_commit_in_the_order_they_were_made() -> None:
+    """Three chats on the wire with key 1 when the group rotates; the device hears of the
+    rotation and makes two more with key 2 before the first refusal comes back. Without the
+    gate the key-2 chats went at once and committed ahead of the re-sealed ones."""
+    c, link, keys = group_client()
+    w = Writer(c, link)
+    made = [await c.send_group_text(GID, f"m{i}") for i in (1, 2, 3)]
+    keys.rotate(K2, 4)
+    w.key_id = 2
+    rotated = system_chat(1, im_pb2.SystemBody.KEY_ROTATED, "", "", key_id=2)
+    await feed(c, im_pb2.Envelope(chat=rotated))
+    made += [await c.send_group_text(GID, f"m{i}") for i in (4, 5)]
+    assert c.group_keys.held(GID).keys() == {1, 2}, "m4 and m5 were sealed with key 2"
+    await w.run()
+    assert w.texts == ["m1", "m2", "m3", "m4", "m5"]
+    ids = [msg_id for _, msg_id in w.committed]
+    assert ids == sorted(ids), "ids grow with the seq (I3)"
+    events = await drain_events(c)
+    resealed = [e for e in events if isinstance(e, Receipt) and e.kind == "RESEALED"]
+    assert [e.msg_id for e in resealed] == made, "each old id is told its new one, in order"
+    assert [e.new_msg_id for e in resealed] == ids
+    assert not [e for e in events if isinstance(e, ServerError)]
+
+
+@pytest.mark.asyncio
+async def test_a_chat_made_while_the_group_is_held_goes_after_the_resealed_ones() -> None:
+    c, link, keys = group_client()
+    w = Writer(c, link)
+    await c.send_group_text(GID, "m1")
+    keys.rotate(K2, 3)
+    w.key_id = 2
+    await w.answer()  # m1 refused: the group is held until the re-seal is in the outbox
+    assert c._recipes.held(GID)
+    await c.send_group_text(GID, "m2")  # made meanwhile, sealed with the old key 1
+    await w.run()
+    assert w.texts == ["m1", "m2"]
+
+
+@pytest.mark.asyncio
+async def test_a_pair_chat_is_not_taken_along_by_a_groups_reseal() -> None:
+    c, link, keys = group_client()
+    c.friends = {"bob": K1}
+    g1 = await c.send_group_text(GID, "g1")
+    p1 = await c.send_text("bob", "p1")
+    keys.rotate(K2, 3)
+    await feed(c, stale(g1))
+    await settle(c)
+    assert p1 in c._outbox and g1 not in c._outbox and c.pending == 2
+    assert [ch.id for ch in link.kinds("chat")][:2] == [g1, p1]
+
+
+def test_recipes_are_bounded_gate_newer_keys_and_take_later_chats_along() -> None:
+    r = Recipes(3)
 
     def seal(key: str, key_id: int, msg_id: int) -> im_pb2.ChatMsg:
         return im_pb2.ChatMsg(id=msg_id)
 
-    for msg_id in (1, 2, 3):
-        r.add(msg_id, Recipe(GID, seal))
-    assert len(r) == 2
-    assert r.stale(1) == (None, False), "the oldest was dropped"
-    again, show = r.stale(2)
-    assert again is not None and again.reseals == 1 and not show
-    r.add(4, again)
-    assert r.stale(4) == (None, True)
+    for msg_id in (1, 2, 3, 4):
+        r.add(msg_id, Recipe(GID, seal, 0, 1))
+    assert len(r) == 3 and r.get(1) is None, "the oldest was dropped"
+    r.add(5, Recipe(GID, seal, 0, 2))
+    assert r.get(2) is None
+    assert r.may_send(3) and r.may_send(4) and not r.may_send(5), "key 2 waits behind key 1"
+    assert r.may_send(99), "not a group chat"
+    assert r.hold(GID, 4) and not r.hold(GID, 3), "one re-seal at a time, from the oldest"
+    assert not r.may_send(3), "nothing of a held group goes"
+    assert r.release(GID) == 3 and not r.held(GID)
+    assert [i for i, _ in r.take_from(4)] == [4, 5] and r.get(3) is not None
+    assert r.take_from(4) == []
+    r.done(3)
+    assert len(r) == 0
 
 
 @pytest.mark.asyncio
@@ -294,3 +395,30 @@ def test_a_group_timeline_fills_gaps_skips_what_is_outside_the_spans_and_takes_r
     mine = im_pb2.Cursor(conv_id=CONV, user_id="alice", type=im_pb2.READ, seq=12)
     sm.on_cursor(mine, 1.1)
     assert sm.read_cursors()[CONV] == 12
+
+
+def test_a_membership_notice_moves_the_head_and_sends_no_cursor_again() -> None:
+    """A notice's ConvState (connector/groupnotices.py) has no cursors: taken as the server's
+    word, its zeros made every member's device send its cursors again at each change."""
+    sm = S.SyncMachine("alice", cursor_every=0.0)
+    sm.link_up(0.0)
+    listing = im_pb2.ConvState(conv_id=CONV, type=im_pb2.GROUP, peer_id=GID, last_seq=5)
+    sm.on_conv_state(listing, 0.0)
+    done = im_pb2.SyncDone(conv_id=CONV, from_seq=1, to_seq=5, last_seq=5)
+    sent = [e for e in sm.on_sync_done(done, 0.1) if isinstance(e, S.SendCursor)]
+    assert sent == [S.SendCursor(CONV, S.DELIVERED, 5)]
+    sm.mark_read(CONV, 5, 0.2)
+    notice = im_pb2.ConvState(
+        conv_id=CONV, type=im_pb2.GROUP, peer_id=GID, last_seq=7, min_seq=1, head_only=True
+    )
+    out = sm.on_conv_state(notice, 0.3) + sm.tick(1.0)
+    assert [e for e in out if isinstance(e, S.SendCursor)] == [], "no cursor storm"
+    assert [(e.from_seq, e.to_seq) for e in out if isinstance(e, S.SendSync)] == [(6, 0)]
+    assert sm.head(CONV) == 7 and sm.read_cursors()[CONV] == 5
+    # a listing that says the server has less than this device still gets them sent again
+    relisted = im_pb2.ConvState(conv_id=CONV, type=im_pb2.GROUP, peer_id=GID, last_seq=7)
+    out = sm.on_conv_state(relisted, 2.0) + sm.tick(3.0)
+    assert sorted((e.type, e.seq) for e in out if isinstance(e, S.SendCursor)) == [
+        (S.DELIVERED, 5),
+        (S.READ, 5),
+    ]

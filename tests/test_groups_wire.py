@@ -361,7 +361,7 @@ async def test_membership_changes_reach_online_devices_as_conv_states(
 
         await until(lambda: states(carol) and states(bob))
         joined = states(carol)[-1]
-        assert (joined.type, joined.peer_id) == (im_pb2.GROUP, gid)
+        assert (joined.type, joined.peer_id, joined.head_only) == (im_pb2.GROUP, gid, True)
         assert joined.min_seq >= 1 and joined.last_seq >= joined.min_seq
         await rest.remove(gid, alice, "carol")
         head = await stack_head(stack, conv)

@@ -308,6 +308,8 @@ async def test_a_notice_tells_members_and_the_one_who_just_left() -> None:
         (im_pb2.GROUP, "abc", 9, 1),
         (im_pb2.GROUP, "abc", 10, 1),
     ]
+    assert all(s.head_only for s in states.values()), "a notice says it has no cursors"
+    assert all(s.read_seq == s.device_seq == 0 for s in states.values())
 
 
 async def test_ten_thousand_members_on_one_connector_are_bounded_frames() -> None:

@@ -81,6 +81,7 @@ def _chat(**kw: object) -> im_pb2.ChatMsg:
         ({"dest_id": "x" * 65}, im_pb2.BAD_MESSAGE),
         ({"dest_type": 7}, im_pb2.BAD_MESSAGE),
         ({"dest_type": im_pb2.GROUP, "dest_id": "a:b"}, im_pb2.BAD_MESSAGE),
+        # no file reference
         ({"dest_type": im_pb2.GROUP, "msg_type": im_pb2.FILE}, im_pb2.BAD_MESSAGE),
         ({"msg_type": im_pb2.SYSTEM}, im_pb2.BAD_MESSAGE),
         ({"msg_type": im_pb2.FILE}, im_pb2.BAD_MESSAGE),  # no file reference
@@ -91,6 +92,13 @@ def test_chat_field_checks(fields: dict[str, object], code: int) -> None:
     with pytest.raises(ProtocolError) as exc:
         rules.check_chat("alice", _chat(**fields), max_body=100)
     assert exc.value.code == code and not exc.value.fatal
+
+
+def test_a_file_chat_in_a_group_passes_the_field_checks() -> None:
+    ref = im_pb2.FileRef(id="F" * 22, size=10, checksum="a" * 64)
+    chat = _chat(dest_type=im_pb2.GROUP, dest_id="00aa11bb22cc33dd", msg_type=im_pb2.FILE)
+    chat.file.CopyFrom(ref)
+    rules.check_chat("alice", chat, max_body=100)
 
 
 def test_a_body_of_exactly_the_limit_passes_and_stamps_are_cleared() -> None:

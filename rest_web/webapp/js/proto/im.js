@@ -171,6 +171,7 @@ const TABLES = {
       [9, "peer_read_seq", "uint64", "", ""],
       [10, "peer_delivered_seq", "uint64", "", ""],
       [11, "unread", "uint32", "", ""],
+      [12, "head_only", "bool", "", ""],
     ],
   },
   "CaughtUp": {
