@@ -12,7 +12,7 @@ Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 """
 
 from client.core import IMClient, befriend
-from client.events import Event, Message, Receipt, ServerError
+from client.events import Event, Message, Presence, Receipt, ServerError, Typing
 from client.files import FileCheckError, FileInfo
 from client.history import Conversation, ConversationInfo
 from client.rest import FriendRequests, RestClient, RestError
@@ -26,9 +26,11 @@ __all__ = [
     "FriendRequests",
     "IMClient",
     "Message",
+    "Presence",
     "Receipt",
     "RestClient",
     "RestError",
     "ServerError",
+    "Typing",
     "befriend",
 ]

@@ -75,4 +75,27 @@ class GroupReceipt:
     read: int
 
 
-Event = Message | Receipt | ServerError | GroupReceipt
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """``user_id`` is typing in ``conv_id`` (or stopped). Ephemeral: a start holds for
+    :data:`TYPING_HOLDS` seconds unless repeated, so an app clears it by itself when no stop
+    comes (the typist's connection may just have gone)."""
+
+    conv_id: str
+    user_id: str
+    typing: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A friend's presence: ``online`` (any device connected) or not, and when the last device
+    left (``last_seen``, ms since the epoch; 0 when unknown or hidden by the friend)."""
+
+    user_id: str
+    online: bool
+    last_seen: int = 0
+
+
+TYPING_HOLDS = 6.0  # seconds a typing start lasts without a repeat (proto/im.proto Typing)
+
+Event = Message | Receipt | ServerError | GroupReceipt | Typing | Presence

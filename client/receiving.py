@@ -23,7 +23,7 @@ from pathlib import Path
 
 from client import sync as S
 from client.bodies import open_chat
-from client.events import Event, GroupReceipt, Message, Receipt, ServerError
+from client.events import Event, GroupReceipt, Message, Presence, Receipt, ServerError, Typing
 from client.files import download_file
 from client.history import Conversation, StoredChat
 from client.rest import RestError
@@ -90,8 +90,20 @@ class Receiving(Sending):
             g = env.group_receipt
             await self._events.put(GroupReceipt(g.conv_id, g.seq, g.members, g.delivered, g.read))
             return
+        elif kind == "typing":
+            t = env.typing
+            if t.user_id and t.user_id != self.user_id and not self._events.full():
+                # ephemeral: with the app behind on its events, a typing notice is dropped
+                # rather than hold the link's reader
+                self._events.put_nowait(Typing(t.conv_id, t.user_id, t.typing))
+            return
+        elif kind == "presence":
+            pr = env.presence
+            online = pr.state == im_pb2.ONLINE
+            await self._events.put(Presence(pr.user_id, online, 0 if online else pr.last_seen))
+            return
         else:
-            return  # presence, typing: not surfaced yet
+            return
         await self._apply(effects, may_wait=False)
 
     async def _on_chat(self, chat: im_pb2.ChatMsg) -> None:

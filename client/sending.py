@@ -41,6 +41,18 @@ class Sending(AccountCalls):
             raise IMError(f"{to!r} is not a friend (no pair key)")
         return to, key
 
+    def send_typing(self, conv_id: str, typing: bool = True) -> bool:
+        """Tell ``conv_id``'s other side (a friend, a group's members) this user is typing, or
+        stopped. Ephemeral: nothing is stored or resent, a start holds about 6 s, so repeat it
+        every few seconds while typing (the server rate-limits faster repeats). False when
+        offline: there is nobody to tell then."""
+        link = self._conn.link
+        if link is None or not self._conn.up or not conv_id:
+            return False
+        body = im_pb2.Typing(conv_id=conv_id, typing=typing)
+        link.send_control(im_pb2.Envelope(typing=body))
+        return True
+
     async def send_text(self, to: str, text: str) -> int:
         """Seal, keep in the outbox and send; returns the message id that receipts will name.
         Waits while the outbox is full. Raises only when this client was never connected."""

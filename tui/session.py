@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client import IMClient, Message, Receipt, RestError
+from client import IMClient, Message, Presence, Receipt, RestError, Typing
 from client.events import GroupReceipt
 from common.errors import IMError
 from common.link import Link
@@ -56,14 +56,9 @@ class TypingClient(IMClient):
             return
         await super().on_envelope(env)
 
-    def send_typing(self, conv_id: str, typing: bool) -> bool:
-        """Say "typing" (or stopped) in ``conv_id``; False when it cannot go (offline, or the
-        connector does not take Typing)."""
-        link = self.link
-        if not self.typing_ok or link is None or not self.connected:
-            return False
-        link.send_control(im_pb2.Envelope(typing=im_pb2.Typing(conv_id=conv_id, typing=typing)))
-        return True
+    def send_typing(self, conv_id: str, typing: bool = True) -> bool:
+        """The library's, unless this link's connector refused a Typing already."""
+        return self.typing_ok and super().send_typing(conv_id, typing)
 
 
 def is_typing_refusal(err: im_pb2.Error) -> bool:
@@ -139,6 +134,11 @@ class Session:
                 conv = m.on_receipt(ev)
             elif isinstance(ev, GroupReceipt):
                 conv = m.on_group_receipt(ev)
+            elif isinstance(ev, Typing):
+                self._typing(ev.conv_id, ev.user_id, ev.typing)
+                continue
+            elif isinstance(ev, Presence):
+                continue  # the list shows no presence yet
             elif ev.code == "UNREADABLE":
                 conv = m.add_unreadable(ev)
             else:
