@@ -39,6 +39,7 @@ from transfer.server import Transfer
 from user_status.base import StatusBackend
 from user_status.groupnotice import GroupNoticeBus, create_notice_bus
 from user_status.heartbeat import LiveNodes
+from user_status.presence import Presence, create_presence
 from user_status.relations import RelationReader
 from user_status.revocation import RevocationBus, RevocationReader, create_bus
 
@@ -69,6 +70,7 @@ class Stack:
     connector: Connector | None = None
     revocations: RevocationBus | None = None
     group_notices: GroupNoticeBus | None = None
+    presence: Presence | None = None
     rest_port: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _rest: uvicorn.Server | None = None
@@ -106,6 +108,9 @@ class Stack:
             self.revocations = await create_bus(s.redis_url, s.redis_prefix)
             # REST nudges connectors after a group's membership changes (the same way)
             self.group_notices = await create_notice_bus(s.redis_url, s.redis_prefix)
+        if self.status is not None and self.roles & {"rest", "connector"}:
+            # friends' presence: connectors tell it, REST tells a privacy switch (Redis or here)
+            self.presence = await create_presence(self.status, self.db, s.redis_url, s.redis_prefix)
         if "writer" in self.roles and self.timeline is not None:
             appender = TimelineWriter(self.timeline, timeline_store)
             self._tasks.append(asyncio.create_task(appender.run(), name="timeline-writer"))
@@ -138,6 +143,7 @@ class Stack:
                 kicks=self.ops.kicks,
                 group_notices=self.group_notices,
                 before_send=self.ops.message_check(),
+                presence=self.presence,
             )
             await self.connector.start()
         if "rest" in self.roles:
@@ -168,6 +174,7 @@ class Stack:
                 groups=group_store,
             )
             app.state.group_notices = self.group_notices  # rest_web/group_routes.py
+            app.state.presence = self.presence  # rest_web/privacy.py
             self._tasks.append(asyncio.create_task(file_service.janitor(), name="file-janitor"))
             config = uvicorn.Config(
                 app,
@@ -243,6 +250,8 @@ class Stack:
             await self.revocations.close()
         if self.group_notices is not None:
             await self.group_notices.close()
+        if self.presence is not None:
+            await self.presence.close()
         if self.db is not None:
             await self.db.close()
 

@@ -42,12 +42,13 @@ ALLOWED: dict[str, frozenset[State]] = {
     "chat": _AUTH,
     "cursor": _AUTH,
     "sync": _AUTH,
+    "typing": _AUTH,
     "link_ack": _AUTH,
     "ping": frozenset({State.CONNECTED, State.AUTHENTICATED}),
     "pong": frozenset({State.CONNECTED, State.AUTHENTICATED}),
 }
 # known to the schema, but not taken from a client yet: refused without closing once greeted
-UNSUPPORTED = frozenset({"typing"})
+UNSUPPORTED: frozenset[str] = frozenset()
 
 
 def check(state: State, kind: str | None) -> None:

@@ -15,12 +15,19 @@ Rules it keeps (the sessions' own are in connector/session.py):
   chat is in its conversation's timeline before anyone hears of it, so a device that misses a
   push (slow, reconnecting, a transfer link lost) learns the head from a listing and Syncs;
 - when the registry had lost this connector, or a transfer link came or went, every session
-  lists again.
+  lists again;
+- typing goes only to a conversation the user may post in (a friend's pair, a group where the
+  user is a member and not muted), with the same checks and caches as a chat, on to the
+  conversation's transfer as a control frame; a session that ends with starts still live has
+  their stops sent for it. Presence (connector/signals.py, user_status/presence.py): a device
+  that comes online hears its friends' presence, and each device coming or going here has its
+  user's presence worked out and, when it changed, published to the friends' connectors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Coroutine
@@ -28,7 +35,7 @@ from typing import Any, Protocol
 
 from common.admission import PreAuthLimits
 from common.config import Settings
-from common.convid import group_conv_id
+from common.convid import GROUP, group_conv_id, parse_conv_id
 from common.errors import BackendError, IMError, ProtocolError
 from common.files import group_recipient
 from common.link import Link, LinkConfig, serve_links
@@ -39,12 +46,14 @@ from connector.catchup import StoreReader
 from connector.clientsession import ClientSession, Counters
 from connector.groupaccess import GroupAccess, is_group_conv
 from connector.groupnotices import NoticeFollower
+from connector.signals import PresenceShell
 from connector.transfers import TransferLinks, TransferSource, static_transfers
 from hooks import Verdict, events
 from proto import im_pb2
 from user_status.groupnotice import GroupNoticeBus
 from user_status.heartbeat import keep_alive
 from user_status.kick import KickBus
+from user_status.presence import Presence
 from user_status.revocation import RevocationBus
 
 log = logging.getLogger(__name__)
@@ -112,6 +121,7 @@ class Connector:
         kicks: KickBus | None = None,
         group_notices: GroupNoticeBus | None = None,
         before_send: MessageCheck | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -134,6 +144,8 @@ class Connector:
         # None: no hook is configured, and a chat pays nothing for it
         self.before_send = before_send
         self.revoked = RevokedSet()
+        # None: no presence is told (typing needs nothing more than the transfers)
+        self.presence = None if presence is None else PresenceShell(presence, self.sessions_of)
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self.transfers = TransferLinks(
             settings,
@@ -161,7 +173,11 @@ class Connector:
             old.close(ProtocolError("signed in again elsewhere", code=im_pb2.REPLACED, fatal=True))
 
     def unregister(self, s: ClientSession) -> bool:
-        """Remove ``s`` if it is still the device's session; False if a newer one replaced it."""
+        """Remove ``s`` if it is still the device's session; False if a newer one replaced it.
+        Either way the stops of its typing starts that still last go out."""
+        stops = s.rules.typing_stops(asyncio.get_running_loop().time())
+        if stops:
+            self._spawn(self._send_stops(stops))
         devices = self._sessions.get(s.user_id)
         if devices is None or devices.get(s.device_id) is not s:
             return False
@@ -207,10 +223,17 @@ class Connector:
             raise ProtocolError("token revoked", code=im_pb2.BAD_TOKEN, fatal=True)
 
     async def online(self, s: ClientSession) -> None:
+        """A device came online here: route to it, tell it its friends' presence, and work out
+        its user's."""
         await self.status.online(s.user_id, s.device_id, self.node_id)
+        if self.presence is not None:
+            self.presence.moved(s.user_id)
+            self._spawn(self.presence.greet(s))
 
     async def offline(self, s: ClientSession) -> None:
         await self.status.offline(s.user_id, s.device_id, self.node_id)
+        if self.presence is not None:
+            self.presence.moved(s.user_id)
 
     async def check_chat(self, user_id: str, chat: im_pb2.ChatMsg) -> None:
         if chat.dest_type == im_pb2.GROUP:
@@ -259,10 +282,40 @@ class Connector:
             )
 
     async def forward(self, env: im_pb2.Envelope, key: str) -> None:
+        if env.WhichOneof("body") == "typing":
+            await self._check_typing(env.typing)
+            self._send_typing(env)
+            return
         if env.WhichOneof("body") == "record" and is_group_conv(env.record.cursor.conv_id):
             cursor = env.record.cursor  # filled in by the rules: the session's own user
             await self.groups.check_reader(cursor.conv_id, cursor.user_id)
         await self.transfers.forward(env, key)
+
+    async def _check_typing(self, typing: im_pb2.Typing) -> None:
+        """Typing only where the user may post: a friend's pair, a group it is in unmuted."""
+        ref = parse_conv_id(typing.conv_id)  # the rules let only conversation ids through
+        if ref.dest_type == GROUP:
+            await self.groups.check_post(typing.conv_id, typing.user_id)
+        else:
+            await self._check_friends(typing.user_id, ref.peer_of(typing.user_id))
+
+    async def _send_stops(self, stops: list[im_pb2.Envelope]) -> None:
+        """A closed session's stops, checked like its starts were (a start that was refused,
+        to a stranger, leaves a stop that must be refused too)."""
+        for env in stops:
+            # refused, or no transfer: nothing to stop, or the receiver's TTL clears it
+            with contextlib.suppress(ProtocolError):
+                await self._check_typing(env.typing)
+                self._send_typing(env)
+
+    def _send_typing(self, env: im_pb2.Envelope) -> None:
+        """Typing to its conversation's transfer as a control frame, now or never (a typing
+        notice that waited for a link would be stale when it came)."""
+        handler = self.transfers.pick_handler(env.typing.conv_id)
+        link = None if handler is None else handler.link
+        if link is None or link.closing:
+            raise ProtocolError("no transfer available, retry later", code=im_pb2.INTERNAL)
+        link.send_control(env)
 
     async def is_revoked(self, claims: Claims) -> bool:
         """Revoked as far as we know: published to us, or in the database. A database that does
@@ -325,7 +378,9 @@ class Connector:
         """The registry had lost this connector (first beat, lapse, Redis restarted empty):
         record every session again; fanouts meant for them went nowhere meanwhile, so list."""
         for session in self.all_sessions():
-            await self.online(session)
+            await self.status.online(session.user_id, session.device_id, self.node_id)
+            if self.presence is not None:
+                self.presence.moved(session.user_id)
             session.request_relist(random.uniform(0.0, RELIST_SPREAD))
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -385,6 +440,9 @@ class Connector:
             )
             self._spawn(self.notices.run())
         self._spawn(self.transfers.watch())
+        if self.presence is not None:
+            self._spawn(self.presence.work())
+            self._spawn(self.presence.follow())
         # serve once a transfer link is up: transfers started beside us may not be in the
         # registry at the first look, so keep looking (the watcher adds them) for a while
         for _ in range(max(1, int(wait_transfers / 0.05))):
@@ -420,6 +478,8 @@ class Connector:
         waits = [asyncio.ensure_future(link.wait_closed()) for link in links]
         if waits:
             await asyncio.wait(waits, timeout=grace)
+        if self.presence is not None:
+            await self.presence.drain(min(grace, 2.0))
         try:
             await self.status.leave("connector", self.node_id)
         except IMError as exc:

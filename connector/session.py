@@ -17,7 +17,12 @@ so every rule is tested without sockets (tests/test_session_rules.py). Why the r
 - a chat's id must carry the device's slot, so the device that sent a chat is known when its
   commit comes back (it gets SENT, every other device the chat);
 - each kind of client frame has its own bound: chats a token bucket, cursors one at 4x the rate
-  (a device repeats them freely), syncs at most :data:`MAX_SYNCS` at once.
+  (a device repeats them freely), syncs at most :data:`MAX_SYNCS` at once, typing starts a
+  bucket per conversation and one per session (connector/signals.py; excess dropped unsaid);
+- typing from the client is checked here (its user, its conversation) and forwarded like a
+  cursor, but as a control frame; typing and presence from a transfer or the presence bus go
+  to the device: typing as a control frame (never retransmitted: it is stale by then), presence
+  through the outbox, and the device never hears its own user's typing.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from common.ids import route_key, slot_of
 from common.tokens import NO_SLOT, Claims
 from connector import rules
 from connector.rules import State, SyncRange
+from connector.signals import TypingLimiter, check_typing
 from proto import im_pb2
 
 MAX_SYNCS = 16  # syncs one session may have running at once
@@ -245,6 +251,7 @@ class SessionRules:
         self._cursors = TokenBucket(limits.rate * factor, limits.burst * factor, now)
         factor = SYNC_RATE_FACTOR
         self._syncs = TokenBucket(limits.rate * factor, limits.burst * factor, now)
+        self.typing = TypingLimiter(now)
         self.listing = False  # a listing is running
         self._relist_wanted = False  # asked for while one ran: list again when it ends
         self._list_from = 0  # the `since` (before slack) of the next listing
@@ -253,6 +260,7 @@ class SessionRules:
             "chat": self._chat,
             "cursor": self._cursor,
             "sync": self._sync,
+            "typing": self._typing,
             "ping": _nothing,
             "pong": _nothing,
             "link_ack": _nothing,
@@ -348,6 +356,20 @@ class SessionRules:
         self.syncs += 1
         return [StartSync(rng)]
 
+    def _typing(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
+        typing = check_typing(self.user_id, env.typing)
+        if not self.typing.admit(typing.conv_id, typing.typing, now):
+            return []  # over the rate, or a stop with no start: a hint, dropped unsaid
+        return [Forward(im_pb2.Envelope(typing=typing), typing.conv_id)]
+
+    def typing_stops(self, now: float) -> list[im_pb2.Envelope]:
+        """The stops this session owes as it ends: one per conversation its start still lasts
+        in, so the other side does not see it typing for the rest of the TTL."""
+        return [
+            im_pb2.Envelope(typing=im_pb2.Typing(conv_id=c, user_id=self.user_id, typing=False))
+            for c in self.typing.live(now)
+        ]
+
     # -- work the shell did ----------------------------------------------------------------------
 
     def sync_done(self) -> None:
@@ -406,7 +428,15 @@ class SessionRules:
             return [Push(im_pb2.Envelope(chat=chat))]
         if kind == "cursor":
             return [Push(im_pb2.Envelope(cursor=fanout.cursor))]
-        return []  # typing, presence, group receipts: not served yet
+        if kind == "typing":
+            if fanout.typing.user_id == self.user_id:
+                return []  # the user's own typing, on another device: nothing to show
+            return [SendControl(im_pb2.Envelope(typing=fanout.typing))]
+        if kind == "presence":
+            if fanout.presence.user_id == self.user_id:
+                return []
+            return [Push(im_pb2.Envelope(presence=fanout.presence))]
+        return []  # group receipts: not served yet
 
 
 def _nothing(env: im_pb2.Envelope, now: float) -> list[Effect]:

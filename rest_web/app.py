@@ -56,7 +56,7 @@ from groups.store import GroupStore, SQLGroupStore
 from hooks import Webhooks, events
 from rest_web import admin as admin_routes
 from rest_web import files as file_routes
-from rest_web import friend_routes, group_routes, ops_routes
+from rest_web import friend_routes, group_routes, ops_routes, privacy
 from rest_web import timeline_routes as history_routes
 from rest_web.devices import DeviceSlots, SlotsExhausted
 from rest_web.files import FileService
@@ -469,7 +469,8 @@ def create_app(
         token = signer.issue(me.user_id, settings.token_ttl, device_id=me.device_id, slot=slot)
         return PasswordOut(token=token, expires_at=signer.verify(token).expires, slot=slot)
 
-    friend_routes.add_routes(app, caller, store, emit)
+    # /me/privacy, and new friends told each other's presence (rest_web/privacy.py)
+    friend_routes.add_routes(app, caller, store, privacy.add_routes(app, caller, store, emit))
 
     history_routes.add_routes(app, caller, timeline)
     group_routes.add_routes(app, caller, groups, timeline, emit)

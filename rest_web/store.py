@@ -135,6 +135,14 @@ _STEPS["mysql"].append(
     ]
 )
 
+# step 5: who sees the user's presence (user_status/presence.py): "friends" (the default) or
+# "hidden" (offline with no last seen, to everyone). One statement, so the step cannot be left
+# half done; a column of im_user, so deleting the account deletes the setting with it.
+_PRESENCE = "ALTER TABLE im_user ADD COLUMN presence VARCHAR(16) NOT NULL DEFAULT 'friends'"
+_STEPS["sqlite"].append([_PRESENCE])
+_STEPS["mysql"].append([_PRESENCE])
+PRESENCE_SETTINGS = ("friends", "hidden")
+
 
 def migrations(dialect: str) -> list[list[str]]:
     """The migration steps for ``dialect`` ("sqlite" or "mysql"), oldest first."""
@@ -237,6 +245,20 @@ class UserStore:
             (password_hash, user_id, password_hash),
         )
         return changed == 1
+
+    async def presence_setting(self, user_id: str) -> str | None:
+        """Who sees the user's presence (:data:`PRESENCE_SETTINGS`); None: no such user."""
+        row = await self._db.fetchone("SELECT presence FROM im_user WHERE user_id = ?", (user_id,))
+        return None if row is None else str(row[0])
+
+    async def set_presence_setting(self, user_id: str, setting: str) -> bool:
+        """Set it; False if there is no such user. Only :data:`PRESENCE_SETTINGS` are taken."""
+        if setting not in PRESENCE_SETTINGS:
+            raise ValueError(f"presence is one of {PRESENCE_SETTINGS}")
+        await self._db.execute(
+            "UPDATE im_user SET presence = ? WHERE user_id = ?", (setting, user_id)
+        )
+        return await self.presence_setting(user_id) is not None
 
     async def add_relation(self, a: str, b: str) -> str:
         """Make ``a`` and ``b`` friends; the pair's key, new or the one it already had."""

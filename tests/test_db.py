@@ -290,7 +290,7 @@ async def test_require_schema_refuses_an_older_schema(db: Database) -> None:
 
 
 MIGRATED = [
-    "users: version 0 -> 4",
+    "users: version 0 -> 5",
     "files: version 0 -> 1",
     "admin: version 0 -> 1",
     "devices: version 0 -> 1",
@@ -299,7 +299,7 @@ MIGRATED = [
     "offline: no im_offline table, nothing to import",  # a fresh install never gets one
 ]
 UP_TO_DATE = [
-    "users: version 4 (up to date)",
+    "users: version 5 (up to date)",
     "files: version 1 (up to date)",
     "admin: version 1 (up to date)",
     "devices: version 1 (up to date)",

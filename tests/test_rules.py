@@ -41,16 +41,22 @@ def test_second_greet_is_refused_but_not_fatal() -> None:
     assert exc.value.code == im_pb2.ALREADY_GREETED and not exc.value.fatal
 
 
-def test_greeted_clients_send_chat_cursor_sync_and_keep_alives() -> None:
-    for kind in ("chat", "cursor", "sync", "ping", "pong", "link_ack"):
+def test_greeted_clients_send_chat_cursor_sync_typing_and_keep_alives() -> None:
+    for kind in ("chat", "cursor", "sync", "typing", "ping", "pong", "link_ack"):
         rules.check(State.AUTHENTICATED, kind)
+
+
+def test_typing_before_greet_is_not_authenticated_and_fatal() -> None:
+    with pytest.raises(ProtocolError) as exc:
+        rules.check(State.CONNECTED, "typing")
+    assert exc.value.code == im_pb2.NOT_AUTHENTICATED and exc.value.fatal
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["typing", "ack", "welcome", "error", "fanout", "record", "sync_done", "conv_state", None],
+    ["ack", "welcome", "error", "fanout", "record", "sync_done", "conv_state", "presence", None],
 )
-def test_server_bodies_typing_and_acks_are_unknown_and_not_fatal_once_greeted(
+def test_server_bodies_and_acks_are_unknown_and_not_fatal_once_greeted(
     kind: str | None,
 ) -> None:
     with pytest.raises(ProtocolError) as exc:

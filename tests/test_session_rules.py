@@ -111,7 +111,7 @@ def test_a_new_device_lists_everything() -> None:
         (greet(device="x" * 65), "BAD_MESSAGE"),
         (chat_env(1), "NOT_AUTHENTICATED"),
         (im_pb2.Envelope(sync=im_pb2.Sync(conv_id=CONV)), "NOT_AUTHENTICATED"),
-        (im_pb2.Envelope(typing=im_pb2.Typing(conv_id=CONV)), "UNKNOWN_TYPE"),
+        (im_pb2.Envelope(typing=im_pb2.Typing(conv_id=CONV)), "NOT_AUTHENTICATED"),
         (im_pb2.Envelope(), "UNKNOWN_TYPE"),
     ],
 )
@@ -145,10 +145,8 @@ def test_chat_refusals_are_not_fatal() -> None:
     assert code_of(m, chat_env(ids(), from_id="bob")) == ("SPOOFED_SENDER", False)
     assert code_of(m, chat_env(ids(), body=b"x" * 3073)) == ("TOO_LARGE", False)
     assert code_of(m, greet()) == ("ALREADY_GREETED", False)
-    assert code_of(m, im_pb2.Envelope(typing=im_pb2.Typing(conv_id=CONV))) == (
-        "UNKNOWN_TYPE",
-        False,
-    )
+    spoofed = im_pb2.Typing(conv_id=CONV, user_id="bob", typing=True)
+    assert code_of(m, im_pb2.Envelope(typing=spoofed)) == ("SPOOFED_SENDER", False)
     ack = im_pb2.AckMsg(ack_type=im_pb2.READ, ack_msg_id=1)
     assert code_of(m, im_pb2.Envelope(ack=ack)) == ("UNKNOWN_TYPE", False)
 
@@ -280,8 +278,12 @@ def test_cursors_are_pushed_and_nothing_reaches_a_session_not_greeted() -> None:
     assert machine().deliver(fanout) == []
     m, _ = greeted()
     assert m.deliver(fanout) == [Push(im_pb2.Envelope(cursor=cursor))]
-    typing = im_pb2.Fanout(users=["alice"], typing=im_pb2.Typing(conv_id=CONV))
-    assert m.deliver(typing) == []
+    typing = im_pb2.Typing(conv_id=CONV, user_id="bob", typing=True)
+    # a peer's typing is a control frame (never retransmitted); the user's own is not shown
+    (eff,) = m.deliver(im_pb2.Fanout(users=["alice"], typing=typing))
+    assert isinstance(eff, SendControl) and eff.env.typing == typing
+    own = im_pb2.Typing(conv_id=CONV, user_id="alice", typing=True)
+    assert m.deliver(im_pb2.Fanout(users=["alice"], typing=own)) == []
 
 
 def test_the_outbox_bounds_live_pushes_and_keeps_half_for_them() -> None:

@@ -28,7 +28,10 @@ Rules it keeps:
 - nothing is stored here and nothing is retried here: a fanout lost with a connector's link is
   dropped, since that connector has every session re-list its conversations when it links
   again, and devices Sync what they lack;
-- routing lookups go through a cache that a user's move invalidates (user_status/cache.py).
+- routing lookups go through a cache that a user's move invalidates (user_status/cache.py);
+- a connector's typing (a control frame, its user filled in and checked there) goes to the
+  connectors of the other side's devices as ``Fanout{typing}`` (transfer/typing.py), beside the
+  chats and never through the timeline.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from timeline.queue import TimelineQueue, record_problem
 from transfer.groupfanout import GroupFanout
 from transfer.members import GroupView, MemberCache, span_budget
 from transfer.serial import KeyedSerial
+from transfer.typing import TypingRouter
 from user_status.base import StatusBackend
 from user_status.cache import RouteCache
 from user_status.heartbeat import keep_alive
@@ -105,6 +109,8 @@ class ConnectorLink:
                 await self.t.on_chat(env.chat, self.node_id)
             elif kind == "record":
                 await self.t.on_record(env.record, self.node_id)
+            elif kind == "typing":
+                self.t.on_typing(env.typing)
             elif kind == "error":
                 log_peer_error(log, link, env)
             else:
@@ -180,6 +186,7 @@ class Transfer:
             self.links,
             settings.node_frame_limit(),
         )
+        self.typing = TypingRouter(group_view or _NoGroups(), self.fan_out)
         self.link_config = LinkConfig.from_settings(settings, node=True)
         self._commits: set[asyncio.Task[None]] = set()
         self._cursors: set[asyncio.Task[None]] = set()
@@ -382,6 +389,13 @@ class Transfer:
         except IMError as exc:
             log.warning("cursor fanout of %s lost: %s", moved.user_id, exc)
 
+    # -- typing ------------------------------------------------------------------------------
+
+    def on_typing(self, typing: im_pb2.Typing) -> None:
+        if not typing.user_id or not typing.conv_id:
+            raise ProtocolError("typing without its user or conversation", code=im_pb2.BAD_MESSAGE)
+        self.typing.take(typing)
+
     # -- fanout ------------------------------------------------------------------------------
 
     async def fan_out(
@@ -488,6 +502,7 @@ class Transfer:
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
         await self.groups.close()
+        await self.typing.close()
         drainer = [self._drainer] if self._drainer is not None else []
         for task in (*self._commits, *self._cursors, *drainer):
             task.cancel()
