@@ -4,7 +4,7 @@ States: CONNECTED (socket open, no identity) -> AUTHENTICATED (GREET accepted) -
 Before GREET only GREET and keep-alives are accepted (anything else is fatal: the peer is not
 speaking the protocol); after it, chat, cursor, sync and keep-alives (a second GREET is refused
 but not fatal). Bodies only servers send, ``ack`` among them (receipts travel as cursors now),
-are an unknown type; ``typing`` is not supported yet (UNKNOWN_TYPE, not fatal).
+are an unknown type. ``typing`` is taken once greeted (connector/signals.py checks and limits it).
 
 Every refusal is a :class:`common.errors.ProtocolError` carrying its wire code, so the link
 answers with an ERROR frame naming it.

@@ -22,7 +22,7 @@ from test_e2e import PW, expect, messages, rest_url, stack_settings
 from textual.widgets import Input, OptionList, Static
 
 from cli.stack import Stack
-from client import IMClient, Message, Receipt
+from client import IMClient, Message, Receipt, Typing
 from proto import im_pb2
 from tui.screens import ChatApp, ChatScreen, LoginScreen, MessageLog
 from tui.session import Options
@@ -96,17 +96,21 @@ async def test_tui_requests_chat_receipts_history_typing(tmp_path: Path) -> None
             await bob.send_read(reply)
             await until(lambda: "me: hello bob  [read]" in screen.lines_text())
 
-            # typing: the app's Typing went and the connector refused it quietly ...
-            await until(lambda: not session.client.typing_ok)
-            assert "UNKNOWN_TYPE" not in session.note
-            # ... and a Typing pushed to the app shows, then goes when it stops
-            push = im_pb2.Typing(conv_id=conv.conv_id, user_id="bob", typing=True)
-            await session.client.on_envelope(im_pb2.Envelope(typing=push))
+            # typing, both ways through the server: the app's Typing (it went while alice
+            # typed her reply) reached bob's library client, and bob's shows on the screen,
+            # then goes when he stops
+            session._typing_sent.clear()  # the reply's start was under TYPING_EVERY ago
+            await pilot.press(*"typing")
+            ev = await expect(bob, Typing, timeout=10)
+            assert isinstance(ev, Typing) and (ev.user_id, ev.conv_id) == ("alice", conv.conv_id)
+            assert session.client.typing_ok
             typing = screen.query_one("#typing", Static)
+            assert bob.send_typing(conv.conv_id, True)
             await until(lambda: "bob is typing…" in str(typing.content))
-            push.typing = False
-            await session.client.on_envelope(im_pb2.Envelope(typing=push))
+            assert bob.send_typing(conv.conv_id, False)
             await until(lambda: str(typing.content) == "")
+            for _ in range(6):
+                await pilot.press("backspace")
 
             # history: 25 more from bob; the app keeps the newest 20 and follows the bottom;
             # scrolling up to the top pages the rest in from REST

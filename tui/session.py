@@ -1,11 +1,10 @@
 """The asyncio glue between the client library and the terminal: events in, model updated,
 the screen told; the user's actions out as library calls.
 
-Typing: the library does not surface Typing frames nor send them (``IMClient.on_envelope``
-drops them), so :class:`TypingClient` adds both on top of its public surface: it sees every
-frame first through ``on_envelope`` and sends a Typing as a control frame on ``link``. Today's
-connector refuses a client's Typing (UNKNOWN_TYPE, not fatal, docs/protocol.md): the first such
-refusal turns typing off for that link, silently, and a new link tries again.
+Typing: the library sends it (``IMClient.send_typing``) and surfaces the other side's as
+``Typing`` events; :class:`TypingClient` only adds that a connector which refuses a Typing
+(UNKNOWN_TYPE, an older server) turns typing off for that link, silently, and a new link
+tries again.
 
 Friend requests and group membership have no push: they are polled every ``poll_every``
 seconds (one small REST call each), as are group read-by counts of the open group.
@@ -35,9 +34,9 @@ READ_BY_LINES = 10  # own lines of the open group whose read-by is polled
 
 
 class TypingClient(IMClient):
-    """An IMClient that also sends and surfaces Typing (module docstring)."""
+    """An IMClient that stops sending Typing to a connector that refuses it (module
+    docstring)."""
 
-    on_typing: Callable[[str, str, bool], None] | None = None
     typing_ok = True  # False once this link's connector refused a Typing
 
     def welcomed(self, link: Link, welcome: im_pb2.Welcome) -> None:
@@ -45,13 +44,7 @@ class TypingClient(IMClient):
         super().welcomed(link, welcome)
 
     async def on_envelope(self, env: im_pb2.Envelope) -> None:
-        kind = env.WhichOneof("body")
-        if kind == "typing":
-            t = env.typing
-            if self.on_typing is not None and t.user_id and t.user_id != self.user_id:
-                self.on_typing(t.conv_id, t.user_id, t.typing)
-            return
-        if kind == "error" and is_typing_refusal(env.error):
+        if env.WhichOneof("body") == "error" and is_typing_refusal(env.error):
             self.typing_ok = False
             return
         await super().on_envelope(env)
@@ -85,7 +78,6 @@ class Session:
         self.client = TypingClient(
             opts.rest_url, opts.user, opts.password, device_id=opts.device_id
         )
-        self.client.on_typing = self._typing
         self.model = Model(self.client.user_id, max_lines=opts.max_lines)
         self.changed = changed
         self.open_conv = ""
