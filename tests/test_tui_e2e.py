@@ -23,7 +23,6 @@ from textual.widgets import Input, OptionList, Static
 
 from cli.stack import Stack
 from client import IMClient, Message, Receipt, Typing
-from proto import im_pb2
 from tui.screens import ChatApp, ChatScreen, LoginScreen, MessageLog
 from tui.session import Options
 
