@@ -119,6 +119,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    if args.hosts:
+        from cli.chaoshosts import cmd_chaos_hosts
+
+        return cmd_chaos_hosts(args)
     from cli import chaos
 
     settings = _settings(args)
@@ -257,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-share", type=float, default=0.25, help="share of --rate sent to groups"
     )
     ch.add_argument("--json", action="store_true", help="last line: one JSON object")
+    ch.add_argument("--hosts", type=int, default=0, help="N>=3 test hosts, network faults (root)")
+    ch.add_argument("--fault-every", type=float, default=20.0, help="--hosts: s between faults")
     ch.set_defaults(func=cmd_chaos)
 
     d = sub.add_parser("demo", help="simulated users chat; checks every receipt")

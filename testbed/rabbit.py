@@ -252,6 +252,37 @@ class RabbitCluster:
                 self.restart(host)
         self.wait_running(list(self.nodes))
 
+    def queues_whole(self, host: str) -> list[str]:
+        """Quorum queues, as the node on ``host`` lists them, with a member not online (a node
+        back in the cluster may still be catching its members up): empty when all are whole."""
+        out = self.ctl(
+            host, "list_queues", "name", "type", "members", "online", "--formatter", "json"
+        )
+        return [
+            str(row.get("name"))
+            for row in json.loads(out)
+            if row.get("type") == "quorum"
+            and sorted(row.get("online") or []) != sorted(row.get("members") or [])
+        ]
+
+    def wait_queues_whole(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every quorum queue has every member online, asked of the first live node:
+        until then one more lost node could leave a queue without its majority."""
+        deadline = time.monotonic() + timeout
+        lagging: list[str] = ["?"]
+        while True:
+            alive = self.alive()
+            if alive:
+                try:
+                    lagging = self.queues_whole(alive[0])
+                except (TestbedError, ValueError):
+                    lagging = ["?"]
+                if not lagging:
+                    return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"rabbitmq quorum queues not whole: {lagging}")
+            time.sleep(0.5)
+
     def quorum_members(self, host: str, queue: str) -> list[str]:
         """Hosts holding a member of quorum queue ``queue``, as the node on ``host`` says."""
         out = self.ctl(host, "list_queues", "name", "type", "members", "--formatter", "json")
