@@ -19,6 +19,7 @@ import sys
 import pytest
 from conftest import require_service
 
+from cli.chaos import VIOLATIONS
 from cli.chaoshosts import disorder_samples, layout, missing, ok
 from testbed.netns import list_namespaces
 from workload.devices import DeviceLog
@@ -41,12 +42,14 @@ ZERO = (
 
 def clean_report() -> dict[str, object]:
     """What a run that passed reports, for the verdict tests."""
-    report: dict[str, object] = {k: 0 for k in ZERO}
+    report: dict[str, object] = {k: 0 for k in (*ZERO, *VIOLATIONS)}  # group keys: no groups
     report.update(
         {
             "acked": 5,
             "device_deliveries": 10,
             "device_deliveries_expected": 10,
+            "group_deliveries": 0,
+            "group_deliveries_expected": 0,
             "read_cursors_checked": 4,
             "settled": True,
             "faults": {k: 1 for k in KINDS},

@@ -560,7 +560,7 @@ async def test_a_body_that_fails_to_open_is_reported_never_shown(stack: Stack) -
         moved = seal(alice.friends["bob"], 5, "alice", "bob", b"moved")  # sealed for id 5
         for msg_id, body in ((5, wrong_key), (6, moved), (7, b"\x01garbage")):
             await alice._link.send(raw_chat(msg_id, "alice", "bob", body))
-            ev = await bob.next_event(5)
+            ev = await expect(bob, ServerError, timeout=5)  # past friends' presence
             assert isinstance(ev, ServerError) and ev.code == "UNREADABLE", ev
         with pytest.raises(TimeoutError):
             await expect(bob, Message, timeout=0.5)
