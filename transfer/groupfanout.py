@@ -9,39 +9,36 @@ Why it is built so:
   is sent the chat naming its users, in frames of at most :data:`CHUNK_USERS` users and of
   what the node link's frame limit leaves after the chat; the origin connector always gets
   one naming the sender (its device waits for SENT);
-- not held up: it runs in the conversation's own serial lane, so other conversations go on,
-  and that lane waits for no connector. It reads the members and their devices, then offers
-  each connector its frames through that connector's own bounded outbox
-  (transfer/outbox.py), drained by a task per connector on that link's window. A connector
-  that cannot keep up falls behind per conversation: it is sent only the newest chat of each
-  once it has room, and its devices Sync the seqs in between from the timeline (every chat
-  in it is committed before any fan-out). Nothing a slow link does reaches the lane, the
-  other connectors or the transfer's serial budget.
+- not held up: it runs in the conversation's own serial lane, so other conversations go on;
+  the connectors are sent to at once, each send waiting on that link's window (its
+  back-pressure) for at most :data:`SEND_WAIT` seconds. A connector that takes longer misses
+  the rest of this chat: its devices hear of it by their next listing and Sync (nothing is
+  buffered here for it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from common.errors import IMError
+from common.link import LinkClosed
 from proto import im_pb2
 from transfer.members import MemberCache
-from transfer.outbox import (
-    MAX_BEHIND,
-    MAX_BEHIND_BYTES,
-    MAX_BYTES,
-    MAX_FRAMES,
-    ConnectorOutbox,
-    FanoutLink,
-)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_USERS", "FRAME_SLACK", "FanoutLink", "GroupFanout", "chunks"]
-
 CHUNK_USERS = 500  # users named in one Fanout frame at most
+SEND_WAIT = 5.0  # seconds one frame may wait for a connector link's window
 FRAME_SLACK = 512  # bytes left for the envelope, the link's header and varints
+
+
+class FanoutLink(Protocol):
+    """What this sends on (common.link.Link)."""
+
+    async def send(self, env: im_pb2.Envelope) -> int: ...
 
 
 Lookup = Callable[[Sequence[str]], Awaitable[Mapping[str, Mapping[str, str]]]]
@@ -75,26 +72,18 @@ class GroupFanout:
         links: Mapping[str, FanoutLink],
         max_frame: int,
         *,
-        max_frames: int = MAX_FRAMES,
-        max_bytes: int = MAX_BYTES,
-        max_behind: int = MAX_BEHIND,
-        max_behind_bytes: int = MAX_BEHIND_BYTES,
+        send_wait: float = SEND_WAIT,
     ) -> None:
         self.members = members
         self._lookup = lookup
         self._links = links
         self._max_frame = max_frame
-        self._limits = (max_frames, max_bytes, max_behind, max_behind_bytes)
-        # one per connector with frames waiting or conversations behind; an idle one is
-        # dropped at the next offer, so there are at most as many as linked connectors
-        self._outboxes: dict[str, ConnectorOutbox] = {}
-        self.frames = 0  # Fanout frames offered to the outboxes (for tests and logs)
-
-    def outbox(self, node: str) -> ConnectorOutbox | None:
-        return self._outboxes.get(node)
+        self._send_wait = send_wait
+        self.frames = 0  # Fanout frames sent (for tests and logs)
+        self.late = 0  # frames given up on a link that did not take them in time
 
     async def fan_out(self, chat: im_pb2.ChatMsg, origin: str) -> None:
-        """Offer the committed (stamped) ``chat`` to its members' connectors."""
+        """Send the committed (stamped) ``chat`` to its members' connectors."""
         members = await self.members.members_at(chat.conv_id, chat.seq)
         by_node: dict[str, list[str]] = {}
         try:
@@ -109,37 +98,37 @@ class GroupFanout:
             here = by_node.setdefault(origin, [])
             if chat.from_id not in here:
                 here.append(chat.from_id)
-        self.send(im_pb2.Fanout(chat=chat), by_node, origin=origin)
+        await self.send(im_pb2.Fanout(chat=chat), by_node)
 
-    def send(
-        self, body: im_pb2.Fanout, by_node: Mapping[str, list[str]], *, origin: str = ""
-    ) -> None:
-        """``body`` to each linked connector, naming its users, in bounded frames, through
-        that connector's outbox; waits for none of them."""
+    async def send(self, body: im_pb2.Fanout, by_node: Mapping[str, list[str]]) -> None:
+        """``body`` to each connector, naming its users, in bounded frames, all at once."""
         budget = max(256, self._max_frame - body.ByteSize() - FRAME_SLACK)
-        for node in [n for n, box in self._outboxes.items() if box.idle and n not in by_node]:
-            del self._outboxes[node]
+        jobs = []
         for node, users in by_node.items():
-            if node not in self._links or not users:
-                continue  # not linked to us: it lists its sessions again when it links
-            box = self._outboxes.get(node)
-            if box is None:
-                frames, size, behind, behind_size = self._limits
-                box = self._outboxes[node] = ConnectorOutbox(
-                    node,
-                    self._links,
-                    max_frames=frames,
-                    max_bytes=size,
-                    max_behind=behind,
-                    max_behind_bytes=behind_size,
-                )
-            runs = chunks(users, budget)
-            self.frames += len(runs)
-            box.offer(body, runs, sender=body.chat.from_id if node == origin else "")
+            link = self._links.get(node)
+            if link is not None and users:
+                jobs.append(self._send_to(node, link, body, chunks(users, budget)))
+        if jobs:
+            await asyncio.gather(*jobs)
 
-    async def close(self) -> None:
-        """Stop every connector's sending (the transfer is stopping)."""
-        boxes = list(self._outboxes.values())
-        self._outboxes.clear()
-        for box in boxes:
-            await box.close()
+    async def _send_to(
+        self, node: str, link: FanoutLink, body: im_pb2.Fanout, runs: list[list[str]]
+    ) -> None:
+        for i, users in enumerate(runs):
+            out = im_pb2.Envelope()
+            out.fanout.CopyFrom(body)
+            out.fanout.users[:] = users
+            try:
+                await asyncio.wait_for(link.send(out), self._send_wait)
+            except LinkClosed:
+                return  # that connector re-lists its sessions when it links again
+            except TimeoutError:
+                self.late += len(runs) - i
+                log.warning(
+                    "connector %s took no group fanout for %.1fs: %d frames left to its listings",
+                    node,
+                    self._send_wait,
+                    len(runs) - i,
+                )
+                return
+            self.frames += 1

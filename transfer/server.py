@@ -14,10 +14,7 @@ Rules it keeps:
   that waits for SENT, whatever the (possibly stale) route lookup says. A resend of a committed
   chat (``duplicate``) is fanned out again the same way: devices dedupe by (conv_id, seq);
 - a committed GROUP chat goes to exactly the members whose span covers its seq, one Fanout
-  per connector in bounded frames (transfer/groupfanout.py, transfer/members.py), through a
-  bounded outbox per connector (transfer/outbox.py): the conversation's lane waits for no
-  connector link, so a slow connector cannot hold up its group, the other connectors or,
-  through the serial budget, anyone else's chats;
+  per connector in bounded frames (transfer/groupfanout.py, transfer/members.py);
 - a chat the writer refused (``ID_REUSED``) goes back to the sender's devices only, marked
   ``refused``; one with no answer (queue down, timeout) goes nowhere: the sender never got
   SENT, so its library resends it;
@@ -57,7 +54,7 @@ from timeline.groupsql import MemberSnapshot
 from timeline.model import conv_of_chat
 from timeline.queue import TimelineQueue, record_problem
 from transfer.groupfanout import GroupFanout
-from transfer.members import GroupView, MemberCache, span_budget
+from transfer.members import GroupView, MemberCache
 from transfer.serial import KeyedSerial
 from transfer.typing import TypingRouter
 from user_status.base import StatusBackend
@@ -181,7 +178,7 @@ class Transfer:
         # group chats: the members at each seq (None: no timeline store here, so a group
         # chat reaches its sender's SENT only and the members' devices by their listings)
         self.groups = GroupFanout(
-            MemberCache(group_view or _NoGroups(), max_spans=span_budget(settings.group_max_size)),
+            MemberCache(group_view or _NoGroups()),
             self._lookup_many,
             self.links,
             settings.node_frame_limit(),
@@ -501,7 +498,6 @@ class Transfer:
         for link in list(self._conns):
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
-        await self.groups.close()
         await self.typing.close()
         drainer = [self._drainer] if self._drainer is not None else []
         for task in (*self._commits, *self._cursors, *drainer):
