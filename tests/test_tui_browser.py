@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 from test_signals_browser import StackThread, live, msg, reload, user_page  # noqa: F401
+from test_tui_e2e import until
 from test_webapp_ui import sign_up
 from textual.widgets import OptionList
 
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.slow  # a browser: OS processes of its own
 
 T = TypeVar("T")
 TUI_PASSWORD = "password-123"
-
-
-async def until(check: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        await asyncio.sleep(0.05)
 
 
 def wait(event: threading.Event, timeout: float = 30.0) -> None:
