@@ -3,7 +3,7 @@ app, connector with its WebSocket port, transfer, writer; SQLite) in a thread of
 ports of this test's, and two headless Chromium contexts, two users: they sign up, befriend,
 see each other online, see each other typing, chat both ways with receipts going to read, and
 a reload shows the history; then a browser user and the Python library (client.IMClient) chat
-both ways. A screenshot of the chat view is saved (test-artifacts/, printed)."""
+both ways and send each other a file (the page's attach input and download button). A screenshot of the chat view is saved (test-artifacts/, printed)."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def msg(page: Any, sender: str, text: str, status: str = "") -> Any:
 
 
 def test_two_browsers_typing_presence_receipts_history_and_the_library(
-    browser: Any, live: StackThread
+    browser: Any, live: StackThread, tmp_path: Path
 ) -> None:
     w, x = user_page(browser, live), user_page(browser, live)
     try:
@@ -209,6 +209,29 @@ def test_two_browsers_typing_presence_receipts_history_and_the_library(
         assert "from the browser" in live.call(library_hears())
         # read by the library (it marks what it surfaced read when asked)
         msg(w, "wendy", "from the browser", "delivered")
+
+        # a file each way: the library's downloads in the page, the page's in the library
+        from_lib = bytes(range(256)) * 300  # 76.8 KB: more than one encrypted chunk
+        src = tmp_path / "from-python.bin"
+        src.write_bytes(from_lib)
+        live.call(lib.send_file("wendy", src))
+        with w.expect_download(timeout=20_000) as dl:
+            w.wait_for_selector('[data-testid="message"][data-from="yara"] button.file').click()
+        assert Path(dl.value.path()).read_bytes() == from_lib
+        from_page = b"from the page\n" * 5000
+        up = tmp_path / "from-page.txt"
+        up.write_bytes(from_page)
+        w.set_input_files("#attach", str(up))
+
+        async def library_downloads() -> bytes:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                ev = await lib.next_event(deadline - time.monotonic())
+                if isinstance(ev, Message) and ev.file is not None:
+                    return (await lib.download(ev, tmp_path / "got.txt")).read_bytes()
+            raise AssertionError("no file from the page")
+
+        assert live.call(library_downloads(), 40) == from_page
         live.call(lib.close())
         w.wait_for_selector('[data-testid="presence"][data-peer="yara"][data-state="offline"]')
         assert real_errors(w) == [] and real_errors(x) == []
