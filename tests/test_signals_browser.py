@@ -3,7 +3,8 @@ app, connector with its WebSocket port, transfer, writer; SQLite) in a thread of
 ports of this test's, and two headless Chromium contexts, two users: they sign up, befriend,
 see each other online, see each other typing, chat both ways with receipts going to read, and
 a reload shows the history; then a browser user and the Python library (client.IMClient) chat
-both ways and send each other a file (the page's attach input and download button). A screenshot of the chat view is saved (test-artifacts/, printed)."""
+both ways and send each other a file (the page's attach input and download button). A
+screenshot of the chat view is saved (test-artifacts/, printed)."""
 
 from __future__ import annotations
 
