@@ -314,6 +314,10 @@ class Presence:
         """A device of the user came or went: tell the friends if the user's state changed.
         The state is read again after the swap, so a device that came up elsewhere while this
         one went is not told as offline for good."""
+        if await self.audience.hides(user_id):
+            # nothing recorded while hidden: unhiding later (announce) must not tell when the
+            # devices came and went meanwhile, only the state at the switch
+            return False
         told = False
         for _ in range(2):
             online = bool(await self.devices.lookup(user_id))
@@ -338,7 +342,7 @@ class Presence:
         if not to or await self.audience.hides(user_id):
             return
         online = bool(await self.devices.lookup(user_id))
-        last = 0 if online else (await self.states.last_seen([user_id])).get(user_id, 0)
+        last = 0 if online else (await self.states.last_seen([user_id])).get(user_id, at)
         await self.bus.publish(Change(user_id, online, last, tuple(to)))
 
     async def _publish(self, user_id: str, online: bool, last_seen: int, *, switch: bool) -> None:
