@@ -342,7 +342,7 @@ class Presence:
         if not to or await self.audience.hides(user_id):
             return
         online = bool(await self.devices.lookup(user_id))
-        last = 0 if online else (await self.states.last_seen([user_id])).get(user_id, at)
+        last = 0 if online else (await self.states.last_seen([user_id])).get(user_id, 0)
         await self.bus.publish(Change(user_id, online, last, tuple(to)))
 
     async def _publish(self, user_id: str, online: bool, last_seen: int, *, switch: bool) -> None:
