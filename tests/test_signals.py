@@ -272,6 +272,26 @@ async def test_hidden_presence_is_offline_with_no_last_seen_to_everyone(stack: S
     assert (await privacy(stack, a)).json() == {"presence": "friends"}
 
 
+async def test_unhiding_tells_nothing_of_what_the_devices_did_while_hidden(stack: Stack) -> None:
+    """Alice hides, her last device goes, and a second later she unhides while offline: bob
+    hears her offline as of the switch, not as of the disconnect (that would tell him when
+    she was around while hidden)."""
+    await users(stack, "alice", "bob")
+    b = await RawDevice("bob", "b").connect(stack)
+    a = await RawDevice("alice", "a").connect(stack)
+    await until(lambda: presences(b, "alice"))
+    assert (await privacy(stack, a, "hidden")).status_code == 200
+    await until(lambda: len(presences(b, "alice")) == 2)
+    await a.close()  # while hidden
+    await settle(1.0)
+    switched = int(time.time() * 1000)
+    assert (await privacy(stack, a, "friends")).status_code == 200
+    await until(lambda: len(presences(b, "alice")) == 3)
+    told = presences(b, "alice")[2]
+    assert told.state == im_pb2.OFFLINE
+    assert told.last_seen >= switched, "the disconnect while hidden must not show"
+
+
 async def test_a_block_either_way_means_no_presence_either_way(stack: Stack) -> None:
     await users(stack, "alice", "bob")
     a = await RawDevice("alice", "a").connect(stack)
