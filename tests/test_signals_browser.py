@@ -217,7 +217,9 @@ def test_two_browsers_typing_presence_receipts_history_and_the_library(
         src.write_bytes(from_lib)
         live.call(lib.send_file("wendy", src))
         with w.expect_download(timeout=20_000) as dl:
-            w.wait_for_selector('[data-testid="message"][data-from="yara"] button.file').click()
+            # a locator, not a handle: the list re-renders as receipts come, and a locator
+            # finds the button again where a handle would be detached
+            w.locator('[data-testid="message"][data-from="yara"] button.file').click()
         assert Path(dl.value.path()).read_bytes() == from_lib
         from_page = b"from the page\n" * 5000
         up = tmp_path / "from-page.txt"
