@@ -171,10 +171,11 @@ def client_for(url: str) -> aioredis.Redis:
         "socket_timeout": p.socket_timeout,
         "socket_connect_timeout": p.socket_connect_timeout,
     }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(p.sentinels),
         sentinel_kwargs={**timeouts, "password": p.sentinel_password},
-        **timeouts,
+        socket_timeout=p.socket_timeout,
+        socket_connect_timeout=p.socket_connect_timeout,
     )
     client = sentinel.master_for(
         p.service,

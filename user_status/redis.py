@@ -132,7 +132,7 @@ async def follow_channel(
             delay = min(delay * 2, 5.0)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def _glob_escape(text: str) -> str:
