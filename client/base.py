@@ -33,6 +33,7 @@ class ClientBase:
     friends: dict[str, str]  # friend -> pair key
     bytes_downloaded: int
     resent: int
+    out_of_order: int  # chats refused OUT_OF_ORDER, whose conversation went again
     group_keys: GroupKeyRing
     _password: str
     _login: LoginAnswer | None

@@ -86,6 +86,7 @@ class IMClient(Receiving):
         self.friends = {}
         self.bytes_downloaded = 0  # over the network, so a resumed download shows what it saved
         self.resent = 0
+        self.out_of_order = 0
         self._password = password
         self._login = None
         self._ids = MessageIdGen()

@@ -10,6 +10,7 @@ ever-growing backlog. Receipts are not here: cursors are re-sent by the sync mac
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import OrderedDict
 
 from proto import im_pb2
@@ -39,6 +40,8 @@ class Outbox:
         # only after every older one did (sender order, I3), so a new chat never overtakes the
         # resends a fresh link owes
         self._unsent: OrderedDict[int, None] = OrderedDict()
+        # each conversation's ids, ascending (ids grow as chats are made): what after_id names
+        self._convs: dict[tuple[int, str], list[int]] = {}
         self._room = asyncio.Event()
         self._room.set()
 
@@ -56,15 +59,43 @@ class Outbox:
     def add(self, chat: im_pb2.ChatMsg) -> Pending:
         pending = self._items[chat.id] = Pending(chat)
         self._unsent[chat.id] = None
+        ids = self._convs.setdefault(_conv(chat), [])
+        bisect.insort(ids, chat.id)  # an append: a new chat has the highest id yet
         return pending
+
+    def get(self, msg_id: int) -> Pending | None:
+        return self._items.get(msg_id)
 
     def confirm(self, msg_id: int) -> Pending | None:
         """Committed (or refused for good): forget it."""
         pending = self._items.pop(msg_id, None)
         self._unsent.pop(msg_id, None)
+        if pending is not None:
+            key = _conv(pending.chat)
+            ids = self._convs[key]
+            del ids[bisect.bisect_left(ids, msg_id)]
+            if not ids:
+                del self._convs[key]
         if len(self._items) < self.size:
             self._room.set()
         return pending
+
+    def before(self, chat: im_pb2.ChatMsg) -> int:
+        """The after_id for ``chat`` as it goes out now: the newest earlier chat of its
+        conversation still without SENT (0: none, so it may take any seq)."""
+        ids = self._convs.get(_conv(chat), [])
+        at = bisect.bisect_left(ids, chat.id)
+        return ids[at - 1] if at else 0
+
+    def requeue(self, chat: im_pb2.ChatMsg) -> int:
+        """``chat`` was refused OUT_OF_ORDER: every chat of its conversation still here goes
+        out again, oldest first, in its place among the unsent (how many)."""
+        ids = self._convs.get(_conv(chat), [])
+        for msg_id in ids:
+            pending = self._items[msg_id]
+            pending.sent_at, pending.link_seq = 0.0, 0
+        self._unsent = OrderedDict.fromkeys(sorted({*self._unsent, *ids}))
+        return len(ids)
 
     def by_link_seq(self, link_seq: int) -> int:
         """The id of the chat last sent as ``link_seq`` on this link (0: none)."""
@@ -96,3 +127,7 @@ class Outbox:
         :meth:`next_unsent`)."""
         cutoff = now - self.resend_after
         return [p for p in self._items.values() if 0 < p.sent_at <= cutoff]
+
+
+def _conv(chat: im_pb2.ChatMsg) -> tuple[int, str]:
+    return chat.dest_type, chat.dest_id

@@ -122,6 +122,9 @@ class Receiving(Sending):
         elif e.code == im_pb2.STALE_KEY:
             await self._on_stale_key(e)
             return
+        elif e.code == im_pb2.OUT_OF_ORDER:
+            self._on_out_of_order(e)
+            return
         if e.code in FINAL_ERRORS:
             msg_id = e.ref_msg_id if e.ref_msg_id in self._outbox else 0
             if not msg_id and e.ref_seq:

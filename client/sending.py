@@ -5,6 +5,10 @@ Rules it keeps (client/outbox.py and client/groupsend.py say why):
 - a chat gets its id when it enters the outbox, so ids follow the order chats were made, and
   it goes out the first time on a link only from :meth:`Sending._send_chats`, oldest first, one
   task at a time: the server sees a device's chats in the order they were made (I3);
+- each chat names the newest earlier chat of its conversation still without SENT
+  (``after_id``); the writer refuses it OUT_OF_ORDER unless that one is committed, and then the
+  conversation's unconfirmed chats go again, oldest first: a chat lost on the way (a broker
+  node or a transfer gone with it) can't be overtaken by one made after it;
 - a group chat waits at the gate while an older chat of its group, sealed with an older key,
   has no answer yet (it may be refused STALE_KEY and come back behind it);
 - a STALE_KEY holds the group; once the new key is in, the refused chat and every later chat
@@ -143,6 +147,7 @@ class Sending(AccountCalls):
                 pending = self._outbox.next_unsent()
                 if pending is None or not self._recipes.may_send(pending.chat.id):
                     return
+                pending.chat.after_id = self._outbox.before(pending.chat)
                 seq = await self._send(im_pb2.Envelope(chat=pending.chat), may_wait=True)
                 if not seq:
                     return
@@ -160,11 +165,29 @@ class Sending(AccountCalls):
                     continue
                 if not self._recipes.may_send(msg_id):
                     continue
+                pending.chat.after_id = self._outbox.before(pending.chat)
                 seq = await self._send(im_pb2.Envelope(chat=pending.chat), may_wait=True)
                 if not seq:
                     return
                 self.resent += 1
                 self._outbox.sent(pending, seq, time.monotonic())
+
+    # -- OUT_OF_ORDER ------------------------------------------------------------------------
+
+    def _on_out_of_order(self, e: im_pb2.Error) -> None:
+        """The chat's after_id was not in the timeline when it reached the writer (that one
+        was lost on the way, or is still stuck somewhere): send the conversation's chats
+        without SENT again, oldest first, so they commit in the order they were made."""
+        msg_id = e.ref_msg_id or self._outbox.by_link_seq(e.ref_seq)
+        pending = self._outbox.get(msg_id)
+        if pending is None or not pending.sent_at:
+            return  # answered meanwhile, or already going again with its conversation
+        if not self._recipes.may_send(msg_id):
+            return  # held for a re-seal, which sends it again in its order
+        self.out_of_order += 1
+        self._outbox.requeue(pending.chat)
+        if self._conn.up:
+            self._chore(self._send_chats())  # from a task: the reader never waits for room
 
     # -- STALE_KEY ---------------------------------------------------------------------------
 

@@ -77,6 +77,8 @@ def check_chat(user_id: str, chat: im_pb2.ChatMsg, max_body: int) -> None:
         raise ProtocolError(f"from_id {chat.from_id!r} is not you", code=im_pb2.SPOOFED_SENDER)
     if chat.id == 0:
         raise ProtocolError("message id must not be 0")
+    if chat.after_id >= chat.id:  # it names an earlier chat of the same device
+        raise ProtocolError("after_id must be below the message id")
     if chat.dest_type == im_pb2.GROUP:
         check_group_chat(chat)
     elif chat.dest_type != im_pb2.SINGLE:

@@ -55,6 +55,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSED: _ClassVar[ErrorCode]
     STALE_KEY: _ClassVar[ErrorCode]
     KICKED: _ClassVar[ErrorCode]
+    OUT_OF_ORDER: _ClassVar[ErrorCode]
 
 class PresenceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -98,6 +99,7 @@ MUTED: ErrorCode
 REFUSED: ErrorCode
 STALE_KEY: ErrorCode
 KICKED: ErrorCode
+OUT_OF_ORDER: ErrorCode
 PRESENCE_UNSPECIFIED: PresenceState
 ONLINE: PresenceState
 OFFLINE: PresenceState
@@ -133,7 +135,7 @@ class Welcome(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., window: _Optional[int] = ..., id_slot: _Optional[int] = ..., max_body_bytes: _Optional[int] = ...) -> None: ...
 
 class ChatMsg(_message.Message):
-    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "conv_id", "seq", "server_time", "key_id")
+    __slots__ = ("id", "from_id", "dest_id", "dest_type", "msg_type", "body", "create_time", "file", "conv_id", "seq", "server_time", "key_id", "after_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ID_FIELD_NUMBER: _ClassVar[int]
     DEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,7 @@ class ChatMsg(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     from_id: str
     dest_id: str
@@ -158,7 +161,8 @@ class ChatMsg(_message.Message):
     seq: int
     server_time: int
     key_id: int
-    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ..., key_id: _Optional[int] = ...) -> None: ...
+    after_id: int
+    def __init__(self, id: _Optional[int] = ..., from_id: _Optional[str] = ..., dest_id: _Optional[str] = ..., dest_type: _Optional[_Union[DestType, str]] = ..., msg_type: _Optional[_Union[MsgType, str]] = ..., body: _Optional[bytes] = ..., create_time: _Optional[int] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., conv_id: _Optional[str] = ..., seq: _Optional[int] = ..., server_time: _Optional[int] = ..., key_id: _Optional[int] = ..., after_id: _Optional[int] = ...) -> None: ...
 
 class FileRef(_message.Message):
     __slots__ = ("id", "size", "checksum")

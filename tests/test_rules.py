@@ -92,6 +92,7 @@ def _chat(**kw: object) -> im_pb2.ChatMsg:
         ({"msg_type": im_pb2.SYSTEM}, im_pb2.BAD_MESSAGE),
         ({"msg_type": im_pb2.FILE}, im_pb2.BAD_MESSAGE),  # no file reference
         ({"body": b"x" * 101}, im_pb2.TOO_LARGE),
+        ({"after_id": (1 << 64) - 1}, im_pb2.BAD_MESSAGE),  # not an earlier chat's id
     ],
 )
 def test_chat_field_checks(fields: dict[str, object], code: int) -> None:

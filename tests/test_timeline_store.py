@@ -194,6 +194,8 @@ def test_message_problem() -> None:
         dataclasses.replace(good, dest_type=im_pb2.GROUP),
         dataclasses.replace(good, digest=b"short"),
         dataclasses.replace(good, content=b"\xff"),
+        dataclasses.replace(good, after_id=1),  # not below its own id
+        dataclasses.replace(good, after_id=7),
     ):
         assert model.message_problem(bad) is not None, bad
 
@@ -260,6 +262,38 @@ async def test_resend_is_a_duplicate_and_a_reused_id_is_refused(store: TimelineS
     assert inside[0].entry == inside[1].entry == inside[2].entry
     assert inside[0].entry.seq == 4
     assert len(await store.page(AB, limit=10)) == 4
+
+
+@pytest.mark.asyncio
+async def test_a_chat_after_one_not_in_the_timeline_waits_for_it(store: TimelineStore) -> None:
+    """after_id: a chat whose sender's earlier chat is not committed is refused and stores
+    nothing, so a lost chat can't be overtaken by a later one (sender order, I3)."""
+    lost = await store.append([chat("alice", "bob", 20, after_id=10)])
+    assert [r.outcome for r in lost] == ["out_of_order"] and lost[0].entry.seq == 0
+    assert await store.page(AB, limit=10) == [] and await store.get("alice", 20) is None
+    # the sender sends both again, in order: one batch, or two
+    both = await store.append([chat("alice", "bob", 10), chat("alice", "bob", 20, after_id=10)])
+    assert [(r.outcome, r.entry.seq) for r in both] == [("committed", 1), ("committed", 2)]
+    later = await store.append([chat("alice", "bob", 30, after_id=20)])
+    assert [(r.outcome, r.entry.seq) for r in later] == [("committed", 3)]
+    # behind a refused chat of the same batch, behind the same id in another conversation,
+    # and behind another sender's id: refused too
+    mixed = await store.append(
+        [
+            chat("alice", "bob", 40, after_id=35),
+            chat("alice", "bob", 50, after_id=40),
+            chat("alice", "carol", 60, after_id=30),
+            chat("bob", "alice", 70, after_id=30),
+        ]
+    )
+    assert [r.outcome for r in mixed] == ["out_of_order"] * 4
+    # a resend of a committed chat is its duplicate, whatever it names now
+    again = await store.append([chat("alice", "bob", 20, after_id=15)])
+    assert [(r.outcome, r.entry.seq) for r in again] == [("duplicate", 2)]
+    page = await store.page(AB, limit=10)
+    assert [e.msg_id for e in page] == [10, 20, 30]
+    stored = cls("ChatMsg").FromString(page[1].content)
+    assert stored.after_id == 0, "the hint is not part of the stored message"
 
 
 @pytest.mark.asyncio

@@ -34,6 +34,7 @@ from timeline.store import (
     check_cursor,
     check_move,
     check_page,
+    follows,
     is_group,
     now_ms,
     post_refusal,
@@ -100,6 +101,9 @@ class MemoryTimelineStore:
                 if refusal is not None:
                     results.append(AppendResult(unstored(m), refusal))
                     continue
+            if m.after_id and not follows(m, self._ids.get((m.sender, m.after_id))):
+                results.append(AppendResult(unstored(m), "out_of_order"))
+                continue
             conv = self._convs.setdefault(m.conv_id, _Conv(ref.dest_type))
             seq = conv.last_seq + 1
             server_time = max(now, conv.last_time)

@@ -75,8 +75,10 @@ _DROPPED = _STAMPS | _RETIRED
 # committed/duplicate/reused: every conversation; not_member, closed (a dissolved group),
 # muted and stale_key (sealed with a key the group replaced): group chats, checked in the
 # append's transaction, nothing stored
-Outcome = Literal["committed", "duplicate", "reused", "not_member", "closed", "muted", "stale_key"]
-REFUSALS: frozenset[str] = frozenset({"not_member", "closed", "muted", "stale_key"})
+Outcome = Literal[
+    "committed", "duplicate", "reused", "not_member", "closed", "muted", "stale_key", "out_of_order"
+]
+REFUSALS: frozenset[str] = frozenset({"not_member", "closed", "muted", "stale_key", "out_of_order"})
 SYSTEM = int(im_pb2.SYSTEM)
 
 
@@ -103,6 +105,9 @@ class NewMessage:
     content: bytes
     digest: bytes
     key_id: int = 0  # the group key that sealed it (0: a pair key); a group checks it is current
+    # the sender's earlier chat (its msg_id) that must be in this conversation's timeline
+    # before this one may be (0: none; ChatMsg.after_id)
+    after_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,8 @@ class AppendResult:
     """``committed``: stored now at ``entry.seq``; ``duplicate``: a resend of ``entry``, stored
     before (or earlier in the same batch), nothing new stored; ``reused``: the sender's id
     belongs to another message (``entry``, the one stored), nothing stored. A group chat the
-    group refused (:data:`REFUSALS`) has ``entry.seq`` 0 and its content unstamped."""
+    group refused, or a chat whose ``after_id`` is not in its timeline (``out_of_order``), is
+    one of :data:`REFUSALS`: ``entry.seq`` 0, its content unstamped."""
 
     entry: Entry
     outcome: Outcome
@@ -233,6 +239,8 @@ def message_problem(m: NewMessage) -> str | None:
         return "msg_id is not a uint64"
     if not 0 <= m.msg_type < 1 << 31:
         return "msg_type out of range"
+    if m.after_id and not 0 < m.after_id < m.msg_id:
+        return "after_id must name an earlier chat (an id below msg_id)"
     if len(m.digest) != DIGEST_SIZE:
         return f"digest must be {DIGEST_SIZE} bytes"
     if len(m.content) > MAX_CONTENT - 200:  # room for the stamps
@@ -262,17 +270,30 @@ def chat_digest(chat: im_pb2.ChatMsg) -> bytes:
 
 def new_message(chat: im_pb2.ChatMsg, content: bytes | None = None) -> NewMessage:
     """The NewMessage for a chat its sender sent (``content``: its bytes as received, default
-    the chat serialized)."""
+    the chat serialized without its ``after_id``, a sending hint nobody else needs)."""
+    after_id = chat.after_id
+    if content is None:
+        if after_id:
+            chat = copy_chat(chat)
+            chat.ClearField("after_id")
+        content = chat.SerializeToString()
     return NewMessage(
         conv_id=conv_of_chat(chat),
         sender=chat.from_id,
         msg_id=chat.id,
         dest_type=chat.dest_type,
         msg_type=chat.msg_type,
-        content=chat.SerializeToString() if content is None else content,
+        content=content,
         digest=chat_digest(chat),
         key_id=chat.key_id,
+        after_id=after_id,
     )
+
+
+def copy_chat(chat: im_pb2.ChatMsg) -> im_pb2.ChatMsg:
+    out = im_pb2.ChatMsg()
+    out.CopyFrom(chat)
+    return out
 
 
 # --- wire stamps --------------------------------------------------------------------------------

@@ -215,6 +215,12 @@ def clip(bounds: tuple[int, int], spans: Sequence[Span]) -> list[tuple[int, int]
     return out
 
 
+def follows(m: NewMessage, before: tuple[Entry, bytes] | None) -> bool:
+    """Whether ``before`` (the stored message ``m.after_id`` names) is in ``m``'s timeline, so
+    ``m`` may take a seq after it."""
+    return before is not None and before[0].conv_id == m.conv_id and before[0].seq > 0
+
+
 def unstored(m: NewMessage) -> Entry:
     """The entry of a chat a group refused: no seq, no stamps."""
     return Entry(m.conv_id, 0, m.sender, m.msg_id, 0, m.content)
@@ -315,6 +321,11 @@ class SQLTimelineStore:
                 if refusal is not None:
                     results.append(AppendResult(unstored(m), refusal))
                     continue
+            if m.after_id and not follows(m, stored.get((m.sender, m.after_id))):
+                before = fresh.get((m.sender, m.after_id))
+                if not follows(m, before):
+                    results.append(AppendResult(unstored(m), "out_of_order"))
+                    continue
             last_seq, last_time = heads.get(m.conv_id, (0, 0))
             seq, server_time = last_seq + 1, max(now, last_time)
             heads[m.conv_id] = (seq, server_time)
@@ -382,7 +393,10 @@ class SQLTimelineStore:
         self, tx: Session, batch: Sequence[NewMessage]
     ) -> dict[tuple[str, int], tuple[Entry, bytes]]:
         """The stored messages with the identities of ``batch``, with their digests."""
-        keys = sorted({(m.sender, m.msg_id) for m in batch})
+        keys = sorted(
+            {(m.sender, m.msg_id) for m in batch}
+            | {(m.sender, m.after_id) for m in batch if m.after_id}
+        )
         out: dict[tuple[str, int], tuple[Entry, bytes]] = {}
         for start in range(0, len(keys), _DEDUPE_CHUNK):
             chunk = keys[start : start + _DEDUPE_CHUNK]

@@ -9,7 +9,8 @@ Rules:
 - what no writer could ever append (a chat whose conv_id is not its pair's, a SYSTEM chat, a
   cursor of someone who is not in the conversation) is answered ``refused``, never retried,
   never stored; a group chat its group refuses at commit (not a member, dissolved, muted, an
-  old key) is answered ``refused`` with NOT_MEMBER, MUTED or STALE_KEY;
+  old key) is answered ``refused`` with NOT_MEMBER, MUTED or STALE_KEY, and a chat whose
+  ``after_id`` is not in its timeline yet with OUT_OF_ORDER (its sender sends again, in order);
 - a batch's cursors are merged in one ``store.merge_cursors`` (one transaction) after its chats
   (so a cursor up to a chat of the same batch finds it), and each answer says whether the
   member's cursor ``moved``: only then are the peers told;
@@ -91,6 +92,7 @@ _REFUSED: dict[str, im_pb2.ErrorCode] = {
     "closed": im_pb2.NOT_MEMBER,
     "muted": im_pb2.MUTED,
     "stale_key": im_pb2.STALE_KEY,
+    "out_of_order": im_pb2.OUT_OF_ORDER,
 }
 
 

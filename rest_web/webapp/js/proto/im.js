@@ -34,6 +34,7 @@ export const ErrorCode = Object.freeze({
   REFUSED: 24,
   STALE_KEY: 25,
   KICKED: 26,
+  OUT_OF_ORDER: 27,
 });
 export const PresenceState = Object.freeze({ PRESENCE_UNSPECIFIED: 0, ONLINE: 1, OFFLINE: 2 });
 export const SystemBody_Event = Object.freeze({
@@ -85,6 +86,7 @@ const TABLES = {
       [15, "seq", "uint64", "", ""],
       [16, "server_time", "int64", "", ""],
       [17, "key_id", "uint32", "", ""],
+      [18, "after_id", "uint64", "", ""],
     ],
   },
   "FileRef": {
