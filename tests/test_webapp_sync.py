@@ -201,6 +201,35 @@ def test_errors_final_or_not_and_terminal(page: Any) -> None:
     assert len(got["close"]) == 1 and got["close"][0]["reconnect"] is False
 
 
+def test_chats_name_their_predecessor_and_out_of_order_sends_the_conversation_again(
+    page: Any,
+) -> None:
+    got = js(
+        page,
+        """
+        const { s } = start();
+        const mk = (id, to = "bob") => ({ id, from_id: "alice", dest_id: to, dest_type: 1,
+                                          msg_type: 1, body: new Uint8Array([1]) });
+        const first = [];
+        first.push(...writes(s.sendChat(mk(1n), C, now), "chat"));
+        first.push(...writes(s.sendChat(mk(2n, "carol"), "p:alice:carol", now), "chat"));
+        first.push(...writes(s.sendChat(mk(3n), C, now), "chat"));
+        first.push(...writes(s.sendChat(mk(4n), C, now), "chat"));
+        const E = pb.ErrorCode;
+        // chat 1 was lost on its way: 3 and 4 come back from the writer
+        const oo = s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 3n }), now);
+        const oo2 = s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 4n }), now);
+        const again = writes(s.tick(now += 1000), "chat");
+        return tag({ first: first.map((c) => [c.id, c.after_id ?? 0]), effects: oo.length + oo2.length,
+                     again: again.map((c) => [c.id, c.after_id ?? 0]), kept: s.outbox.size });
+        """,
+    )
+    assert got["first"] == [[1, 0], [2, 0], [3, 1], [4, 3]]
+    assert got["effects"] == 0, "nothing to show: the chats are still on their way"
+    assert got["again"] == [[1, 0], [3, 1], [4, 3]], "bob's conversation again, oldest first"
+    assert got["kept"] == 4
+
+
 def test_link_layer_acks_dedupes_pings_and_cursors(page: Any) -> None:
     got = js(
         page,

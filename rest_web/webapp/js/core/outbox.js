@@ -1,9 +1,10 @@
 // Chats this device sent that the server has not confirmed (SPEC-timeline.md, "Sending"). Pure.
 //
 // Rules it keeps:
-// - a chat stays until its SENT, or an error that names it with a final code; its bytes never
-//   change, so a resend (same id, same body) is the same message to the server, which answers
-//   it with the same seq;
+// - a chat stays until its SENT, or an error that names it with a final code; its content never
+//   changes, so a resend (same id, same body) is the same message to the server, which answers
+//   it with the same seq; only its after_id (the newest earlier chat of its conversation still
+//   here) is set as it goes out, and an OUT_OF_ORDER sends its conversation again in order;
 // - after a reconnect every entry goes out again; while connected, one unconfirmed for
 //   RESEND_AFTER ms goes out again too;
 // - bounded: at most MAX_ENTRIES wait; past that `add` refuses, and the caller tells the user;
@@ -83,6 +84,32 @@ export class Outbox {
     const e = this.entries.get(key);
     this.entries.delete(key);
     return e;
+  }
+
+  // The after_id for `entry` as it goes out now: the newest earlier chat of its conversation
+  // still here (0n: none). Entries are kept in the order they were made, which is id order.
+  before(entry) {
+    let prev = 0n;
+    for (const e of this.entries.values()) {
+      if (e === entry) return prev;
+      if (e.convId === entry.convId) prev = BigInt(e.chat.id);
+    }
+    return 0n;
+  }
+
+  // OUT_OF_ORDER for `id`: every entry of its conversation goes out again, oldest first, at the
+  // next tick (so the refusals of the chats behind it, already on their way, change nothing).
+  requeue(id) {
+    const e = this.entries.get(BigInt(id));
+    if (e === undefined || e.sentAt === null) return 0;
+    let n = 0;
+    for (const x of this.entries.values()) {
+      if (x.convId === e.convId) {
+        x.sentAt = null;
+        n += 1;
+      }
+    }
+    return n;
   }
 
   // Everything, oldest first: what to send after a (re)connect.

@@ -234,6 +234,11 @@ export class Session {
   onError(err, now) {
     const effects = [event("error", { code: err.code, detail: err.detail, msgId: err.ref_msg_id })];
     if (err.ref_msg_id !== 0n) {
+      if (err.code === ErrorCode.OUT_OF_ORDER) {
+        // the chat it names after is not committed: the conversation goes again, in order
+        this.outbox.requeue(err.ref_msg_id);
+        return [];
+      }
       if (err.code === ErrorCode.STALE_KEY) {
         const e = this.outbox.confirm(err.ref_msg_id);
         if (e !== undefined) effects.push(event("stale-key", { id: err.ref_msg_id, convId: e.convId, chat: e.chat }));
@@ -341,6 +346,9 @@ export class Session {
   sendOutboxEntry(entry, now) {
     if (this.state !== "live") return [];
     this.outbox.sent(entry.chat.id, now);
+    const after = this.outbox.before(entry);
+    if (after !== 0n) entry.chat.after_id = after;
+    else delete entry.chat.after_id;
     return this.send({ body: "chat", chat: entry.chat }, now);
   }
 
