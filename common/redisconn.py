@@ -40,6 +40,11 @@ from common.addrlist import parse_host_list
 from common.errors import BackendError, ConfigError
 from common.redact import redact_url
 
+# what a Redis call raises when the server or the connection fails: redis-py's own errors, the
+# socket's, and, under uvloop, RuntimeError from a write on a transport already closed
+# ("unable to perform operation on <TCPTransport closed=True>"); each becomes a BackendError
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError)
+
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379  # Sentinel's registered port
 CONNECT_TIMEOUT = 5.0  # seconds; a server that is down should fail a start quickly
@@ -197,7 +202,7 @@ async def connect(url: str) -> aioredis.Redis:
     client = client_for(url)
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         await client.aclose()
         raise BackendError("redis", f"cannot reach {redact_url(url)}: {exc}") from exc
     return client

@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.errors import BackendError
+from common.redisconn import REDIS_ERRORS
 from user_status.redis import follow_channel
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class RedisChannel(Generic[T]):
     async def publish(self, data: bytes | str) -> None:
         try:
             await self._client.publish(self._channel, data)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"publish {self._what}: {exc}") from exc
 
     async def follow(self) -> AsyncGenerator[T | None, None]:
@@ -56,5 +56,5 @@ class RedisChannel(Generic[T]):
     async def close(self) -> None:
         try:
             await self._client.aclose()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"close: {exc}") from exc

@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.db import Database
 from common.errors import BackendError
-from common.redisconn import connect
+from common.redisconn import REDIS_ERRORS, connect
 from user_status.channel import RedisChannel
 
 log = logging.getLogger(__name__)
@@ -220,7 +219,7 @@ class RedisPresenceStates:
             changed = await self._swap(
                 keys=[self._prefix + user_id], args=["1" if online else "0", at_ms, STATE_TTL]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"presence swap: {exc}") from exc
         return bool(changed)
 
@@ -229,7 +228,7 @@ class RedisPresenceStates:
             return {}
         try:
             values = await self._client.mget([self._prefix + u for u in users])
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"presence read: {exc}") from exc
         out: dict[str, int] = {}
         for user, raw in zip(users, values, strict=True):
@@ -241,7 +240,7 @@ class RedisPresenceStates:
     async def close(self) -> None:
         try:
             await self._client.aclose()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"close: {exc}") from exc
 
 

@@ -29,9 +29,9 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.errors import BackendError
+from common.redisconn import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +126,12 @@ async def follow_channel(
                 msg = await pubsub.get_message(timeout=5.0)
                 if msg is not None and msg.get("type") == "message":
                     yield msg["data"]
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("%s lost (%s); resubscribing", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         finally:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
@@ -178,7 +178,7 @@ class RedisUserStatus:
                 pipe.hset(self._key(user_id), device_id, connector_id)
                 pipe.publish(self._moves, user_id)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"online {user_id}/{device_id}: {exc}") from exc
 
     async def offline(self, user_id: str, device_id: str, connector_id: str) -> None:
@@ -186,7 +186,7 @@ class RedisUserStatus:
             await self._offline_script(
                 keys=[self._key(user_id), self._moves], args=[device_id, connector_id, user_id]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"offline {user_id}/{device_id}: {exc}") from exc
 
     async def moves(self) -> AsyncGenerator[list[str] | None, None]:
@@ -196,7 +196,7 @@ class RedisUserStatus:
     async def lookup(self, user_id: str) -> dict[str, str]:
         try:
             flat = await self._lookup_script(keys=[self._key(user_id), self._nodes("connector")[0]])
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"lookup {user_id}: {exc}") from exc
         return _pairs(flat)
 
@@ -213,7 +213,7 @@ class RedisUserStatus:
                     for user in chunk:
                         await self._lookup_script(keys=[self._key(user), registry], client=pipe)
                     replies = await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise BackendError("redis", f"lookup of {len(chunk)} users: {exc}") from exc
             for user, flat in zip(chunk, replies, strict=True):
                 devices = _pairs(flat)
@@ -238,7 +238,7 @@ class RedisUserStatus:
                     pipe.hgetall(key)
                 hashes = await pipe.execute()
             live = set(_pairs(await self._live_script(keys=self._nodes("connector"))))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"online users: {exc}") from exc
         start = len(self._key(""))
         page: list[tuple[str, dict[str, str]]] = []
@@ -252,7 +252,7 @@ class RedisUserStatus:
         """Raise :class:`BackendError` unless Redis answers (a readiness check)."""
         try:
             await self._client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"ping: {exc}") from exc
 
     # -- node registry -----------------------------------------------------------------------
@@ -262,7 +262,7 @@ class RedisUserStatus:
             fresh = await self._beat_script(
                 keys=self._nodes(kind), args=[node_id, addr, int(ttl * 1000), self._sweep_ms]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"heartbeat of {kind} {node_id}: {exc}") from exc
         return bool(fresh)
 
@@ -273,17 +273,17 @@ class RedisUserStatus:
                 pipe.zrem(zset, node_id)
                 pipe.hdel(addrs, node_id)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"leave of {kind} {node_id}: {exc}") from exc
 
     async def live(self, kind: str) -> dict[str, str]:
         try:
             return _pairs(await self._live_script(keys=self._nodes(kind)))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"live {kind} nodes: {exc}") from exc
 
     async def close(self) -> None:
         try:
             await self._client.aclose()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise BackendError("redis", f"close: {exc}") from exc
