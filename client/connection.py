@@ -128,7 +128,7 @@ class Connection:
         closed.cancel()
         if self._welcome not in done or self._welcome.cancelled():
             err = link.close_error
-            link.close()
+            link.abort()  # not a late GREET after the next link's: common/link.py
             raise IMError(f"GREET refused: {err.detail if err else 'connection closed'}")
 
     async def _keep(self) -> None:

@@ -26,8 +26,11 @@ Servers accept with :func:`serve_links`; clients dial with :func:`open_link`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl as _ssl
+import struct
 from collections.abc import Callable
 from typing import ClassVar, Protocol, cast
 
@@ -502,6 +505,26 @@ class Link(asyncio.Protocol):
         """Start closing: optional ERROR to the peer, flush, close the socket. Idempotent."""
         self._state.close(error)
         self._shutdown()
+
+    def abort(self) -> None:
+        """Close at once with a reset, dropping whatever the kernel still holds to send: for a
+        link given up before its WELCOME, whose GREET must not reach the connector later (a
+        graceful close keeps retransmitting it through a partition, and a GREET arriving after
+        the one of the link that replaced it would push that one out with REPLACED)."""
+        t = self._transport
+        if t is not None and not self._shut:
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed already: nothing is left to send
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._shut = True
+            t.abort()
+            self._state.close(None)
+            if self._room is not None:
+                self._room.set()
+            self._finisher = self._loop.create_task(self._finish(), name=f"abort {self.name}")
+            return
+        self.close()
 
     def _shutdown(self) -> None:
         if self._shut:

@@ -259,3 +259,40 @@ async def test_node_links_have_headroom_above_the_client_limit() -> None:
     assert (
         LinkConfig.from_settings(Settings(node_max_frame=100_000), node=True).max_frame == 100_000
     )
+
+
+async def test_abort_drops_what_the_kernel_still_holds_and_resets() -> None:
+    """A link given up before its WELCOME must not deliver its GREET later (client/connection.py):
+    abort resets the connection, so bytes the peer has not taken yet never reach it, where a
+    close would still deliver them (a partition that heals delivers a retransmitted GREET)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    port = listener.getsockname()[1]
+    handler = Recorder()
+    link = await open_link("127.0.0.1", port, handler, LinkConfig(greet_timeout=30), name="t")
+    peer, _ = await loop.sock_accept(listener)
+    body = b"g" * 60_000
+    for _ in range(20):  # ~1.2 MB: far more than the peer's buffers take while it does not read
+        link.send_control(im_pb2.Envelope(chat=im_pb2.ChatMsg(id=1, body=body)))
+    await asyncio.sleep(0.2)
+    link.abort()
+    await asyncio.wait_for(link.wait_closed(), 5)
+    assert handler.closed, "the handler heard of the end"
+    got, reset = 0, False
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(peer, 65536), 5)
+        except ConnectionResetError:
+            reset = True
+            break
+        if not chunk:
+            break
+        got += len(chunk)
+    peer.close()
+    listener.close()
+    assert reset, "the peer saw a reset, not an orderly end"
+    assert got < 20 * 60_000, f"{got} bytes arrived: nothing queued after the abort may"
