@@ -284,6 +284,10 @@ class ClientSession:
                 # asked is in its set (admit checked), a later one finds us registered
                 await self._run(link, self.rules.admitted(eff.claims, eff.device_id, eff.since))
             elif isinstance(eff, Register):
+                if link.closing:
+                    # gone while it was admitted (its client gave up on it): it must not push
+                    # out the newer session of the same device with REPLACED
+                    return
                 link.authenticated = True
                 if self._counted == "unauthenticated":
                     metrics.connection_authenticated()

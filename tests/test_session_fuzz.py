@@ -435,3 +435,35 @@ def test_a_relist_lists_again_and_the_second_caught_up_is_later() -> None:
         await session.on_closed(link, [])
 
     asyncio.run(run())
+
+
+def test_a_link_gone_while_its_greet_was_admitted_is_not_registered() -> None:
+    """A client that gave up on a link (no WELCOME in time) has moved on to a newer one; if
+    this one's GREET is still being admitted when it closes, registering it would push the
+    device's newer session out with REPLACED (connector/server.py, ``register``)."""
+
+    class SlowHost(Host):
+        gate: asyncio.Event | None = None
+
+        async def admit(self, claims: Claims, device_id: str) -> None:
+            assert self.gate is not None
+            await self.gate.wait()
+
+    async def run() -> None:
+        s = Settings(secret=SECRET.decode(), max_frame=MAX_FRAME)
+        host = SlowHost(s, TokenSigner(SECRET))
+        host.gate = asyncio.Event()
+        link = FakeLink()
+        session = ClientSession(host, link)
+        token = host.signer.issue(USER, 60, device_id="d1", slot=SLOT)
+        greet = asyncio.ensure_future(
+            session.on_frame(link, im_pb2.Envelope(greet=im_pb2.Greet(token=token)))
+        )
+        await asyncio.sleep(0)
+        link.close()  # the client's reset arrives while the connector still admits
+        host.gate.set()
+        await greet
+        assert host.registered == [] and not link.authenticated
+        assert host.online_now == set(), "nothing recorded for a session that never was"
+
+    asyncio.run(run())
