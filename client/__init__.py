@@ -6,13 +6,13 @@ every conversation kept up by seq (sync by cursor).
         await alice.caught_up.wait()  # everything that was there is here
         msg_id = await alice.send_text("bob", "hello")
         async for event in alice.events():
-            ...  # Message, Receipt or ServerError, each with conv_id and seq
+            ...  # Message, Receipt, GroupReceipt, ServerError, Typing, Presence
 
 Imports only ``proto`` and ``common`` so it can ship alone (DESIGN.md §2).
 """
 
 from client.core import IMClient, befriend
-from client.events import Event, Message, Presence, Receipt, ServerError, Typing
+from client.events import Event, GroupReceipt, Message, Presence, Receipt, ServerError, Typing
 from client.files import FileCheckError, FileInfo
 from client.history import Conversation, ConversationInfo
 from client.rest import FriendRequests, RestClient, RestError
@@ -24,6 +24,7 @@ __all__ = [
     "FileCheckError",
     "FileInfo",
     "FriendRequests",
+    "GroupReceipt",
     "IMClient",
     "Message",
     "Presence",

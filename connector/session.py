@@ -436,7 +436,9 @@ class SessionRules:
             if fanout.presence.user_id == self.user_id:
                 return []
             return [Push(im_pb2.Envelope(presence=fanout.presence))]
-        return []  # group receipts: not served yet
+        if kind == "group_receipt":  # addressed to the message's sender (transfer/groupreceipts.py)
+            return [Push(im_pb2.Envelope(group_receipt=fanout.group_receipt))]
+        return []
 
 
 def _nothing(env: im_pb2.Envelope, now: float) -> list[Effect]:

@@ -224,6 +224,17 @@ async def test_read_by_counts_from_cursors(pair: Pair) -> None:
     r = await pair.timeline.receipts(conv, seq, 10)
     assert r is not None and (r.members, r.delivered) == (3, 2)
     assert await pair.timeline.receipts(conv, 10**6, 10) is None
+    # the pushes' counts (one read for many seqs) are the same as REST's, seq by seq
+    later = (await post(pair, "bob", gid, 2, key_id=2)).entry.seq  # carol took key 1 along
+    assert later > seq
+    await pair.timeline.set_read(conv, "erin", later)
+    asked = [(seq, "alice"), (later, "bob"), (later - 1, "#" + gid)]
+    counts = await pair.timeline.receipt_counts(conv, asked)
+    for (at, _), got in zip(asked[:2], counts, strict=False):
+        want = await pair.timeline.receipts(conv, at, 0)
+        assert want is not None and got == (want.members, want.read, want.delivered), at
+    assert counts[0] == (3, 1, 2) and counts[1][0] == 3  # at `later`: alice, dave, erin
+    assert await pair.timeline.receipt_counts(conv, []) == []
 
 
 @pytest.mark.asyncio

@@ -233,6 +233,41 @@ async def receipts(
     return Receipts(seq, total, read, delivered, lists["read_seq"], lists["delivered_seq"])
 
 
+async def receipt_counts(
+    db: Database, conv_id: str, messages: Sequence[tuple[int, str]]
+) -> list[tuple[int, int, int]]:
+    """:func:`receipts`' counts for several ``(seq, sender)`` at once: the spans that reach
+    into their range with their members' cursors, read once and counted here."""
+    seqs = [seq for seq, _ in messages]
+    rows = await db.fetchall(
+        "SELECT s.user_id, s.from_seq, s.to_seq, m.read_seq, m.delivered_seq"
+        " FROM im_tl_span s JOIN im_tl_member m ON m.conv_id = s.conv_id AND m.user_id = s.user_id"
+        " WHERE s.conv_id = ? AND s.from_seq <= ? AND (s.to_seq = 0 OR s.to_seq >= ?)",
+        (conv_id, max(seqs), min(seqs)),
+    )
+    cursors = [(str(u), int(f), int(t), int(r), int(d)) for u, f, t, r, d in rows]
+    return count_receipts(cursors, messages)
+
+
+def count_receipts(
+    cursors: Sequence[tuple[str, int, int, int, int]], messages: Sequence[tuple[int, str]]
+) -> list[tuple[int, int, int]]:
+    """Per ``(seq, sender)``: the users with a span ``(from, to)`` covering seq (to 0: open),
+    the sender left out, and how many of them read and received it. A user with two spans over
+    one seq can't happen (spans do not overlap), so each counts once."""
+    out: list[tuple[int, int, int]] = []
+    for seq, sender in messages:
+        members = read = delivered = 0
+        for user, from_seq, to_seq, read_seq, delivered_seq in cursors:
+            if user == sender or from_seq > seq or (to_seq and to_seq < seq):
+                continue
+            members += 1
+            read += read_seq >= seq
+            delivered += delivered_seq >= seq
+        out.append((members, read, delivered))
+    return out
+
+
 async def poster(db: Database, conv_id: str, user_id: str) -> int | None:
     """The mute (ms, 0: none) of ``user_id``'s open span in the group; None without one."""
     row = await db.fetchone(

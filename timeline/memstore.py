@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proto import im_pb2
-from timeline.groupsql import Head, MemberSnapshot, system_content, system_sender
+from timeline.groupsql import Head, MemberSnapshot, count_receipts, system_content, system_sender
 from timeline.model import (
     GROUP,
     SINGLE,
@@ -184,6 +184,26 @@ class MemoryTimelineStore:
         read = [u for u in covered if conv.members[u].read_seq >= seq]
         got = [u for u in covered if conv.members[u].delivered_seq >= seq]
         return Receipts(seq, len(covered), len(read), len(got), read[:limit], got[:limit])
+
+    async def receipt_counts(
+        self, conv_id: str, messages: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, int, int]]:
+        conv = self._convs.get(conv_id)
+        if conv is None:
+            return [(0, 0, 0) for _ in messages]
+        cursors = [
+            (
+                user,
+                span.from_seq,
+                span.to_seq,
+                conv.members[user].read_seq,
+                conv.members[user].delivered_seq,
+            )
+            for user in conv.spans
+            for span in self._spans(conv, user)
+            if user in conv.members
+        ]
+        return count_receipts(cursors, messages)
 
     # --- membership (the group store's; docs/groups.md) --------------------------------------
 

@@ -109,6 +109,14 @@ class TimelineStore(Protocol):
         to ``limit`` names); None for a seq the group has not reached."""
         ...
 
+    async def receipt_counts(
+        self, conv_id: str, messages: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, int, int]]:
+        """``(members, read, delivered)`` for each ``(seq, sender)`` of a group, counted as
+        :meth:`receipts` counts, in one read of the members' cursors (the live GroupReceipt
+        pushes: transfer/groupreceipts.py)."""
+        ...
+
     async def get(self, sender: str, msg_id: int) -> Entry | None: ...
 
     async def conversations(
@@ -467,6 +475,13 @@ class SQLTimelineStore:
         )
         sender = "" if row is None else str(row[0])
         return await groupsql.receipts(self._db, conv_id, seq, sender, limit)
+
+    async def receipt_counts(
+        self, conv_id: str, messages: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, int, int]]:
+        if not messages:
+            return []
+        return await groupsql.receipt_counts(self._db, conv_id, messages)
 
     async def get(self, sender: str, msg_id: int) -> Entry | None:
         if not 0 <= msg_id < _U64:

@@ -51,9 +51,10 @@ from common.tokens import TokenSigner
 from hooks import events
 from proto import im_pb2
 from timeline.groupsql import MemberSnapshot
-from timeline.model import conv_of_chat
+from timeline.model import Entry, conv_of_chat
 from timeline.queue import TimelineQueue, record_problem
 from transfer.groupfanout import GroupFanout
+from transfer.groupreceipts import GroupReceipts, ReceiptView
 from transfer.members import GroupView, MemberCache
 from transfer.serial import KeyedSerial
 from transfer.typing import TypingRouter
@@ -157,7 +158,7 @@ class Transfer:
         status: StatusBackend,
         signer: TokenSigner,
         timeline: TimelineQueue,
-        group_view: GroupView | None = None,
+        group_view: GroupStore | None = None,
         *,
         hooks: EventSink | None = None,
     ) -> None:
@@ -184,6 +185,8 @@ class Transfer:
             settings.node_frame_limit(),
         )
         self.typing = TypingRouter(group_view or _NoGroups(), self.fan_out)
+        # live read-by counts of group messages, for their senders, as cursors move
+        self.receipts = GroupReceipts(group_view or _NoGroups(), self.fan_out)
         self.link_config = LinkConfig.from_settings(settings, node=True)
         self._commits: set[asyncio.Task[None]] = set()
         self._cursors: set[asyncio.Task[None]] = set()
@@ -375,7 +378,8 @@ class Transfer:
             log.warning("cursor of %s: %s", moved.user_id, exc)
             return
         if ref.dest_type == GROUP:
-            users = [moved.user_id]  # the member's own devices; read-by is REST's (for now)
+            users = [moved.user_id]  # the member's own devices; the senders get GroupReceipts
+            self.receipts.moved(moved.conv_id, moved.user_id, moved.seq)
         elif moved.type == im_pb2.DELIVERED:
             users = [peer]
         else:
@@ -499,6 +503,7 @@ class Transfer:
             link.close(ProtocolError("transfer stopping", code=im_pb2.SHUTTING_DOWN, fatal=True))
         await self.serial.close(grace)
         await self.typing.close()
+        await self.receipts.close()
         drainer = [self._drainer] if self._drainer is not None else []
         for task in (*self._commits, *self._cursors, *drainer):
             task.cancel()
@@ -507,8 +512,28 @@ class Transfer:
             await self._server.wait_closed()
 
 
+class GroupStore(GroupView, ReceiptView, Protocol):
+    """What the transfer reads of the timeline store for groups (timeline.store.TimelineStore)."""
+
+
 class _NoGroups:
     """No timeline store in this process: no group has members here."""
 
     async def members_snapshot(self, conv_id: str) -> MemberSnapshot | None:
         return None
+
+    async def page(
+        self,
+        conv_id: str,
+        *,
+        after: int = 0,
+        before: int = 0,
+        limit: int,
+        reader: str | None = None,
+    ) -> list[Entry]:
+        return []
+
+    async def receipt_counts(
+        self, conv_id: str, messages: Sequence[tuple[int, str]]
+    ) -> list[tuple[int, int, int]]:
+        return []
