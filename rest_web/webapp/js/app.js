@@ -199,11 +199,59 @@ export class App {
     for (const g of groups) this.addGroup(g);
     for (const c of convs) this.applyConvSummary(c);
     this.changed();
+    // a member's groups need their keys (and members) before anything opens or goes out
+    await Promise.all(groups.filter((g) => g.state !== "invited").map((g) => this.loadGroup(g.group_id).catch(() => {})));
+    this.changed();
   }
 
   addGroup(g) {
+    const old = this.groups.get(g.group_id);
+    if (old) {
+      g.keys = { ...old.keys, ...g.keys };
+      g.key_id = Math.max(g.key_id, old.key_id);
+      if (!g.members.length) g.members = old.members;
+    }
     this.groups.set(g.group_id, g);
     this.conv(groupConvId(g.group_id)).title = g.name;
+  }
+
+  // The group with its members and the keys this user may hold (GET /groups/{id}/keys):
+  // sealing takes the newest, opening the one a chat's key_id names. One fetch per group at a
+  // time; the answer is merged into what was known.
+  loadGroup(groupId) {
+    this.groupLoads ??= new Map();
+    const running = this.groupLoads.get(groupId);
+    if (running) return running;
+    const load = (async () => {
+      const [g, keys] = await Promise.all([
+        upcoming.group(this.rest, this.caps, groupId),
+        upcoming.groupKeys(this.rest, this.caps, groupId),
+      ]);
+      for (const k of keys) g.keys[k.key_id] = k.key;
+      const ids = Object.keys(g.keys).map(Number);
+      if (ids.length) g.key_id = Math.max(...ids);
+      this.addGroup(g);
+      return this.groups.get(groupId);
+    })().finally(() => this.groupLoads.delete(groupId));
+    this.groupLoads.set(groupId, load);
+    return load;
+  }
+
+  // The key for a chat of `c` (key_id), fetching the group's keys once when it names a key
+  // newer than any held (a rotation this page has not heard of yet).
+  async keyOrFetch(c, keyId) {
+    let key = this.keyFor(c, keyId);
+    if (key || c.kind !== "group") return key;
+    const g = this.groups.get(c.peer);
+    if (!g || keyId > g.key_id || !Object.keys(g.keys).length) {
+      try {
+        await this.loadGroup(c.peer);
+      } catch {
+        return undefined;
+      }
+      key = this.keyFor(c, keyId);
+    }
+    return key;
   }
 
   // PUT /friends/X: 202 is a request sent, 200 a friendship (the key comes with it). Both
@@ -251,13 +299,14 @@ export class App {
   async createGroup(name, members) {
     const g = await upcoming.createGroup(this.rest, this.caps, name, members);
     this.addGroup(g);
+    await this.loadGroup(g.group_id).catch(() => {});
     this.changed();
     return groupConvId(g.group_id);
   }
 
   async invite(groupId, user) {
     await upcoming.invite(this.rest, this.caps, groupId, user);
-    this.addGroup(await upcoming.group(this.rest, this.caps, groupId));
+    await this.loadGroup(groupId);
     this.changed();
   }
 
@@ -423,8 +472,7 @@ export class App {
         }
         return;
       case "stale-key":
-        this.notice = "the group's key changed: send that message again";
-        this.changed();
+        this.resealText(ev);
         return;
       default:
         return;
@@ -434,7 +482,7 @@ export class App {
   applyConvState(s) {
     const c = this.conv(s.conv_id);
     if (s.type === DestType.GROUP && !this.groups.has(s.peer_id)) {
-      upcoming.group(this.rest, this.caps, s.peer_id).then((g) => { this.addGroup(g); this.changed(); }, () => {});
+      this.loadGroup(s.peer_id).then(() => this.changed(), () => {});
     }
     if (s.type === DestType.SINGLE && s.peer_id && !this.friends.has(s.peer_id)) c.title = s.peer_id;
     this.applyConvSummary(s);
@@ -529,10 +577,15 @@ export class App {
   async openInto(c, chat, m) {
     if (chat.msg_type === MsgType.SYSTEM) {
       m.kind = "system";
-      m.text = systemText(SystemBody.decode(chat.body));
+      const body = SystemBody.decode(chat.body);
+      m.text = systemText(body);
+      // a new key (someone left): fetch it now, so the next message is sealed with it
+      if (body.event === SystemBody_Event.KEY_ROTATED && c.kind === "group") {
+        this.loadGroup(c.peer).then(() => this.changed(), () => {});
+      }
       return;
     }
-    const key = this.keyFor(c, chat.key_id ?? 0);
+    const key = await this.keyOrFetch(c, chat.key_id ?? 0);
     if (!key) throw new Error("no key for this conversation");
     if (chat.msg_type === MsgType.FILE) {
       const plain = await openSealed(key, chat.id, chat.from_id, chat.dest_id, chat.body);
@@ -565,6 +618,7 @@ export class App {
 
   async sendText(convId, body) {
     const c = this.conv(convId);
+    if (c.kind === "group") await this.keyOrFetch(c, this.destOf(c).key_id);
     const dest = this.destOf(c);
     const key = this.keyFor(c, dest.key_id);
     if (!key) throw new Error("no key for this conversation yet");
@@ -576,6 +630,7 @@ export class App {
 
   async sendFile(convId, file, onProgress) {
     const c = this.conv(convId);
+    if (c.kind === "group") await this.keyOrFetch(c, this.destOf(c).key_id);
     const dest = this.destOf(c);
     const key = this.keyFor(c, dest.key_id);
     if (!key) throw new Error("no key for this conversation yet");
@@ -584,6 +639,29 @@ export class App {
     const sealed = await seal(key, id, this.me, dest.dest_id, FileBody.encode(up.body));
     this.queue(c, { id, msg_type: MsgType.FILE, body: sealed, file: up.ref, ...dest },
       { kind: "file", text: up.body.name, file: { ref: up.ref, info: up.body } });
+  }
+
+  // A group text refused STALE_KEY (sealed with a key the group replaced): fetch the keys and
+  // send it again under the new one, as a new message; once only, then the user is told.
+  async resealText(ev) {
+    const c = this.conv(ev.convId);
+    const m = c.messages.get(`o${ev.id}`);
+    if (!m || m.kind !== "text" || m.resealed || c.kind !== "group") {
+      if (m) m.failed = "the group's key changed: send it again";
+      this.changed();
+      return;
+    }
+    c.messages.delete(`o${ev.id}`);
+    try {
+      await this.loadGroup(c.peer);
+      await this.sendText(ev.convId, m.text);
+      const again = [...c.messages.values()].at(-1);
+      if (again && again.text === m.text) again.resealed = true;
+    } catch (err) {
+      m.failed = `not sent: ${err.message}`;
+      c.messages.set(`o${ev.id}`, m);
+    }
+    this.changed();
   }
 
   queue(c, fields, shown) {

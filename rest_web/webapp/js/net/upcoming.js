@@ -86,6 +86,15 @@ export async function group(rest, caps, groupId) {
   return normalizeGroup(await rest.call("GET", `/groups/${encodeURIComponent(groupId)}`));
 }
 
+// GET /groups/{id}/keys: [{key_id, key, from_seq, to_seq}], the keys of the seqs this user may
+// read (a member gets the current one). Without them the app can neither seal nor open.
+export async function groupKeys(rest, caps, groupId) {
+  needs(caps.groups, "groups");
+  const r = await rest.call("GET", `/groups/${encodeURIComponent(groupId)}/keys`, { raw: true });
+  const data = await r.json();
+  return Array.isArray(data) ? data : [];
+}
+
 export async function createGroup(rest, caps, name, members) {
   needs(caps.groups, "groups");
   return normalizeGroup(await rest.call("POST", "/groups", { json: { name, members }, ok: [200, 201] }));
