@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 
@@ -224,36 +226,50 @@ class Stack:
         return lines
 
     async def stop(self) -> None:
+        """Stop every part, in order. Each step is bounded (:data:`STOP_STEP`): a backend that
+        stopped answering mid-close (a half-dead socket) costs a logged line, not a stop that
+        never ends."""
         if self.ops is not None:
             self.ops.drain()  # not ready from now on, while the services below stop
         if self._rest is not None:
             self._rest.should_exit = True
         if self.connector is not None:
-            await self.connector.stop()
+            await _step("connector", self.connector.stop())
         if self.transfer is not None:
-            await self.transfer.stop()
+            await _step("transfer", self.transfer.stop())
         if self._rest_task is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._rest_task), 5)
         if self.timeline is not None:
-            await self.timeline.close()
+            await _step("timeline queue", self.timeline.close())
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.ops is not None:
-            await self.ops.stop()
-        if self._login is not None:
-            await self._login.close()
-        if self.status is not None:
-            await self.status.close()
-        if self.revocations is not None:
-            await self.revocations.close()
-        if self.group_notices is not None:
-            await self.group_notices.close()
-        if self.presence is not None:
-            await self.presence.close()
-        if self.db is not None:
-            await self.db.close()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP)
+            for t in stuck:
+                log.warning("stop: task %s did not end within %.0fs", t.get_name(), STOP_STEP)
+        closers = [
+            ("ops", self.ops and self.ops.stop),
+            ("login", self._login and self._login.close),
+            ("user status", self.status and self.status.close),
+            ("revocations", self.revocations and self.revocations.close),
+            ("group notices", self.group_notices and self.group_notices.close),
+            ("presence", self.presence and self.presence.close),
+            ("database", self.db and self.db.close),
+        ]
+        for name, close in closers:
+            if close:
+                await _step(name, close())
+
+
+STOP_STEP = 15.0  # seconds one step of Stack.stop may take
+
+
+async def _step(name: str, work: Coroutine[Any, Any, object]) -> None:
+    try:
+        await asyncio.wait_for(work, STOP_STEP)
+    except TimeoutError:
+        log.warning("stop: %s did not close within %.0fs; going on", name, STOP_STEP)
 
 
 async def _addresses(live: LiveNodes) -> list[str]:
