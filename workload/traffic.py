@@ -297,6 +297,7 @@ class Users:
         for c in self.all():
             out["reconnects"] += c.reconnects
             out["resent"] += c.resent
+            out["out_of_order_resends"] += c.out_of_order  # chats the writer held for order
         if self.flapper is not None:
             out["reconnect_failures"] = len(self.flapper.failures)
         if self.groups is not None:
