@@ -11,7 +11,6 @@ on the 2-core machine.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -115,15 +114,7 @@ def test_bad_options_are_refused_before_anything_is_built(
         assert complaint in capsys.readouterr().err
 
 
-KNOWN = (
-    "im chaos --hosts passes 2 runs in 9: a chat whose commit failed when a RabbitMQ node died "
-    "or a partition began is overtaken by the device's next chat (sender_disorder; "
-    "docs/deployment.md, 'The multi-host chaos run'); IM_TEST_HOSTS_CHAOS=1 runs it anyway"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("IM_TEST_HOSTS_CHAOS") != "1", reason=KNOWN)
 def test_chaos_over_three_hosts_injects_every_fault_and_loses_nothing() -> None:
     reason = missing()
     if reason is not None:
