@@ -245,7 +245,10 @@ class Stack:
         for t in self._tasks:
             t.cancel()
         if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP)
+            ended, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP)
+            for t in ended:
+                if not t.cancelled():
+                    t.exception()  # retrieved: a task's failure was logged where it happened
             for t in stuck:
                 log.warning("stop: task %s did not end within %.0fs", t.get_name(), STOP_STEP)
         closers = [

@@ -17,6 +17,9 @@ from proto import im_pb2
 
 OUTBOX_SIZE = 10_000  # chats waiting for SENT; send_text waits beyond this
 RESEND_AFTER = 8.0  # seconds a sent chat may stay unconfirmed before it goes again
+# after an OUT_OF_ORDER sends a conversation again, its other refusals in this long are the
+# same round's echo (every chat behind a lost one is refused too) and change nothing
+REQUEUE_GAP = 2.0
 
 
 class Pending:
@@ -42,6 +45,7 @@ class Outbox:
         self._unsent: OrderedDict[int, None] = OrderedDict()
         # each conversation's ids, ascending (ids grow as chats are made): what after_id names
         self._convs: dict[tuple[int, str], list[int]] = {}
+        self._requeued: dict[tuple[int, str], float] = {}  # conv -> when it last went again
         self._room = asyncio.Event()
         self._room.set()
 
@@ -76,6 +80,7 @@ class Outbox:
             del ids[bisect.bisect_left(ids, msg_id)]
             if not ids:
                 del self._convs[key]
+                self._requeued.pop(key, None)
         if len(self._items) < self.size:
             self._room.set()
         return pending
@@ -87,10 +92,18 @@ class Outbox:
         at = bisect.bisect_left(ids, chat.id)
         return ids[at - 1] if at else 0
 
-    def requeue(self, chat: im_pb2.ChatMsg) -> int:
+    def requeue(self, chat: im_pb2.ChatMsg, now: float, gap: float = REQUEUE_GAP) -> int:
         """``chat`` was refused OUT_OF_ORDER: every chat of its conversation still here goes
-        out again, oldest first, in its place among the unsent (how many)."""
-        ids = self._convs.get(_conv(chat), [])
+        out again, oldest first, in its place among the unsent (how many; 0 when the
+        conversation went again less than ``gap`` seconds ago: one lost chat has every chat
+        behind it refused, and each of those refusals must not send the whole conversation
+        again; a refusal after the gap does, and the resend timer covers the rest)."""
+        key = _conv(chat)
+        ids = self._convs.get(key, [])
+        last = self._requeued.get(key)
+        if not ids or (last is not None and now - last < gap):
+            return 0
+        self._requeued[key] = now
         for msg_id in ids:
             pending = self._items[msg_id]
             pending.sent_at, pending.link_seq = 0.0, 0

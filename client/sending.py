@@ -184,8 +184,9 @@ class Sending(AccountCalls):
             return  # answered meanwhile, or already going again with its conversation
         if not self._recipes.may_send(msg_id):
             return  # held for a re-seal, which sends it again in its order
+        if not self._outbox.requeue(pending.chat, time.monotonic()):
+            return  # the conversation went again a moment ago: this is that round's echo
         self.out_of_order += 1
-        self._outbox.requeue(pending.chat)
         if self._conn.up:
             self._chore(self._send_chats())  # from a task: the reader never waits for room
 

@@ -104,6 +104,38 @@ async def test_marks_are_bounded_and_a_failing_store_skips_a_turn() -> None:
     await receipts.close()
 
 
+async def test_a_turn_that_breaks_ends_no_other_groups_pushes_and_close_is_final() -> None:
+    pushed: list[str] = []
+
+    class Breaks(Script):
+        async def page(
+            self,
+            conv_id: str,
+            *,
+            after: int = 0,
+            before: int = 0,
+            limit: int,
+            reader: str | None = None,
+        ) -> list[Entry]:
+            if conv_id == "g:bad":
+                raise RuntimeError("a bug in one group's turn")
+            return await super().page(conv_id, before=before, limit=limit, reader=reader)
+
+    async def push(users: list[str], body: im_pb2.Fanout) -> None:
+        pushed.append(body.group_receipt.conv_id)
+
+    receipts = GroupReceipts(Breaks(head=3), push, every=0.05, window=1)
+    receipts.moved("g:bad", "m", 3)
+    await asyncio.sleep(0.05)
+    receipts.moved("g:ok", "m", 3)
+    await asyncio.sleep(0.1)
+    assert pushed == ["g:ok"], "the task outlived the broken turn"
+    await receipts.close()
+    receipts.moved("g:ok", "m", 3)
+    await asyncio.sleep(0.1)
+    assert pushed == ["g:ok"] and receipts._task is not None and receipts._task.done()
+
+
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     st = Stack(stack_settings(tmp_path / "server"))

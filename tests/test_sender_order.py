@@ -141,12 +141,17 @@ def test_the_outbox_names_each_chats_predecessor_and_requeues_a_conversation() -
     assert box.next_unsent() is None
     box.confirm(3)  # SENT: a later chat need not wait for it
     assert box.before(made[4]) == 1
-    assert box.requeue(made[4]) == 2  # bob's 1 and 5; carol's and the group's stay sent
+    assert box.requeue(made[4], 100.0) == 2  # bob's 1 and 5; carol's and the group's stay sent
     again = []
     while (p := box.next_unsent()) is not None:
         again.append(p.chat.id)
         box.sent(p, 0, 11.0)
     assert again == [1, 5]
+    # the refusals of the same round, just behind: nothing goes again; later, it does
+    assert box.requeue(made[4], 101.0) == 0 and box.next_unsent() is None
+    assert box.requeue(made[4], 102.5) == 2
+    while (p := box.next_unsent()) is not None:
+        box.sent(p, 0, 103.0)
     box.confirm(1)
     box.confirm(5)
     assert box.before(chat(6, "bob")) == 0 and len(box) == 2

@@ -220,14 +220,22 @@ def test_chats_name_their_predecessor_and_out_of_order_sends_the_conversation_ag
         const oo = s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 3n }), now);
         const oo2 = s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 4n }), now);
         const again = writes(s.tick(now += 1000), "chat");
+        // chat 4's refusal of the first round arrives late: the echo, nothing more goes out
+        s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 4n }), now);
+        const echo = writes(s.tick(now += 1000), "chat").length;
+        s.receive(control("error", { code: E.OUT_OF_ORDER, ref_msg_id: 4n }), now += 1500);
+        const later = writes(s.tick(now += 1000), "chat").length;
         return tag({ first: first.map((c) => [c.id, c.after_id ?? 0]), effects: oo.length + oo2.length,
-                     again: again.map((c) => [c.id, c.after_id ?? 0]), kept: s.outbox.size });
+                     again: again.map((c) => [c.id, c.after_id ?? 0]), kept: s.outbox.size,
+                     echo, later });
         """,
     )
     assert got["first"] == [[1, 0], [2, 0], [3, 1], [4, 3]]
     assert got["effects"] == 0, "nothing to show: the chats are still on their way"
     assert got["again"] == [[1, 0], [3, 1], [4, 3]], "bob's conversation again, oldest first"
     assert got["kept"] == 4
+    assert got["echo"] == 0, "a refusal within the gap sends nothing again"
+    assert got["later"] == 3, "one after it sends the conversation again"
 
 
 def test_link_layer_acks_dedupes_pings_and_cursors(page: Any) -> None:

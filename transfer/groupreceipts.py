@@ -81,21 +81,24 @@ class GroupReceipts:
         self._next: dict[str, float] = {}  # conv -> earliest next turn (bounded with marks)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.pushed = 0
         self.dropped = 0
 
     def moved(self, conv_id: str, user_id: str, seq: int) -> None:
         """A member's cursor in ``conv_id`` moved up to ``seq``."""
+        if self._closed:
+            return
         mark = self._marks.get(conv_id)
         if mark is not None:
             if seq > mark[0]:
                 self._marks[conv_id] = (seq, user_id)
-            return
-        if len(self._marks) >= self._max:
+        elif len(self._marks) >= self._max:
             self.dropped += 1
             return
-        self._marks[conv_id] = (seq, user_id)
-        self._wake.set()
+        else:
+            self._marks[conv_id] = (seq, user_id)
+            self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="group receipts")
 
@@ -111,7 +114,11 @@ class GroupReceipts:
                 continue
             for conv_id in ready:
                 seq, reader = self._marks.pop(conv_id)
-                members = await self._turn(conv_id, seq, reader)
+                try:
+                    members = await self._turn(conv_id, seq, reader)
+                except Exception:  # one group's turn must not end every group's pushes
+                    log.exception("group receipts of %s failed", conv_id)
+                    members = 0
                 pause = max(self._every, members / MEMBERS_PER_SECOND)
                 self._next[conv_id] = self._clock() + pause
             # forget the pacing of groups with nothing marked whose pause is over
@@ -143,6 +150,8 @@ class GroupReceipts:
         return max((m for m, _, _ in counts), default=0)
 
     async def close(self) -> None:
+        self._closed = True  # a cursor merge that ends after this starts nothing
+        self._marks.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -17,6 +17,8 @@ import { ErrorCode } from "../proto/im.js";
 export const RESEND_AFTER = 10_000;
 // What one device may have in flight: far above what a person types while offline.
 export const MAX_ENTRIES = 500;
+// After an OUT_OF_ORDER sends a conversation again, its other refusals this soon are the echo.
+export const REQUEUE_GAP = 2_000;
 
 // Codes after which sending the same chat again can never succeed (SPEC-timeline.md).
 export const FINAL_CODES = new Set([
@@ -98,10 +100,16 @@ export class Outbox {
   }
 
   // OUT_OF_ORDER for `id`: every entry of its conversation goes out again, oldest first, at the
-  // next tick (so the refusals of the chats behind it, already on their way, change nothing).
-  requeue(id) {
+  // next tick. The refusals of the chats behind it (every one behind a lost chat is refused
+  // too) change nothing: not before that tick, nor for REQUEUE_GAP ms after it.
+  requeue(id, now) {
     const e = this.entries.get(BigInt(id));
     if (e === undefined || e.sentAt === null) return 0;
+    this.requeued ??= new Map();
+    const last = this.requeued.get(e.convId);
+    if (last !== undefined && now - last < REQUEUE_GAP) return 0;
+    if (this.requeued.size > MAX_ENTRIES) this.requeued.clear(); // at most one per entry's conv
+    this.requeued.set(e.convId, now);
     let n = 0;
     for (const x of this.entries.values()) {
       if (x.convId === e.convId) {

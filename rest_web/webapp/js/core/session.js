@@ -236,7 +236,7 @@ export class Session {
     if (err.ref_msg_id !== 0n) {
       if (err.code === ErrorCode.OUT_OF_ORDER) {
         // the chat it names after is not committed: the conversation goes again, in order
-        this.outbox.requeue(err.ref_msg_id);
+        this.outbox.requeue(err.ref_msg_id, now);
         return [];
       }
       if (err.code === ErrorCode.STALE_KEY) {
