@@ -511,38 +511,35 @@ class Link(asyncio.Protocol):
         link given up before its WELCOME, whose GREET must not reach the connector later (a
         graceful close keeps retransmitting it through a partition, and a GREET arriving after
         the one of the link that replaced it would push that one out with REPLACED)."""
-        t = self._transport
-        if t is not None and not self._shut:
-            sock = t.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):  # closed already: nothing is left to send
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self._shut = True
-            t.abort()
-            self._state.close(None)
-            if self._room is not None:
-                self._room.set()
-            self._finisher = self._loop.create_task(self._finish(), name=f"abort {self.name}")
-            return
-        self.close()
+        self._state.close(None)
+        self._shutdown(reset=True)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, reset: bool = False) -> None:
         if self._shut:
             return
         self._shut = True
         err = self._state.close_error
         if err is not None:
             log.info("%s: closing on %s: %s", self.name, err.code_name, err.detail)
-        self._flush()
         t = self._transport
-        if t is not None:
-            tail = self._wire.finish(err)
-            if tail and not t.is_closing():
-                t.write(tail)
-            if t.get_write_buffer_size() > HIGH_WATER:
-                t.abort()  # a peer this far behind would keep the socket open for ever
-            else:
-                t.close()
+        if reset:
+            if t is not None:
+                sock = t.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # closed already: nothing left to send
+                        linger = struct.pack("ii", 1, 0)
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                t.abort()
+        else:
+            self._flush()
+            if t is not None:
+                tail = self._wire.finish(err)
+                if tail and not t.is_closing():
+                    t.write(tail)
+                if t.get_write_buffer_size() > HIGH_WATER:
+                    t.abort()  # a peer this far behind would keep the socket open for ever
+                else:
+                    t.close()
         if self._room is not None:
             self._room.set()
         self._finisher = self._loop.create_task(self._finish(), name=f"close {self.name}")

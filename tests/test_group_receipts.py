@@ -43,7 +43,8 @@ class Script:
         self.pages.append((conv_id, before, reader))
         top = min(before - 1, self.head)
         seqs = range(max(1, top - limit + 1), top + 1)
-        return [Entry(conv_id, s, "#g" if s == 1 else f"u{s % 2}", s, 0, b"") for s in seqs]
+        system = "#" + conv_id.removeprefix("g:")  # the group's own events (groupsql)
+        return [Entry(conv_id, s, system if s == 1 else f"u{s % 2}", s, 0, b"") for s in seqs]
 
     async def receipt_counts(
         self, conv_id: str, messages: Sequence[tuple[int, str]]

@@ -329,11 +329,10 @@ class SQLTimelineStore:
                 if refusal is not None:
                     results.append(AppendResult(unstored(m), refusal))
                     continue
-            if m.after_id and not follows(m, stored.get((m.sender, m.after_id))):
-                before = fresh.get((m.sender, m.after_id))
-                if not follows(m, before):
-                    results.append(AppendResult(unstored(m), "out_of_order"))
-                    continue
+            after = (m.sender, m.after_id)
+            if m.after_id and not follows(m, stored.get(after) or fresh.get(after)):
+                results.append(AppendResult(unstored(m), "out_of_order"))
+                continue
             last_seq, last_time = heads.get(m.conv_id, (0, 0))
             seq, server_time = last_seq + 1, max(now, last_time)
             heads[m.conv_id] = (seq, server_time)

@@ -29,7 +29,8 @@ from typing import Protocol
 
 from common.errors import IMError
 from proto import im_pb2
-from timeline.model import Entry
+from timeline.groupsql import system_sender
+from timeline.model import Entry, parse_conv_id
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ class GroupReceipts:
             entries = await self._view.page(
                 conv_id, before=seq + 1, limit=self._window, reader=reader
             )
-            messages = [(e.seq, e.sender) for e in entries if not e.sender.startswith("#")]
+            system = system_sender(parse_conv_id(conv_id).group_id)  # its own events
+            messages = [(e.seq, e.sender) for e in entries if e.sender != system]
             counts = await self._view.receipt_counts(conv_id, messages) if messages else []
         except (IMError, ValueError) as exc:
             log.warning("group receipts of %s skipped: %s", conv_id, exc)
