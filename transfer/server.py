@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -46,13 +47,13 @@ from common.convid import GROUP, parse_conv_id
 from common.errors import AuthError, IMError, ProtocolError
 from common.ids import route_key
 from common.link import Link, LinkClosed, LinkConfig, log_peer_error, serve_links
-from common.log import bind_log_context
 from common.tokens import TokenSigner
 from hooks import events
 from proto import im_pb2
 from timeline.groupsql import MemberSnapshot
 from timeline.model import Entry, conv_of_chat
 from timeline.queue import TimelineQueue, record_problem
+from transfer.commits import CommitBatcher
 from transfer.groupfanout import GroupFanout
 from transfer.groupreceipts import GroupReceipts, ReceiptView
 from transfer.members import GroupView, MemberCache
@@ -165,7 +166,6 @@ class Transfer:
         self.settings = settings
         self.status = status
         self.signer = signer
-        self.timeline = timeline
         self.node_id = settings.name(settings.transfer_port)
         self.serial = KeyedSerial()
         self.routes = RouteCache(status)
@@ -188,9 +188,15 @@ class Transfer:
         # live read-by counts of group messages, for their senders, as cursors move
         self.receipts = GroupReceipts(group_view or _NoGroups(), self.fan_out)
         self.link_config = LinkConfig.from_settings(settings, node=True)
-        self._commits: set[asyncio.Task[None]] = set()
-        self._cursors: set[asyncio.Task[None]] = set()
-        self._cursor_slots = asyncio.Semaphore(CURSORS_IN_FLIGHT)
+        self._commits = CommitBatcher(
+            timeline, "timeline commit", lambda took: metrics.send_latency("store", took)
+        )
+        self._cursor_batches = CommitBatcher(timeline, "cursor merge")
+        self._timeline = timeline
+        self._cursors_in_flight = 0  # cursor records submitted and not answered
+        self._slot_room: asyncio.Event | None = None  # made when every slot was taken once
+        self._moved: deque[im_pb2.Cursor] = deque()  # merged and moved: to fan out
+        self._mover: asyncio.Task[None] | None = None
         self._pending: dict[CursorKey, im_pb2.TimelineRecord] = {}
         self._pending_room = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
@@ -205,6 +211,15 @@ class Transfer:
         self.committed = 0  # chats the writer appended or found appended
         self.cursors_moved = 0  # cursors merged that moved, so were fanned out
         self.dropped = 0  # fanouts lost with a connector's link
+
+    @property
+    def timeline(self) -> TimelineQueue:
+        """Where chats and cursors are committed (replaceable: tests put a faulty one in)."""
+        return self._timeline
+
+    @timeline.setter
+    def timeline(self, queue: TimelineQueue) -> None:
+        self._timeline = self._commits.timeline = self._cursor_batches.timeline = queue
 
     def attach(self, node_id: str, link: Link) -> None:
         old = self.links.get(node_id)
@@ -238,35 +253,17 @@ class Transfer:
     ) -> None:
         """Start committing ``chat`` to its timeline; ``done`` gets the writer's answer, or None
         when there is none (not committed as far as we know: the sender resends). Started in
-        arrival order, so the queue sees one conversation's chats in that order; how many are
-        in flight is bounded by the fanout jobs waiting for them (``KeyedSerial``)."""
-        timeline = self.timeline
-        record = im_pb2.TimelineRecord(origin=origin)
-        record.chat.CopyFrom(chat)
+        arrival order, so the queue sees one conversation's chats in that order (the records of
+        one loop turn share a submit: transfer/commits.py); how many are in flight is bounded
+        by the fanout jobs waiting for them (``KeyedSerial``)."""
+        record = im_pb2.TimelineRecord(origin=origin, chat=chat)
         try:
             record.chat.conv_id = conv_of_chat(chat)
         except ValueError as exc:  # the connector lets none through; this one is refused
             log.warning("chat %s/%d has no conversation: %s", chat.from_id, chat.id, exc)
             done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE, origin=origin))
             return
-
-        async def run() -> None:
-            # this task's lines (a failed commit) name the chat; it is the chat's own task
-            bind_log_context(conn=origin, user=chat.from_id, msg_id=chat.id)
-            answer: im_pb2.Committed | None = None
-            submitted = time.monotonic()
-            try:
-                (answer,) = await timeline.submit([record])
-                metrics.send_latency("store", time.monotonic() - submitted)
-            except (IMError, ValueError) as exc:
-                log.warning("timeline commit of %s/%d failed: %s", chat.from_id, chat.id, exc)
-            finally:
-                if not done.done():
-                    done.set_result(answer)
-
-        task = asyncio.create_task(run(), name=f"commit {chat.from_id}/{chat.id}")
-        self._commits.add(task)
-        task.add_done_callback(self._commits.discard)
+        self._commits.add(record, done)
 
     async def route_committed(
         self, done: asyncio.Future[im_pb2.Committed | None], origin: str, started: float
@@ -329,8 +326,7 @@ class Transfer:
         if held is not None:  # the same cursor waits already: it now goes to the higher seq
             held.cursor.seq = max(held.cursor.seq, c.seq)
             return
-        if not self._pending and not self._cursor_slots.locked():
-            await self._cursor_slots.acquire()  # free: no wait
+        if not self._pending and self._cursors_in_flight < CURSORS_IN_FLIGHT:
             self._start_merge(out)
             return
         # every slot busy: wait in the coalescing table, not on the link (a flood of cursors
@@ -343,33 +339,48 @@ class Transfer:
             self._drainer = asyncio.create_task(self._drain_pending(), name="pending cursors")
 
     def _start_merge(self, record: im_pb2.TimelineRecord) -> None:
-        task = asyncio.create_task(self._merge(record), name=f"cursor {record.cursor.user_id}")
-        self._cursors.add(task)
-        task.add_done_callback(self._cursors.discard)
+        """Submit the cursor with the other records of this loop turn; its answer comes to
+        :meth:`_merged` (no task per cursor)."""
+        self._cursors_in_flight += 1
+        self._cursor_batches.add(record).add_done_callback(self._merged)
+
+    def _merged(self, answer: asyncio.Future[im_pb2.Committed | None]) -> None:
+        got = answer.result()
+        # None: not merged (queue down, timeout); the client repeats its cursors (idempotent)
+        if got is None or got.refused or not got.moved:
+            self._slot_free()
+            return
+        # it keeps its slot until it is fanned out: the slots bound this table too
+        self._moved.append(got.cursor)
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.create_task(self._fan_moved(), name="cursor fanouts")
+
+    def _slot_free(self) -> None:
+        self._cursors_in_flight -= 1
+        if self._slot_room is not None:
+            self._slot_room.set()
 
     async def _drain_pending(self) -> None:
         while self._pending:
-            await self._cursor_slots.acquire()
-            if not self._pending:
-                self._cursor_slots.release()
-                break
+            while self._cursors_in_flight >= CURSORS_IN_FLIGHT:
+                if self._slot_room is None:
+                    self._slot_room = asyncio.Event()
+                self._slot_room.clear()
+                await self._slot_room.wait()
             key = next(iter(self._pending))
             self._start_merge(self._pending.pop(key))
             self._pending_room.set()
 
-    async def _merge(self, record: im_pb2.TimelineRecord) -> None:
-        cursor = record.cursor
-        try:
-            (answer,) = await self.timeline.submit([record])
-        except (IMError, ValueError) as exc:
-            # the client repeats its cursors (idempotent): the next one moves it
-            log.warning("cursor of %s in %s not merged: %s", cursor.user_id, cursor.conv_id, exc)
-            return
-        finally:
-            self._cursor_slots.release()
-        if answer.refused or not answer.moved:
-            return
-        moved = answer.cursor
+    async def _fan_moved(self) -> None:
+        """Tell the devices of cursors that moved, in the order the writer answered."""
+        while self._moved:
+            moved = self._moved.popleft()
+            try:
+                await self._fan_cursor(moved)
+            finally:
+                self._slot_free()
+
+    async def _fan_cursor(self, moved: im_pb2.Cursor) -> None:
         metrics.cursor_moved(moved.type)
         try:
             ref = parse_conv_id(moved.conv_id)
@@ -429,15 +440,21 @@ class Transfer:
             here = by_node.setdefault(origin, [])
             if sender not in here:
                 here.append(sender)
+        if body.users:  # the users are this function's to name, per connector
+            plain = im_pb2.Fanout()
+            plain.CopyFrom(body)
+            del plain.users[:]
+            body = plain
+        # encoded once for every connector: a Fanout is its body's bytes followed by the users
+        # field (protobuf appends a repeated field's values across concatenated messages)
+        encoded = body.SerializeToString()
         for node, its_users in by_node.items():
             link = self.links.get(node)
             if link is None:
                 continue  # not linked to us (yet): that connector re-lists when it links
-            out = im_pb2.Envelope()
-            out.fanout.CopyFrom(body)
-            out.fanout.users[:] = its_users
+            named = encoded + im_pb2.Fanout(users=its_users).SerializeToString()
             with contextlib.suppress(LinkClosed):
-                await link.send(out)
+                await link.send_body("fanout", named)
         return offline
 
     async def _lookup_many(self, users: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -504,10 +521,12 @@ class Transfer:
         await self.serial.close(grace)
         await self.typing.close()
         await self.receipts.close()
-        drainer = [self._drainer] if self._drainer is not None else []
-        for task in (*self._commits, *self._cursors, *drainer):
+        rest = [t for t in (self._drainer, self._mover) if t is not None]
+        for task in rest:
             task.cancel()
-        await asyncio.gather(*self._commits, *self._cursors, *drainer, return_exceptions=True)
+        await self._commits.close()
+        await self._cursor_batches.close()
+        await asyncio.gather(*rest, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
