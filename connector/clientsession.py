@@ -312,7 +312,7 @@ class ClientSession:
                     # lines about this chat (friend check, hook, no transfer) name it
                     with log_context(conn=link.name, user=self.user_id, msg_id=eff.chat.id):
                         await self.host.check_chat(self.user_id, eff.chat)
-                        await self.host.forward(im_pb2.Envelope(chat=eff.chat), eff.key)
+                        await self.host.forward(eff.env, eff.key)
                 finally:
                     CHAT_IN.reset(came_in)
             elif isinstance(eff, Forward):

@@ -93,10 +93,12 @@ class Register:
 
 @dataclass(frozen=True, slots=True)
 class ForwardChat:
-    """Check the friendship (and a FILE chat's upload), then forward the chat to a transfer."""
+    """Check the friendship (and a FILE chat's upload), then forward the chat to a transfer:
+    ``env``, the client's envelope holding ``chat`` (the link writes its own seq)."""
 
     chat: im_pb2.ChatMsg
     key: str
+    env: im_pb2.Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,8 +329,7 @@ class SessionRules:
         ]
 
     def _chat(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
-        chat = im_pb2.ChatMsg()
-        chat.CopyFrom(env.chat)
+        chat = env.chat  # checked and cleared in place: the envelope goes on as it is, uncopied
         rules.check_chat(self.user_id, chat, self.limits.max_body)
         if slot_of(chat.id) != self.slot:
             raise ProtocolError(
@@ -338,7 +339,7 @@ class SessionRules:
         rules.clear_stamps(chat)
         if not self._chats.take(now):
             raise ProtocolError("too many messages", code=im_pb2.RATE_LIMITED)
-        return [ForwardChat(chat, route_key(chat.from_id, chat.dest_type, chat.dest_id))]
+        return [ForwardChat(chat, route_key(chat.from_id, chat.dest_type, chat.dest_id), env)]
 
     def _cursor(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
         cursor = rules.check_cursor(self.user_id, env.cursor)

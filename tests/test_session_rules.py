@@ -136,6 +136,7 @@ def test_a_chat_is_checked_stamps_cleared_and_forwarded_by_conversation() -> Non
     assert eff.chat.id == msg_id and eff.chat.body == b"hi"
     assert (eff.chat.conv_id, eff.chat.seq, eff.chat.server_time) == ("", 0, 0)
     assert eff.key == "alice\x00bob"
+    assert eff.env.chat == eff.chat and eff.env.chat.seq == 0  # the stamps cleared in it too
 
 
 def test_chat_refusals_are_not_fatal() -> None:
