@@ -164,6 +164,35 @@ def test_stamp_drops_the_retired_fields() -> None:
     assert stamp(retired, AB, 2, 5) == stamp(b"\xa0\x06\x2a", AB, 2, 5)
 
 
+def test_a_bare_content_stamps_as_the_walked_one_does() -> None:
+    """new_message serializes a chat without unknown fields ``bare`` (no stamps, no after_id),
+    so stamp keeps it whole; what is stored reads exactly as the walked path's result. A chat
+    with unknown fields is not bare: stamp walks it, drops the retired ones, keeps the rest."""
+    sent = im_pb2.ChatMsg(
+        id=7, from_id="alice", dest_id="bob", dest_type=im_pb2.SINGLE, body=b"x", key_id=3,
+        after_id=5, conv_id="forged", seq=99, server_time=-5,
+    )  # fmt: skip
+    m = new_message(sent)
+    assert m.bare and m.after_id == 5
+    plain = im_pb2.ChatMsg.FromString(m.content)
+    assert (plain.after_id, plain.conv_id, plain.seq, plain.server_time) == (0, "", 0, 0)
+    fast = stamp(m.content, AB, 12, 1_000, bare=True)
+    walked = im_pb2.ChatMsg.FromString(stamp(sent.SerializeToString(), AB, 12, 1_000))
+    walked.ClearField("after_id")
+    assert im_pb2.ChatMsg.FromString(fast) == walked
+    assert model.message_problem(m) is None
+    # unknown fields (retired 10, a newer client's 100): walked, 10 dropped, 100 kept
+    odd = im_pb2.ChatMsg.FromString(
+        im_pb2.ChatMsg(id=8, from_id="alice", dest_id="bob", body=b"y").SerializeToString()
+        + b"\x50\x05\xa0\x06\x2a"
+    )
+    m2 = new_message(odd)
+    assert not m2.bare
+    stored = stamp(m2.content, AB, 13, 1_000, bare=m2.bare)
+    assert stored.endswith(stamp(b"", AB, 13, 1_000)) and b"\xa0\x06\x2a" in stored
+    assert b"\x50\x05" not in stored
+
+
 def test_digest_tells_a_resend_from_a_reused_id() -> None:
     base = im_pb2.ChatMsg(id=1, from_id="alice", dest_id="bob", body=b"x", create_time=5)
     resend = im_pb2.ChatMsg()
@@ -193,7 +222,7 @@ def test_message_problem() -> None:
         dataclasses.replace(good, msg_id=-1),
         dataclasses.replace(good, dest_type=im_pb2.GROUP),
         dataclasses.replace(good, digest=b"short"),
-        dataclasses.replace(good, content=b"\xff"),
+        dataclasses.replace(good, content=b"\xff", bare=False),  # not one new_message made
         dataclasses.replace(good, after_id=1),  # not below its own id
         dataclasses.replace(good, after_id=7),
     ):

@@ -113,7 +113,7 @@ class MemoryTimelineStore:
                 m.sender,
                 m.msg_id,
                 server_time,
-                stamp(m.content, m.conv_id, seq, server_time),
+                stamp(m.content, m.conv_id, seq, server_time, bare=m.bare),
             )
             conv.last_seq, conv.last_time = seq, server_time
             conv.seqs.append(seq)

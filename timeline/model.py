@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from common.convid import (
     CONV_ID_MAX_LEN,
     GROUP,
@@ -108,6 +110,10 @@ class NewMessage:
     # the sender's earlier chat (its msg_id) that must be in this conversation's timeline
     # before this one may be (0: none; ChatMsg.after_id)
     after_id: int = 0
+    # ``content`` was serialized here (new_message) from a parsed chat with its stamps, after_id
+    # and unknown fields cleared: well formed and with nothing for :func:`stamp` to drop, so the
+    # writer need not walk its bytes in Python twice per message (a fifth of its time at load)
+    bare: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +251,7 @@ def message_problem(m: NewMessage) -> str | None:
         return f"digest must be {DIGEST_SIZE} bytes"
     if len(m.content) > MAX_CONTENT - 200:  # room for the stamps
         return "content too large"
-    if not _well_formed(m.content):
+    if not m.bare and not _well_formed(m.content):
         return "content is not a protobuf message"
     return None
 
@@ -270,12 +276,17 @@ def chat_digest(chat: im_pb2.ChatMsg) -> bytes:
 
 def new_message(chat: im_pb2.ChatMsg, content: bytes | None = None) -> NewMessage:
     """The NewMessage for a chat its sender sent (``content``: its bytes as received, default
-    the chat serialized without its ``after_id``, a sending hint nobody else needs)."""
+    the chat serialized without its ``after_id``, a sending hint nobody else needs). A chat with
+    no unknown fields (all of them, past the connector's edge) is serialized ``bare``: without
+    the stamps too, which the store would drop anyway. One that has some (a newer peer's) keeps
+    them for :func:`stamp` to sort out, as received."""
     after_id = chat.after_id
+    bare = content is None and not len(UnknownFieldSet(chat))
     if content is None:
-        if after_id:
+        if after_id or bare:
             chat = copy_chat(chat)
-            chat.ClearField("after_id")
+            for name in _BARE_CLEARED if bare else ("after_id",):
+                chat.ClearField(name)
         content = chat.SerializeToString()
     return NewMessage(
         conv_id=conv_of_chat(chat),
@@ -287,7 +298,11 @@ def new_message(chat: im_pb2.ChatMsg, content: bytes | None = None) -> NewMessag
         digest=chat_digest(chat),
         key_id=chat.key_id,
         after_id=after_id,
+        bare=bare,
     )
+
+
+_BARE_CLEARED = ("after_id", "conv_id", "seq", "server_time")  # a bare content has none
 
 
 def copy_chat(chat: im_pb2.ChatMsg) -> im_pb2.ChatMsg:
@@ -360,12 +375,16 @@ def _well_formed(data: bytes) -> bool:
     return True
 
 
-def stamp(content: bytes, conv_id: str, seq: int, server_time: int) -> bytes:
+def stamp(content: bytes, conv_id: str, seq: int, server_time: int, *, bare: bool = False) -> bytes:
     """``content`` with ChatMsg's conv_id, seq and server_time set, every other field kept as
-    it was but the retired 9..13; whatever the sender put in those is dropped."""
-    kept = b"".join(
-        content[start:end] for number, start, end in _fields(content) if number not in _DROPPED
-    )
+    it was but the retired 9..13; whatever the sender put in those is dropped. ``bare``: the
+    content has none of those (NewMessage.bare), so it is kept whole without being walked."""
+    if bare:
+        kept = content
+    else:
+        kept = b"".join(
+            content[start:end] for number, start, end in _fields(content) if number not in _DROPPED
+        )
     conv = conv_id.encode()
     return b"".join(
         (

@@ -337,7 +337,7 @@ class SQLTimelineStore:
             seq, server_time = last_seq + 1, max(now, last_time)
             heads[m.conv_id] = (seq, server_time)
             moved[m.conv_id] = (m.dest_type, seq, server_time)
-            content = stamp(m.content, m.conv_id, seq, server_time)
+            content = stamp(m.content, m.conv_id, seq, server_time, bare=m.bare)
             entry = Entry(m.conv_id, seq, m.sender, m.msg_id, server_time, content)
             fresh[key] = (entry, m.digest)
             results.append(AppendResult(entry, "committed"))
