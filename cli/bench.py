@@ -36,7 +36,7 @@ from typing import Any
 from cli import cluster
 from cli import loop as eventloop
 from common.errors import IMError
-from workload import bench, benchfanout, benchstats
+from workload import bench, benchfanout, benchlean, benchstats, benchwrites
 from workload.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
 
 HOST = "127.0.0.1"
@@ -45,9 +45,10 @@ BENCH_MYSQL = "mysql://root@127.0.0.1:3306/im_bench"
 BENCH_REDIS = "redis://127.0.0.1:6379/12"
 BENCH_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 BENCH_QUEUE = "imbench.offline"
+BENCH_SHARDS = 4  # the cluster's write queue shards: IM_AMQP_SHARDS's default, not set here
 START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
-SCENARIOS = ("relay", "online", "idle", "offline", "fanout")
+SCENARIOS = ("relay", "online", "idle", "offline", "fanout", "durable", "writes")
 
 
 def free_port(preferred: int) -> int:
@@ -99,9 +100,12 @@ async def wait_port(port: int, proc: Proc, timeout: float = START_TIMEOUT) -> No
 BENCH_RATE_LIMIT = 1_000_000
 
 
-def _base_env(server_loop: str) -> dict[str, str]:
-    """The environment for a child: ours without IM_* (the target's settings are ours to set)."""
+def _base_env(server_loop: str, tree: str = "") -> dict[str, str]:
+    """The environment for a child: ours without IM_* (the target's settings are ours to set);
+    ``tree``: the servers run from that checkout (``--server-tree``), the load from this one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IM_")}
+    if tree:
+        env["PYTHONPATH"] = str(Path(tree).resolve())
     env["IM_BIND_HOST"] = HOST
     env["IM_LOOP"] = server_loop
     env["IM_RATE_LIMIT"] = str(BENCH_RATE_LIMIT)
@@ -130,11 +134,11 @@ class Started:
             await p.stop()
 
 
-async def start_up(logdir: Path, server_loop: str) -> Started:
+async def start_up(logdir: Path, server_loop: str, tree: str = "") -> Started:
     data = logdir / "up-data"
     rest, conn, tr = free_port(REST_PORT), free_port(CONNECTOR_PORT), free_port(TRANSFER_PORT)
     secret = secrets.token_urlsafe(32)
-    env = _base_env(server_loop) | {
+    env = _base_env(server_loop, tree) | {
         "IM_DATA_DIR": str(data),
         "IM_REST_PORT": str(rest),
         "IM_CONNECTOR_PORT": str(conn),
@@ -156,7 +160,7 @@ async def start_up(logdir: Path, server_loop: str) -> Started:
 
 
 async def start_cluster(
-    logdir: Path, server_loop: str, connectors: int, transfers: int, writers: int
+    logdir: Path, server_loop: str, connectors: int, transfers: int, writers: int, tree: str = ""
 ) -> Started:
     rest = free_port(REST_PORT)
     # connector i and transfer j use base + 10 * i (cli/cluster.py): check every one is free
@@ -167,7 +171,7 @@ async def start_cluster(
             break
         conn, tr = conn + 200, tr + 200
     secret = secrets.token_urlsafe(32)
-    env = _base_env(server_loop) | {
+    env = _base_env(server_loop, tree) | {
         "IM_DATABASE_URL": BENCH_MYSQL,
         "IM_REDIS_URL": BENCH_REDIS,
         "IM_AMQP_URL": BENCH_AMQP,
@@ -217,8 +221,8 @@ def _cluster_children(pid: int) -> dict[str, int]:
     return out
 
 
-async def start_relay(logdir: Path, server_loop: str) -> Started:
-    env = _base_env(server_loop)
+async def start_relay(logdir: Path, server_loop: str, tree: str = "") -> Started:
+    env = _base_env(server_loop, tree)
     t, a, b = free_port(RELAY_PORT), free_port(RELAY_PORT + 1), free_port(RELAY_PORT + 2)
     started = Started(ports={"transfer": t, "connector-a": a, "connector-b": b})
     try:
@@ -316,6 +320,8 @@ class Runner:
             "nproc": os.cpu_count(),
             "server_rate_limit": "as configured" if args.rest else BENCH_RATE_LIMIT,
         }
+        if args.server_tree:
+            self.common["server_tree"] = str(Path(args.server_tree).resolve())
 
     def emit(self, result: dict[str, object]) -> None:
         result.setdefault("config", {})
@@ -361,7 +367,10 @@ class Runner:
                 result["server_cpu_us_per_msg"] = round(total / done * 1e6, 1)
         a, b = mine.get("start"), mine.get("end")
         if a is not None and b is not None:
-            result["bench_cpu_s"] = round(b.cpu_s - a.cpu_s, 3)
+            result["bench_cpu_s"] = mine_s = round(b.cpu_s - a.cpu_s, 3)
+            done = result.get("completed")
+            if isinstance(done, int) and done > 0:
+                result["bench_cpu_us_per_msg"] = round(mine_s / done * 1e6, 1)
         return result
 
     async def online_runs(self, pids: dict[str, int], run: Any, label: str) -> None:
@@ -384,7 +393,7 @@ class Runner:
         targets: list[Started] = []
         try:
             if "relay" in a.scenarios:
-                relay = await start_relay(logdir, a.server_loop)
+                relay = await start_relay(logdir, a.server_loop, a.server_tree)
                 targets.append(relay)
 
                 def relay_run(rate: float, probe: Any) -> Any:
@@ -396,23 +405,25 @@ class Runner:
                 await self.online_runs(relay.pids, relay_run, "relay")
                 await relay.stop()
                 targets.remove(relay)
-            server = set(a.scenarios) & {"online", "idle", "offline", "fanout"}
+            server = set(a.scenarios) & {"online", "idle", "offline", "fanout", "durable", "writes"}
+            server_cluster = False  # a cluster this run started: its write queue is known
             target: bench.Target | None = None
             pids = _parse_pids(a.pids)
             if server and a.rest:
                 target = bench.Target(a.rest, a.secret)
             elif server and a.target == "up":
-                st = await start_up(logdir, a.server_loop)
+                st = await start_up(logdir, a.server_loop, a.server_tree)
                 targets.append(st)
                 target, pids = st.target, pids | st.pids
             elif server:
+                server_cluster = True
                 st = await start_cluster(logdir, a.server_loop, a.connectors, a.transfers,
-                                         a.writers)  # fmt: skip
+                                         a.writers, a.server_tree)  # fmt: skip
                 targets.append(st)
                 target, pids = st.target, pids | st.pids
             if target is not None and a.connector:
                 target = dataclasses.replace(target, connector=_addr(a.connector))
-            if target is not None and "online" in a.scenarios:
+            if target is not None and "online" in a.scenarios and a.client == "library":
 
                 def online_run(rate: float, probe: Any) -> Any:
                     assert target is not None
@@ -423,6 +434,8 @@ class Runner:
                     )  # fmt: skip
 
                 await self.online_runs(pids, online_run, "online")
+            elif target is not None and "online" in a.scenarios:
+                await self.lean(target, f"{prefix}n", pids, "online", a.pairs)
             if target is not None and "idle" in a.scenarios:
                 await self.idle(target, prefix, pids)
             if target is not None and "offline" in a.scenarios:
@@ -433,12 +446,51 @@ class Runner:
                 self.emit(result)
             if target is not None and "fanout" in a.scenarios:
                 await self.fanout(target, prefix, pids)
+            if target is not None and "durable" in a.scenarios:
+                await self.lean(target, f"{prefix}d", pids, "durable", a.durable_senders)
+            if "writes" in a.scenarios:
+                await self.writes(prefix, pids, started_cluster=server_cluster)
         finally:
             for st in targets:
                 await st.stop()
         bad = [r for r in self.results if any(r.get(k) for k in
                ("errors", "missing", "failed", "duplicates", "disorder"))]  # fmt: skip
         return 1 if bad else 0
+
+    async def lean(
+        self, target: bench.Target, prefix: str, pids: dict[str, int], scenario: str, senders: int
+    ) -> None:
+        """``online`` or ``durable`` on lean devices (workload/benchlean.py): users and devices
+        made once, for the closed-loop run and the open-loop one after it."""
+        a = self.a
+        lean = benchlean.LeanScenario(
+            target, prefix, scenario=scenario, senders=senders, read=a.read,
+            progress=not a.quiet,
+        )  # fmt: skip
+
+        def run(rate: float, probe: Any) -> Any:
+            return lean.run(rate=rate, window=a.window, warmup=a.warmup, duration=a.duration,
+                            probe=probe)  # fmt: skip
+
+        try:
+            await self.online_runs(pids, run, scenario)
+        finally:
+            await lean.close()
+
+    async def writes(self, prefix: str, pids: dict[str, int], *, started_cluster: bool) -> None:
+        """The durable write path alone (workload/benchwrites.py), into the queue of the cluster
+        this run started; any other target's queue is not known here."""
+        a = self.a
+        if not started_cluster:
+            why = "needs --target cluster started by im bench (its write queue)"
+            self.emit({"scenario": "writes", "skipped": why})
+            return
+        result = await self.measured(pids, lambda p: benchwrites.writes(
+            BENCH_AMQP, BENCH_QUEUE + ".tl", BENCH_SHARDS, f"{prefix}w",
+            conversations=a.write_conversations, window=a.window, warmup=a.warmup,
+            duration=a.duration, progress=not a.quiet, probe=p,
+        ))  # fmt: skip
+        self.emit(result)
 
     async def fanout(self, target: bench.Target, prefix: str, pids: dict[str, int]) -> None:
         """One group per ``--group-size``, smallest first, on users made once for the largest;
@@ -519,6 +571,12 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--window", type=int, default=8, help="messages in flight per sender")
     b.add_argument("--rate", default="", help="open loop: total msgs/s, or 'half'")
     b.add_argument("--read", action="store_true", help="receivers send READ; flight ends on it")
+    b.add_argument("--client", choices=("lean", "library"), default="lean",
+                   help="online: lean devices (workload/benchlean.py) or IMClient")  # fmt: skip
+    b.add_argument("--durable-senders", type=int, default=400,
+                   help="durable: lean senders to receivers that never connect")  # fmt: skip
+    b.add_argument("--write-conversations", type=int, default=400,
+                   help="writes: conversations submitting into the write queue")  # fmt: skip
     b.add_argument("--warmup", type=float, default=2.0)
     b.add_argument("--duration", type=float, default=10.0)
     b.add_argument("--connections", type=int, default=1000)
@@ -538,6 +596,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--writers", type=int, default=1)
     b.add_argument("--server-loop", choices=eventloop.CHOICES, default="auto",
                    help="IM_LOOP of the servers this starts (the relay too)")  # fmt: skip
+    b.add_argument("--server-tree", default="",
+                   help="servers from this checkout (before/after of a change)")  # fmt: skip
     b.add_argument("--short", action="store_true", help="small sizes: a CI smoke run")
     b.add_argument("--json", action="store_true", help="one JSON object per scenario")
     b.add_argument("--quiet", action="store_true", help="no progress line on stderr")
@@ -546,7 +606,7 @@ def add_parser(sub: Any) -> None:
 
 SHORT = {"pairs": 10, "warmup": 0.5, "duration": 2.0, "connections": 100, "hold": 1.0,
          "offline_messages": 1000, "offline_senders": 10, "timeout": 60.0,
-         "group_size": "20"}  # fmt: skip
+         "group_size": "20", "durable_senders": 20, "write_conversations": 20}  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -554,7 +614,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         defaults = {
             "pairs": 100, "warmup": 2.0, "duration": 10.0, "connections": 1000, "hold": 5.0,
             "offline_messages": 10_000, "offline_senders": 100, "timeout": 300.0,
-            "group_size": "1000",
+            "group_size": "1000", "durable_senders": 400, "write_conversations": 400,
         }  # fmt: skip
         for key, value in SHORT.items():
             if getattr(args, key) == defaults[key]:  # an explicit size wins over --short

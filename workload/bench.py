@@ -4,7 +4,9 @@ Each scenario returns one JSON-ready dict with ``scenario`` and its exact config
 process-level numbers (CPU, RSS of the server processes) are added by the caller, which knows
 the PIDs (cli/bench.py). Rules:
 - the load is the real client: ``IMClient`` (sealing, outbox, dedupe, receipts) for chats, and
-  ``common.link.Link`` with a real GREET for idle connections;
+  ``common.link.Link`` with a real GREET for idle connections; ``online --client lean`` and
+  ``durable`` use the lean devices of workload/benchlean.py (the protocol without the
+  library's conveniences, which would cost the bench more CPU than the servers spend);
 - users are named ``{prefix}-...`` with a prefix unique to the run, so a run never meets the
   timelines or sessions of an earlier one on a shared target;
 - a scenario that cannot be measured says so (``skipped`` with a reason): no number is made up;
@@ -142,7 +144,8 @@ async def online(
         )
     finally:
         await _close_all(clients, tasks)
-    config = {"pairs": pairs, "window": window, "rate": rate or None, "read": read}
+    config = {"pairs": pairs, "window": window, "rate": rate or None, "read": read,
+              "client": "library"}  # fmt: skip
     mode = "open" if rate > 0 else "closed"
     return {"scenario": "online", "mode": mode, **result, "config": config}
 
