@@ -202,7 +202,7 @@ class LinkState:
         )
         self._recv: RecvWindow[im_pb2.Envelope | None] = RecvWindow(config.window)
         self._inbox: deque[Frame] | None = None  # made when first needed, dropped when empty
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # made when there is output, taken whole
         self._handled = 0
         self._ack_sent = 0
         self._ack_every = max(1, config.window // 4)
@@ -245,7 +245,7 @@ class LinkState:
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return self._out is not None
 
     def pop_frame(self) -> Frame | None:
         """The next frame for the handler: (seq, envelope) for a windowed frame, (0, envelope)
@@ -264,8 +264,8 @@ class LinkState:
 
     def take_output(self) -> list[bytes]:
         """Payloads to write, in order."""
-        out, self._out = self._out, []
-        return out
+        out, self._out = self._out, None
+        return out if out is not None else []
 
     def take_unacked(self) -> list[bytes]:
         """Empty the send window: the payloads the peer never acknowledged, oldest first."""
@@ -444,7 +444,7 @@ class LinkState:
         seq = self._send.next_seq
         payload = b"\x08" + varint(seq) + rest
         self._send.push(payload, now)
-        self._out.append(payload)
+        self._output(payload)
         self._last_sent = self._clock = now
         return seq
 
@@ -470,8 +470,14 @@ class LinkState:
         )
 
     def _emit(self, env: im_pb2.Envelope) -> None:
-        self._out.append(_body_bytes(env))
+        self._output(_body_bytes(env))
         self._last_sent = self._clock
+
+    def _output(self, payload: bytes) -> None:
+        if self._out is None:
+            self._out = [payload]
+        else:
+            self._out.append(payload)
 
     def close(self, error: ProtocolError | None = None) -> None:
         """Decide to close; with ``error``, an ERROR goes out first. Idempotent."""
@@ -509,7 +515,7 @@ class LinkState:
             self.close(err)
             return
         for _seq, payload in due:
-            self._out.append(payload)
+            self._output(payload)
             self._last_sent = now
         if now - self._last_sent >= cfg.heartbeat:
             self._emit(im_pb2.Envelope(ping=im_pb2.Ping(nonce=int(now * 1000))))

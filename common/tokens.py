@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -186,12 +187,14 @@ class TokenSigner:
             raise AuthError("bad token signature")
         try:
             raw = json.loads(_unb64(parts[1]))
+            role_of = raw["r"]
             claims = Claims(
                 str(raw["u"]),
                 str(raw["d"]),
                 int(raw["e"]),
                 str(raw["j"]),
-                raw["r"],
+                # one "user" for every connection's claims, not a copy each
+                sys.intern(role_of) if type(role_of) is str else role_of,
                 int(raw.get("i", 0)),
                 int(raw.get("s", NO_SLOT)),
             )

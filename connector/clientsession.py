@@ -4,12 +4,18 @@ It is the link's handler. What it keeps bounded (a slow or hostile device never 
 connector hold more for it than this):
 
 - one outbox for every frame to the device (chats, SENT acks, cursors, listings, sync pages),
-  emptied by one pump task into the link's window. Live pushes may fill it to
+  emptied into the link's window by a pump task that runs only while the outbox holds
+  something (one at a time, so frames go out in the order they were queued, each waiting for
+  window room as before). Live pushes may fill it to
   ``session_queue``; past that the device is too slow and is closed (WINDOW_FULL): its next
   session lists and Syncs what it missed. Listings and sync answers are produced only while the
   outbox is under half of that, so they wait for a slow device instead of closing it;
 - at most :data:`connector.session.MAX_SYNCS` syncs run at once (the rules refuse more);
 - nothing is handed back on close: every chat is in its timeline, the device catches up by seq.
+
+An idle session is most of what a connection costs the connector, so it holds no task, no
+Event, no set and no queue storage while there is nothing to do: they are made when needed and
+dropped when empty, and the periodic listing waits on one shared timer (connector/refresh.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +38,7 @@ from common.tokens import Claims, TokenSigner
 from connector import catchup
 from connector.catchup import GroupReader, TimelineReader
 from connector.incommit import CHAT_IN
+from connector.refresh import RefreshWheel
 from connector.rules import State, SyncRange
 from connector.session import (
     Admit,
@@ -146,58 +153,99 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = max(2, limit)
-        self._items: deque[Out] = deque()
+        self._items: deque[Out] | None = None  # made at the first put, dropped when emptied
         self.chat_bytes = 0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
+
+    def __bool__(self) -> bool:
+        return self._items is not None  # never kept empty
 
     def put(self, item: Out) -> bool:
-        if len(self._items) >= self.limit:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        elif len(items) >= self.limit:
             return False
-        self._items.append(item)
+        items.append(item)
         if isinstance(item, bytes):
             self.chat_bytes += len(item)
         return True
 
     @property
     def bulk_room(self) -> bool:
-        return len(self._items) < self.limit // 2 and self.chat_bytes < BULK_BYTES
+        items = self._items
+        if items is not None and len(items) >= self.limit // 2:
+            return False
+        return self.chat_bytes < BULK_BYTES
 
     def peek(self) -> Out:
+        assert self._items is not None
         return self._items[0]
 
     def pop(self) -> None:
-        item = self._items.popleft()
+        items = self._items
+        assert items is not None
+        item = items.popleft()
         if isinstance(item, bytes):
             self.chat_bytes -= len(item)
+        if not items:
+            self._items = None
 
     def clear(self) -> None:
-        self._items.clear()
+        self._items = None
         self.chat_bytes = 0
+
+
+_shared: tuple[Settings, TokenSigner, Limits, Callable[[str], Claims]] | None = None
+
+
+def _shared_of(host: SessionHost) -> tuple[Limits, Callable[[str], Claims]]:
+    """The sessions of one connector share one Limits and one bound ``verify`` (made anew,
+    each would cost a connection some 150 bytes)."""
+    global _shared
+    s, signer = host.settings, host.signer
+    if _shared is None or _shared[0] is not s or _shared[1] is not signer:
+        _shared = (s, signer, Limits.from_settings(s), signer.verify)
+    return _shared[2], _shared[3]
 
 
 class ClientSession:
     """One client connection, as the handler of its link."""
+
+    __slots__ = (
+        "_counted",
+        "_loop",
+        "_pump",
+        "_refresh",
+        "_room",
+        "_sync_reads",
+        "_tasks",
+        "_timers",
+        "host",
+        "link",
+        "outbox",
+        "rules",
+    )
 
     def __init__(self, host: SessionHost, link: ClientLink | None = None) -> None:
         self.host = host
         self.link = link
         self._loop = asyncio.get_running_loop()
         s = host.settings
-        self.rules = SessionRules(
-            host.node_id, Limits.from_settings(s), host.signer.verify, self._loop.time()
-        )
+        limits, verify = _shared_of(host)
+        self.rules = SessionRules(host.node_id, limits, verify, self._loop.time())
         self.outbox = Outbox(s.session_queue)
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._refresh: asyncio.TimerHandle | None = None  # the periodic listing
+        # each of these exists only while needed (None otherwise): an idle session holds none
+        self._pump: asyncio.Task[None] | None = None  # while the outbox holds something
+        self._room: asyncio.Event | None = None  # while a listing or sync waits for room
+        self._tasks: set[asyncio.Task[None]] | None = None  # listings and syncs running
+        self._timers: set[asyncio.TimerHandle] | None = None  # relists to come
+        self._refresh = 0  # the periodic listing's slot in the RefreshWheel (0: none)
         # one sync answer read from the store at a time: a device asking many at once, and not
         # acking, holds one page in memory (and what the outbox takes), not MAX_SYNCS of them
-        self._sync_reads = asyncio.Semaphore(1)
+        self._sync_reads: asyncio.Semaphore | None = None
         # im_connections: counted open from here, authenticated from Register, closed once
         self._counted = "unauthenticated"
         metrics.connection_opened()
@@ -247,13 +295,13 @@ class ClientSession:
 
     async def on_closed(self, link: ClientLink, unacked: list[im_pb2.Envelope]) -> None:
         self.rules.closing()
-        for timer in self._timers:
+        for timer in self._timers or ():
             timer.cancel()
-        self._timers.clear()
-        if self._refresh is not None:
-            self._refresh.cancel()
-            self._refresh = None
-        tasks = [*self._tasks, *([self._pump] if self._pump is not None else [])]
+        self._timers = None
+        if self._refresh:
+            RefreshWheel.cancel(self._loop, self, self._refresh)
+            self._refresh = 0
+        tasks = [*(self._tasks or ()), *([self._pump] if self._pump is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -294,7 +342,6 @@ class ClientSession:
                     self._counted = "authenticated"
                 link.name = f"{link.name} {self.user_id}/{self.device_id}"
                 self.host.register(self)
-                self._pump = self._loop.create_task(self._run_pump(link), name=f"pump {link.name}")
                 try:
                     await self.host.online(self)
                 except IMError as exc:
@@ -337,11 +384,11 @@ class ClientSession:
         elif isinstance(eff, ScheduleRelist):
             self._later(eff.delay)
         elif isinstance(eff, ScheduleRefresh):
-            if self._refresh is not None:
-                self._refresh.cancel()
+            if self._refresh:
+                RefreshWheel.cancel(self._loop, self, self._refresh)
             # spread, so sessions that listed together do not all list again together
             delay = eff.delay * random.uniform(0.8, 1.2)
-            self._refresh = self._loop.call_later(delay, self._relist)
+            self._refresh = RefreshWheel.of(self._loop).add(self, self._loop.time() + delay)
         elif isinstance(eff, SendControl):
             if link is not None:
                 link.send_control(eff.env)
@@ -385,11 +432,21 @@ class ClientSession:
 
     def _later(self, delay: float) -> None:
         def fire() -> None:
-            self._timers.discard(handle)
+            if self._timers is not None:
+                self._timers.discard(handle)
+                if not self._timers:
+                    self._timers = None
             self._relist()
 
         handle = self._loop.call_later(delay, fire)
+        if self._timers is None:
+            self._timers = set()
         self._timers.add(handle)
+
+    def refresh_due(self) -> None:
+        """The periodic listing's time came (connector/refresh.py)."""
+        self._refresh = 0
+        self._relist()
 
     def _relist(self) -> None:
         for eff in self.rules.relist():
@@ -397,8 +454,16 @@ class ClientSession:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
         task = self._loop.create_task(coro, name=f"{what} {self}")
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if self._tasks is not None:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._tasks = None
 
     # -- the outbox ------------------------------------------------------------------------------
 
@@ -411,7 +476,7 @@ class ClientSession:
             log.warning("%s: device is too slow (%d queued): closing", self, len(self.outbox))
             link.close(ProtocolError("too slow", code=im_pb2.WINDOW_FULL, fatal=True))
             return False
-        self._wake.set()
+        self._start_pump(link)
         return True
 
     async def _put_bulk(self, item: Out) -> None:
@@ -422,19 +487,28 @@ class ClientSession:
                 raise LinkClosed("session closed")
             if self.outbox.bulk_room:
                 break
-            self._room.clear()
+            self._start_pump(link)  # there is one whenever the outbox holds something
+            if self._room is None:
+                self._room = asyncio.Event()
             await self._room.wait()
         self.outbox.put(item)
-        self._wake.set()
+        self._start_pump(link)
+
+    def _start_pump(self, link: ClientLink) -> None:
+        if self._pump is None:
+            self._pump = self._loop.create_task(self._run_pump(link), name=f"pump {link.name}")
+
+    def _room_made(self) -> None:
+        """Wake the listing or sync waiting for outbox room; the next wait makes a new Event."""
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
 
     async def _run_pump(self, link: ClientLink) -> None:
+        """Empty the outbox into the link, oldest first, then end: a push starts it again."""
         box, counters = self.outbox, self.host.counters
         try:
-            while not link.closing:
-                if not box:
-                    self._wake.clear()
-                    await self._wake.wait()
-                    continue
+            while box and not link.closing:
                 item = box.peek()
                 if isinstance(item, bytes):
                     await link.send_body("chat", item)
@@ -444,12 +518,15 @@ class ClientSession:
                     if item.WhichOneof("body") == "chat":
                         counters.delivered += 1
                 box.pop()
-                if box.bulk_room:
-                    self._room.set()
+                if self._room is not None and box.bulk_room:
+                    self._room_made()
         except LinkClosed:
             pass
         finally:
-            self._room.set()  # producers waiting for room see the link closed
+            # no await since the last look at the outbox: a push from now on starts a new pump
+            self._pump = None
+            if self._room is not None:
+                self._room_made()  # producers waiting for room see the link closed, or room
 
     # -- catching up -----------------------------------------------------------------------------
 
@@ -473,6 +550,8 @@ class ClientSession:
             self._apply(eff)
 
     async def _sync(self, rng: SyncRange) -> None:
+        if self._sync_reads is None:
+            self._sync_reads = asyncio.Semaphore(1)
         try:
             async with self._sync_reads:
                 reader = self.host.reader
@@ -502,3 +581,5 @@ class ClientSession:
                 metrics.frame_error(err.code)
         finally:
             self.rules.sync_done()
+            if not self.rules.syncs:
+                self._sync_reads = None  # no sync holds or waits for it

@@ -145,7 +145,9 @@ class Connector:
         self.before_send = before_send
         self.revoked = RevokedSet()
         # None: no presence is told (typing needs nothing more than the transfers)
-        self.presence = None if presence is None else PresenceShell(presence, self.sessions_of)
+        self.presence = (
+            None if presence is None else PresenceShell(presence, self.sessions_of, self._spawn)
+        )
         self._sessions: dict[str, dict[str, ClientSession]] = {}
         self.transfers = TransferLinks(
             settings,
@@ -228,7 +230,7 @@ class Connector:
         await self.status.online(s.user_id, s.device_id, self.node_id)
         if self.presence is not None:
             self.presence.moved(s.user_id)
-            self._spawn(self.presence.greet(s))
+            self.presence.greet(s)
 
     async def offline(self, s: ClientSession) -> None:
         await self.status.offline(s.user_id, s.device_id, self.node_id)

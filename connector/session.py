@@ -231,11 +231,32 @@ def sent_ack(chat: im_pb2.ChatMsg) -> im_pb2.Envelope:
 
 # -- the state machine ---------------------------------------------------------------------------
 
-Handler = Callable[[im_pb2.Envelope, float], list[Effect]]
+Handler = Callable[["SessionRules", im_pb2.Envelope, float], list[Effect]]
 
 
 class SessionRules:
-    """One client session's state and rules. ``verify`` checks a token (TokenSigner.verify)."""
+    """One client session's state and rules. ``verify`` checks a token (TokenSigner.verify).
+
+    One per connection, so an idle one is kept small: the rate buckets and the typing limiter
+    are made at first use (a bucket starts full, so one made then is the one made at GREET)."""
+
+    __slots__ = (
+        "_chats",
+        "_cursors",
+        "_list_from",
+        "_relist_wanted",
+        "_syncs",
+        "_typing",
+        "_verify",
+        "claims",
+        "device_id",
+        "limits",
+        "listing",
+        "node_id",
+        "state",
+        "syncs",
+        "user_id",
+    )
 
     def __init__(
         self, node_id: str, limits: Limits, verify: Callable[[str], Claims], now: float
@@ -248,28 +269,24 @@ class SessionRules:
         self.device_id = ""
         self.claims: Claims | None = None
         self.syncs = 0  # running
-        self._chats = TokenBucket(limits.rate, limits.burst, now)
-        factor = CURSOR_RATE_FACTOR
-        self._cursors = TokenBucket(limits.rate * factor, limits.burst * factor, now)
-        factor = SYNC_RATE_FACTOR
-        self._syncs = TokenBucket(limits.rate * factor, limits.burst * factor, now)
-        self.typing = TypingLimiter(now)
+        self._chats: TokenBucket | None = None
+        self._cursors: TokenBucket | None = None
+        self._syncs: TokenBucket | None = None
+        self._typing: TypingLimiter | None = None
         self.listing = False  # a listing is running
         self._relist_wanted = False  # asked for while one ran: list again when it ends
         self._list_from = 0  # the `since` (before slack) of the next listing
-        self._handlers: dict[str, Handler] = {
-            "greet": self._greet,
-            "chat": self._chat,
-            "cursor": self._cursor,
-            "sync": self._sync,
-            "typing": self._typing,
-            "ping": _nothing,
-            "pong": _nothing,
-            "link_ack": _nothing,
-        }
 
     def __repr__(self) -> str:
         return f"<session {self.user_id or '?'}/{self.device_id or '?'} {self.state.name}>"
+
+    @property
+    def typing(self) -> TypingLimiter:
+        """This session's typing rate and live starts (made at the first typing frame; one
+        made earlier would hold full buckets then too, so 0 as its start changes nothing)."""
+        if self._typing is None:
+            self._typing = TypingLimiter(0.0)
+        return self._typing
 
     @property
     def slot(self) -> int:
@@ -282,7 +299,7 @@ class SessionRules:
         kind = env.WhichOneof("body")
         rules.check(self.state, kind)
         assert kind is not None  # check() refuses an empty envelope
-        return self._handlers[kind](env, now)
+        return _HANDLERS[kind](self, env, now)
 
     def _greet(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
         greet = env.greet
@@ -302,7 +319,8 @@ class SessionRules:
             raise ProtocolError(
                 "token has no message id slot: log in again", code=im_pb2.BAD_TOKEN, fatal=True
             )
-        return [Admit(claims, device, greet.since)]
+        # the claims' own string (the same text): a session keeps one copy of it, not two
+        return [Admit(claims, bound, greet.since)]
 
     def admitted(self, claims: Claims, device: str, since: int) -> list[Effect]:
         """The GREET passed every check: WELCOME, route here, list, and list again soon."""
@@ -337,12 +355,17 @@ class SessionRules:
                 f"this device's is {self.slot}"
             )
         rules.clear_stamps(chat)
+        if self._chats is None:
+            self._chats = TokenBucket(self.limits.rate, self.limits.burst, now)
         if not self._chats.take(now):
             raise ProtocolError("too many messages", code=im_pb2.RATE_LIMITED)
         return [ForwardChat(chat, route_key(chat.from_id, chat.dest_type, chat.dest_id), env)]
 
     def _cursor(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
         cursor = rules.check_cursor(self.user_id, env.cursor)
+        if self._cursors is None:
+            lim, factor = self.limits, CURSOR_RATE_FACTOR
+            self._cursors = TokenBucket(lim.rate * factor, lim.burst * factor, now)
         if not self._cursors.take(now):
             raise ProtocolError("too many cursors", code=im_pb2.RATE_LIMITED)
         record = im_pb2.TimelineRecord(cursor=cursor, device_id=self.device_id, origin=self.node_id)
@@ -352,23 +375,30 @@ class SessionRules:
         rng = rules.check_sync(self.user_id, env.sync)
         if self.syncs >= MAX_SYNCS:
             raise ProtocolError(f"over {MAX_SYNCS} syncs at once", code=im_pb2.RATE_LIMITED)
+        if self._syncs is None:
+            lim, factor = self.limits, SYNC_RATE_FACTOR
+            self._syncs = TokenBucket(lim.rate * factor, lim.burst * factor, now)
         if not self._syncs.take(now):
             raise ProtocolError("too many syncs", code=im_pb2.RATE_LIMITED)
         self.syncs += 1
         return [StartSync(rng)]
 
-    def _typing(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
+    def _typing_frame(self, env: im_pb2.Envelope, now: float) -> list[Effect]:
         typing = check_typing(self.user_id, env.typing)
-        if not self.typing.admit(typing.conv_id, typing.typing, now):
+        if self._typing is None:
+            self._typing = TypingLimiter(now)
+        if not self._typing.admit(typing.conv_id, typing.typing, now):
             return []  # over the rate, or a stop with no start: a hint, dropped unsaid
         return [Forward(im_pb2.Envelope(typing=typing), typing.conv_id)]
 
     def typing_stops(self, now: float) -> list[im_pb2.Envelope]:
         """The stops this session owes as it ends: one per conversation its start still lasts
         in, so the other side does not see it typing for the rest of the TTL."""
+        if self._typing is None:
+            return []
         return [
             im_pb2.Envelope(typing=im_pb2.Typing(conv_id=c, user_id=self.user_id, typing=False))
-            for c in self.typing.live(now)
+            for c in self._typing.live(now)
         ]
 
     # -- work the shell did ----------------------------------------------------------------------
@@ -442,6 +472,19 @@ class SessionRules:
         return []
 
 
-def _nothing(env: im_pb2.Envelope, now: float) -> list[Effect]:
+def _nothing(rules: SessionRules, env: im_pb2.Envelope, now: float) -> list[Effect]:
     """Keep-alives and link acks: the link itself handles them."""
     return []
+
+
+# one table for every session (a dict of bound methods each would be ~600 bytes a connection)
+_HANDLERS: dict[str, Handler] = {
+    "greet": SessionRules._greet,
+    "chat": SessionRules._chat,
+    "cursor": SessionRules._cursor,
+    "sync": SessionRules._sync,
+    "typing": SessionRules._typing_frame,
+    "ping": _nothing,
+    "pong": _nothing,
+    "link_ack": _nothing,
+}

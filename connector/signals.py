@@ -30,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.convid import GROUP, parse_conv_id
 from common.errors import IMError, ProtocolError
@@ -79,6 +79,8 @@ class _Conv:
 
 class TypingLimiter:
     """One session's typing rate and its live starts; time is passed in."""
+
+    __slots__ = ("_convs", "_stamp", "_tokens", "dropped")
 
     def __init__(self, now: float) -> None:
         self._convs: OrderedDict[str, _Conv] = OrderedDict()
@@ -143,13 +145,23 @@ class PresenceShell:
     """The connector's side of presence."""
 
     def __init__(
-        self, presence: Presence, sessions_of: Callable[[str], Sequence[PresenceSession]]
+        self,
+        presence: Presence,
+        sessions_of: Callable[[str], Sequence[PresenceSession]],
+        spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None,
     ) -> None:
+        """``spawn`` runs the snapshot readers (the connector's, so that its stop ends them)."""
         self.presence = presence
         self._sessions_of = sessions_of
+        self._spawn = spawn if spawn is not None else self._own_task
+        self._tasks: set[asyncio.Task[None]] = set()
         self._pending: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
-        self._snapshots = asyncio.Semaphore(SNAPSHOTS)
+        # devices waiting for their friends' presence, and the readers (at most SNAPSHOTS)
+        # that work through them in order: a waiting device is a place in this queue, not a
+        # task of its own, since thousands come at once when a connector restarts
+        self._greets: deque[PresenceSession] = deque()
+        self._readers = 0
         self._idle = asyncio.Event()  # nothing pending, nothing being worked out
         self._idle.set()
         self.pushed = 0  # presence frames handed to sessions (for tests and logs)
@@ -201,11 +213,33 @@ class PresenceShell:
                 s.deliver(frame)
                 self.pushed += 1
 
-    async def greet(self, session: PresenceSession) -> None:
-        """A device came online: its friends' presence, then (the worker) its own to them."""
+    def greet(self, session: PresenceSession) -> None:
+        """A device came online: its friends' presence (soon: at most :data:`SNAPSHOTS` are
+        read at once, in the order the devices came), then (the worker) its own to them."""
+        self._greets.append(session)
+        if self._readers < SNAPSHOTS:
+            self._readers += 1
+            self._spawn(self._read_snapshots())
+
+    async def _read_snapshots(self) -> None:
         try:
-            async with self._snapshots:
-                seen = await self.presence.of_friends(session.user_id)
+            while self._greets:
+                session = self._greets.popleft()
+                try:
+                    await self._snapshot(session)
+                except Exception:  # a bug here must not leave the devices behind it waiting
+                    log.exception("presence of %s's friends not sent", session.user_id)
+        finally:
+            self._readers -= 1
+
+    def _own_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _snapshot(self, session: PresenceSession) -> None:
+        try:
+            seen = await self.presence.of_friends(session.user_id)
         except IMError as exc:
             log.warning("presence of %s's friends not sent: %s", session.user_id, exc)
             return

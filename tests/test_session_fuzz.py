@@ -297,8 +297,10 @@ async def scenario(sequence: list[tuple[Any, ...]]) -> None:
     try:
         for op in sequence:
             if op[0] == "fanout":
-                fanouts.append(fanout_of(op))
-                session.deliver(fanouts[-1])
+                fanout = fanout_of(op)
+                if session.state is State.AUTHENTICATED:  # before WELCOME it hears nothing
+                    fanouts.append(fanout)
+                session.deliver(fanout)
                 await settle(session)
                 continue
             env = envelope(host, op)
