@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client.core import IMClient, ServerError
@@ -35,6 +35,7 @@ from common.errors import IMError
 from common.link import Link, LinkConfig, open_link
 from common.tokens import TokenSigner
 from proto import im_pb2
+from workload.benchload import limited, retried
 from workload.benchstats import Latencies
 
 PASSWORD = "bench-password-1"
@@ -162,16 +163,6 @@ class _Receiver:
             self.welcome.set_exception(IMError(self.error or "closed before WELCOME"))
 
 
-async def _limited(width: int, n: int, make: Callable[[int], Awaitable[None]]) -> None:
-    sem = asyncio.Semaphore(width)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await make(i)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-
-
 class FanoutBench:
     """Users made once (``prepare``), then one group per size (``run``), largest last."""
 
@@ -226,7 +217,7 @@ class FanoutBench:
                 self.say(f"{done} of {members} users")
 
         try:
-            await _limited(REST_AT_ONCE, members, register)
+            await limited(REST_AT_ONCE, members, register)
         finally:
             await rest.close()
         for c in self.senders:
@@ -392,15 +383,11 @@ class FanoutBench:
 
         async def connect(i: int) -> None:
             """As a device does: a refused or timed-out connection is tried again, twice."""
-            why = ""
-            for n in range(CONNECT_TRIES):
-                why = await attempt(i)
-                if not why:
-                    return
-                await asyncio.sleep(0.5 * (n + 1))
-            tally.error(why)
+            why = await retried(lambda: attempt(i), CONNECT_TRIES)
+            if why:
+                tally.error(why)
 
-        await _limited(CONNECT_AT_ONCE, len(names), connect)
+        await limited(CONNECT_AT_ONCE, len(names), connect)
 
     async def _send(self, i: int, c: IMClient, group_id: str, tally: _Tally) -> None:
         """Closed loop: ``window`` messages in flight, each until its last delivery."""

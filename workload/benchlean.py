@@ -34,7 +34,7 @@ import contextlib
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client.bodies import text_chat
@@ -47,7 +47,7 @@ from common.link import Link, LinkClosed, LinkConfig, open_link
 from common.tokens import TokenSigner
 from proto import im_pb2
 from workload.bench import PASSWORD, TEXT, Target
-from workload.benchload import Flow, SendFn, Stats, drive
+from workload.benchload import Flow, SendFn, Stats, drive, limited, retried
 
 DEVICE = "lean"
 TOKEN_TTL = 3600
@@ -312,16 +312,6 @@ async def _cursor_ticker(receivers: list[LeanReceiver]) -> None:
                 await r.flush(conv_id, r.convs[conv_id], now)
 
 
-async def _limited(width: int, n: int, make: Callable[[int], Awaitable[None]]) -> None:
-    sem = asyncio.Semaphore(width)
-
-    async def one(i: int) -> None:
-        async with sem:
-            await make(i)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-
-
 class LeanScenario:
     """``online`` (each sender with its own receiver, both online) or ``durable`` (receivers
     registered but never connected, so a chat is only a commit to its timeline): users and
@@ -395,7 +385,7 @@ class LeanScenario:
                 tokens[name] = (await rest.login(name, PASSWORD, DEVICE)).token
 
         try:
-            await _limited(REST_AT_ONCE, len(names), register)
+            await limited(REST_AT_ONCE, len(names), register)
             if self.target.connector is not None:
                 self.connectors = [self.target.connector]
             else:  # which connectors there are: one login says
@@ -460,15 +450,11 @@ class LeanScenario:
             return ""
 
         async def connect(i: int) -> None:
-            why = ""
-            for n in range(CONNECT_TRIES):
-                why = await attempt(i)
-                if not why:
-                    return
-                await asyncio.sleep(0.5 * (n + 1))
-            raise IMError(f"{devices[i].user}: {why}")
+            why = await retried(lambda: attempt(i), CONNECT_TRIES)
+            if why:
+                raise IMError(f"{devices[i].user}: {why}")
 
-        await _limited(CONNECT_AT_ONCE, len(devices), connect)
+        await limited(CONNECT_AT_ONCE, len(devices), connect)
 
     async def run(
         self,

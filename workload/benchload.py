@@ -105,6 +105,30 @@ class Flow:
         self._early.clear()
 
 
+async def limited(width: int, n: int, make: Callable[[int], Awaitable[None]]) -> None:
+    """``make(0)`` .. ``make(n - 1)``, at most ``width`` at once (set-up: registrations and
+    connects, where more at once only queue in REST or the accept backlog)."""
+    sem = asyncio.Semaphore(width)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await make(i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def retried(attempt: Callable[[], Awaitable[str]], tries: int) -> str:
+    """Run ``attempt`` until it answers "" (done) or ``tries`` times, 0.5 s, 1 s, ... apart, as
+    a device tries a refused or timed-out connection again; the last reason, or ""."""
+    why = ""
+    for n in range(tries):
+        why = await attempt()
+        if not why:
+            return ""
+        await asyncio.sleep(0.5 * (n + 1))
+    return why
+
+
 SendFn = Callable[[], Awaitable[int]]
 Probe = Callable[[str], object]
 
