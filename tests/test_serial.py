@@ -105,3 +105,16 @@ async def test_many_keys_all_run(n: int) -> None:
         await serial.submit(f"k{i % 37}", job(i))
     await serial.close()
     assert seen == set(range(n))
+
+
+async def test_close_right_after_submit_frees_the_places() -> None:
+    """A worker cancelled before it ever ran still gives its jobs' places back."""
+    serial = KeyedSerial(limit=5)
+
+    async def job() -> None:
+        pass
+
+    for key in ("a", "b"):
+        await serial.submit(key, job)
+    await serial.close(grace=0)  # the workers have not run yet
+    assert serial.queued == 0

@@ -254,3 +254,34 @@ async def test_cursors_waiting_for_a_slot_are_coalesced_not_held_on_the_link(rig
     await rig.c1.nothing()  # one merge for the five
     assert moved[0].cursor.seq == 5 and moved[0].cursor.type == im_pb2.DELIVERED
     assert (await rig.c2.next()).cursor.seq == 5
+
+
+@pytest.mark.asyncio
+async def test_a_failing_cursor_fanout_frees_its_slot_and_the_next_goes_out(rig: Rig) -> None:
+    """A bug in one cursor's fanout is logged; its slot comes back and later cursors are told."""
+    await place(rig.status)
+    for i in (1, 2):
+        await rig.c1.send(chat(i))
+        await rig.c1.next()
+        await rig.c2.next()
+    t = rig.transfer
+    real = t._fan_cursor
+    failed: list[int] = []
+
+    async def broken(moved: im_pb2.Cursor) -> None:
+        failed.append(moved.seq)
+        raise RuntimeError("bug in a fanout (test)")
+
+    t._fan_cursor = broken  # type: ignore[method-assign]
+    await rig.c2.send(cursor("bob", im_pb2.DELIVERED, 1, "tablet"))
+    for _ in range(100):
+        if failed and t._cursors_in_flight == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert failed == [1] and t._cursors_in_flight == 0
+    await rig.c1.nothing()
+    t._fan_cursor = real  # type: ignore[method-assign]
+    await rig.c2.send(cursor("bob", im_pb2.DELIVERED, 2, "tablet"))
+    for fake in (rig.c1, rig.c2):
+        assert (await fake.next()).cursor.seq == 2
+    assert t._cursors_in_flight == 0

@@ -87,3 +87,8 @@ class KeyedSerial:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # a worker cancelled before it first ran never reached its finally: free its jobs too
+        for q in self._queues.values():
+            for _ in q:
+                self._release()
+        self._queues.clear()

@@ -81,6 +81,9 @@ BACKEND_RETRIES = 5
 # Cursor records in flight at once (merged by the writer, answered, fanned out); beyond this the
 # connector's link waits, which is the back-pressure a flood of cursors meets.
 CURSORS_IN_FLIGHT = 2000
+# Workers fanning out the cursors that moved (each keeps its slot until told): several, so a
+# connector whose link window is full, or a slow route lookup, holds up only what waits on it.
+CURSOR_FANOUT_WORKERS = 16
 # Cursors waiting for a slot, one per (conversation, user, type, device), each kept at the
 # highest seq asked: past this many distinct ones the connector's link waits.
 PENDING_CURSORS = 100_000
@@ -196,7 +199,8 @@ class Transfer:
         self._cursors_in_flight = 0  # cursor records submitted and not answered
         self._slot_room: asyncio.Event | None = None  # made when every slot was taken once
         self._moved: deque[im_pb2.Cursor] = deque()  # merged and moved: to fan out
-        self._mover: asyncio.Task[None] | None = None
+        self._movers: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._pending: dict[CursorKey, im_pb2.TimelineRecord] = {}
         self._pending_room = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
@@ -347,13 +351,15 @@ class Transfer:
     def _merged(self, answer: asyncio.Future[im_pb2.Committed | None]) -> None:
         got = answer.result()
         # None: not merged (queue down, timeout); the client repeats its cursors (idempotent)
-        if got is None or got.refused or not got.moved:
+        if got is None or got.refused or not got.moved or self._stopping:
             self._slot_free()
             return
         # it keeps its slot until it is fanned out: the slots bound this table too
         self._moved.append(got.cursor)
-        if self._mover is None or self._mover.done():
-            self._mover = asyncio.create_task(self._fan_moved(), name="cursor fanouts")
+        if len(self._movers) < min(CURSOR_FANOUT_WORKERS, len(self._moved)):
+            task = asyncio.create_task(self._fan_moved(), name="cursor fanouts")
+            self._movers.add(task)
+            task.add_done_callback(self._movers.discard)
 
     def _slot_free(self) -> None:
         self._cursors_in_flight -= 1
@@ -372,11 +378,16 @@ class Transfer:
             self._pending_room.set()
 
     async def _fan_moved(self) -> None:
-        """Tell the devices of cursors that moved, in the order the writer answered."""
+        """Tell the devices of cursors that moved, about in the order the writer answered
+        (one conversation's cursors only move forward, so order among workers is harmless)."""
         while self._moved:
             moved = self._moved.popleft()
             try:
                 await self._fan_cursor(moved)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not keep the slots of the cursors behind
+                log.exception("cursor fanout of %s failed", moved.user_id)
             finally:
                 self._slot_free()
 
@@ -521,11 +532,13 @@ class Transfer:
         await self.serial.close(grace)
         await self.typing.close()
         await self.receipts.close()
-        rest = [t for t in (self._drainer, self._mover) if t is not None]
-        for task in rest:
-            task.cancel()
+        # the batchers first: the answers their close hands out start no new fanouts
+        self._stopping = True
         await self._commits.close()
         await self._cursor_batches.close()
+        rest = [t for t in (self._drainer, *self._movers) if t is not None]
+        for task in rest:
+            task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
