@@ -35,6 +35,7 @@ from typing import Any
 
 from cli import cluster
 from cli import loop as eventloop
+from common.config import Settings
 from common.errors import IMError
 from workload import bench, benchfanout, benchlean, benchstats, benchwrites
 from workload.benchload import Flow, RelayClient, Stats, drive, relay_frame_size
@@ -45,7 +46,8 @@ BENCH_MYSQL = "mysql://root@127.0.0.1:3306/im_bench"
 BENCH_REDIS = "redis://127.0.0.1:6379/12"
 BENCH_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 BENCH_QUEUE = "imbench.offline"
-BENCH_SHARDS = 4  # the cluster's write queue shards: IM_AMQP_SHARDS's default, not set here
+# the cluster's write queue shards: IM_AMQP_SHARDS's default (bench does not set it)
+BENCH_SHARDS: int = Settings.model_fields["amqp_shards"].default
 START_TIMEOUT = 60.0
 STOP_GRACE = 15.0
 SCENARIOS = ("relay", "online", "idle", "offline", "fanout", "durable", "writes")

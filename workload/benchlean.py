@@ -127,6 +127,12 @@ class _Device:
         elif e.code == RATE_LIMITED:
             c.rate_limited += 1
         self.run.stats.error(text)
+        if e.ref_msg_id:
+            self.refused(e.ref_msg_id)
+
+    def refused(self, msg_id: int) -> None:
+        """The server refused chat ``msg_id``: it will never get SENT (its flight stays open and
+        ends the run as ``missing``)."""
 
     def on_acked(self, link: Link, upto: int) -> None:
         pass
@@ -170,9 +176,17 @@ class LeanSender(_Device):
     def welcomed(self, slot: int) -> None:
         self.ids.slot = slot  # every id from now on carries it, and still never goes back
 
+    def refused(self, msg_id: int) -> None:
+        # not resent (the run shows the loss): later chats must not wait for it as after_id
+        self.unsent.pop(msg_id, None)
+
     def use(self, flow: Flow) -> None:
-        """The flow of the next run, and the receipts it waits for."""
+        """The flow of the next run, and the receipts it waits for; what the last run left
+        without SENT is forgotten (its flights were counted there), so it names no after_id."""
         self.flow = flow
+        self.unsent.clear()
+        self.wait_delivered.clear()
+        self.wait_read.clear()
         self.want_delivered = "DELIVERED" in flow.stats.required
         self.want_read = "READ" in flow.stats.required
 
