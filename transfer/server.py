@@ -245,28 +245,32 @@ class Transfer:
         (in that order: the fanout job is in place before its answer can come)."""
         started = time.monotonic()
         try:
-            key = conv_of_chat(chat)
-        except ValueError:
-            key = route_key(chat.from_id, chat.dest_type, chat.dest_id)
-        done: asyncio.Future[im_pb2.Committed | None] = asyncio.get_running_loop().create_future()
-        await self.serial.submit(key, lambda: self.route_committed(done, origin, started))
-        self.commit(chat, origin, done)
-
-    def commit(
-        self, chat: im_pb2.ChatMsg, origin: str, done: asyncio.Future[im_pb2.Committed | None]
-    ) -> None:
-        """Start committing ``chat`` to its timeline; ``done`` gets the writer's answer, or None
-        when there is none (not committed as far as we know: the sender resends). Started in
-        arrival order, so the queue sees one conversation's chats in that order (the records of
-        one loop turn share a submit: transfer/commits.py); how many are in flight is bounded
-        by the fanout jobs waiting for them (``KeyedSerial``)."""
-        record = im_pb2.TimelineRecord(origin=origin, chat=chat)
-        try:
-            record.chat.conv_id = conv_of_chat(chat)
+            conv_id = key = conv_of_chat(chat)
         except ValueError as exc:  # the connector lets none through; this one is refused
             log.warning("chat %s/%d has no conversation: %s", chat.from_id, chat.id, exc)
+            conv_id, key = "", route_key(chat.from_id, chat.dest_type, chat.dest_id)
+        done: asyncio.Future[im_pb2.Committed | None] = asyncio.get_running_loop().create_future()
+        await self.serial.submit(key, lambda: self.route_committed(done, origin, started))
+        self.commit(chat, conv_id, origin, done)
+
+    def commit(
+        self,
+        chat: im_pb2.ChatMsg,
+        conv_id: str,
+        origin: str,
+        done: asyncio.Future[im_pb2.Committed | None],
+    ) -> None:
+        """Start committing ``chat`` to its timeline ``conv_id`` ("": it has none, and is
+        refused); ``done`` gets the writer's answer, or None when there is none (not committed
+        as far as we know: the sender resends). Started in arrival order, so the queue sees one
+        conversation's chats in that order (the records of one loop turn share a submit:
+        transfer/commits.py); how many are in flight is bounded by the fanout jobs waiting for
+        them (``KeyedSerial``)."""
+        if not conv_id:
             done.set_result(im_pb2.Committed(chat=chat, refused=im_pb2.BAD_MESSAGE, origin=origin))
             return
+        record = im_pb2.TimelineRecord(origin=origin, chat=chat)
+        record.chat.conv_id = conv_id
         self._commits.add(record, done)
 
     async def route_committed(
